@@ -1,0 +1,45 @@
+"""Run the bot by long polling until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+
+from aiogram import Bot
+from aiogram.exceptions import TelegramUnauthorizedError
+
+from bot.setup import create_bot, create_dispatcher
+from config import Settings
+from handlers.common import COMMANDS
+from storage import create_storages
+
+logger = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The bot cannot start; the message says why and what to change."""
+
+
+async def run_polling(settings: Settings) -> None:
+    storages = await create_storages(settings)
+    bot = create_bot(settings)
+    try:
+        await introduce(bot)
+        dispatcher = create_dispatcher(storages.fsm, storages.responses)
+        # Closes the bot session and the FSM storage when polling stops.
+        await dispatcher.start_polling(bot, allowed_updates=dispatcher.resolve_used_update_types())
+    finally:
+        await bot.session.close()
+        await storages.close()
+
+
+async def introduce(bot: Bot) -> None:
+    """Check the token, switch to polling and publish the command menu."""
+    try:
+        me = await bot.get_me()
+    except TelegramUnauthorizedError:
+        msg = "Telegram rejected BOT_TOKEN (401 Unauthorized): copy the token from @BotFather again"
+        raise StartupError(msg) from None
+    # Updates sent while the bot was down are answered, not dropped.
+    await bot.delete_webhook(drop_pending_updates=False)
+    await bot.set_my_commands(COMMANDS)
+    logger.info("Bot @%s (id %s) is starting", me.username, me.id)

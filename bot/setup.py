@@ -1,0 +1,36 @@
+"""Build the Bot and the Dispatcher. Nothing is built at import time."""
+
+from __future__ import annotations
+
+from aiogram import Bot, Dispatcher
+from aiogram.client.default import DefaultBotProperties
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.session.base import BaseSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.enums import ParseMode
+from aiogram.fsm.storage.base import BaseStorage
+from aiogram.fsm.storage.memory import SimpleEventIsolation
+
+from config import Settings
+from handlers import get_routers
+from storage import ResponseStore
+
+
+def create_bot(settings: Settings, session: BaseSession | None = None) -> Bot:
+    """A Bot that speaks HTML, to Telegram or to the server TELEGRAM_API_URL names."""
+    if session is None and settings.telegram_api_url:
+        session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    return Bot(
+        token=settings.bot_token.get_secret_value(),
+        session=session,
+        default=DefaultBotProperties(parse_mode=ParseMode.HTML),
+    )
+
+
+def create_dispatcher(storage: BaseStorage, responses: ResponseStore) -> Dispatcher:
+    """The Dispatcher with every router; `responses` reaches handlers as workflow data."""
+    # One user's updates are handled one at a time, so a burst of answers
+    # cannot interleave its reads and writes of that user's state.
+    dispatcher = Dispatcher(storage=storage, events_isolation=SimpleEventIsolation(), responses=responses)
+    dispatcher.include_routers(*get_routers())
+    return dispatcher

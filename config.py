@@ -1,0 +1,154 @@
+"""Settings: read from the environment and `.env`, validated, nothing else.
+
+Importing this module is cheap (no aiogram) and has no side effects, so a
+wrong setting is reported in well under a second.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+# @BotFather hands out "<bot id>:<35 characters>".
+_TOKEN_PATTERN = re.compile(r"^\d{1,20}:[A-Za-z0-9_-]{30,}$")
+
+# A plain `postgresql://` URL (as hosting panels print them) means "the usual
+# async driver for this database"; anything explicitly synchronous is an error.
+_DEFAULT_ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "mysql": "mysql+asyncmy",
+    "mariadb": "mariadb+asyncmy",
+}
+_ASYNC_DRIVERS = {"aiosqlite", "asyncpg", "psycopg", "asyncmy", "aiomysql"}
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+BOT_TOKEN_HELP = (
+    "BOT_TOKEN is not set: create a bot with @BotFather in Telegram and put "
+    "BOT_TOKEN=<the token it gives you> in .env (see .env.example)"
+)
+
+
+class StorageKind(StrEnum):
+    SQLALCHEMY = "sqlalchemy"
+    MONGO = "mongo"
+
+
+class SettingsError(Exception):
+    """A setting is missing or wrong. The message names it and the fix, never its value."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+    )
+
+    bot_token: SecretStr
+    storage: StorageKind = StorageKind.SQLALCHEMY
+    # URLs may carry passwords: keep them out of repr() and so out of logs.
+    database_url: str = Field("sqlite+aiosqlite:///data/bot.db", repr=False)
+    mongo_url: str = Field("mongodb://localhost:27017", repr=False)
+    mongo_db: str = "aiogram_fsm"
+    mongo_driver: Literal["pymongo", "motor"] = "pymongo"
+    telegram_api_url: str | None = None
+    log_level: str = "INFO"
+
+    @field_validator("bot_token")
+    @classmethod
+    def _token_has_botfather_shape(cls, value: SecretStr) -> SecretStr:
+        if not _TOKEN_PATTERN.match(value.get_secret_value().strip()):
+            raise ValueError(
+                "BOT_TOKEN does not look like a bot token: @BotFather gives one like "
+                "123456789:AAH...(35 characters); copy it again into .env"
+            )
+        return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_async(cls, value: str) -> str:
+        return to_async_database_url(value)
+
+    @field_validator("telegram_api_url")
+    @classmethod
+    def _api_url_is_http(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(
+                "TELEGRAM_API_URL must be the base URL of a Bot API server, "
+                "like http://localhost:8081"
+            )
+        return value.rstrip("/")
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level_is_known(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in _LOG_LEVELS:
+            raise ValueError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}")
+        return level
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file DATABASE_URL points at, or None for other databases."""
+        url = make_url(self.database_url)
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return None
+        return Path(url.database)
+
+
+def to_async_database_url(value: str) -> str:
+    """Return DATABASE_URL with an async driver, or raise naming what to write."""
+    try:
+        url: URL = make_url(value.strip())
+    except ArgumentError:
+        raise ValueError(
+            "DATABASE_URL is not a database URL; write for example "
+            "sqlite+aiosqlite:///data/bot.db or postgresql+asyncpg://user:password@host/db"
+        ) from None
+    backend, driver = url.get_backend_name(), url.drivername.partition("+")[2]
+    if not driver and backend in _DEFAULT_ASYNC_DRIVERS:
+        url = url.set(drivername=_DEFAULT_ASYNC_DRIVERS[backend])
+    elif driver not in _ASYNC_DRIVERS:
+        suggestion = _DEFAULT_ASYNC_DRIVERS.get(backend, f"{backend}+<async driver>")
+        raise ValueError(
+            f"DATABASE_URL uses the synchronous driver {url.drivername!r}; "
+            f"the bot needs an async one: write {suggestion}://..."
+        )
+    return url.render_as_string(hide_password=False)
+
+
+def load_settings(env_file: str | Path | None = ".env") -> Settings:
+    """Read and validate the settings; raise SettingsError with one readable line."""
+    try:
+        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None
+
+
+def _describe(error: ValidationError) -> str:
+    """One line per problem, naming the variable; values are left out (the token is secret)."""
+    lines = []
+    for problem in error.errors(include_input=False, include_url=False):
+        name = ".".join(str(part) for part in problem["loc"]).upper()
+        if problem["type"] == "missing":
+            lines.append(BOT_TOKEN_HELP if name == "BOT_TOKEN" else f"{name} is not set")
+        elif name == "STORAGE":
+            known = ", ".join(kind.value for kind in StorageKind)
+            lines.append(f"STORAGE must be one of: {known}")
+        elif name == "MONGO_DRIVER":
+            lines.append("MONGO_DRIVER must be one of: pymongo, motor")
+        else:
+            lines.append(str(problem["msg"]).removeprefix("Value error, "))
+    return "; ".join(lines)

@@ -1,0 +1,49 @@
+"""Commands that work in every state: /start, /help, /cancel."""
+
+from __future__ import annotations
+
+from aiogram import Router
+from aiogram.filters import Command, CommandStart
+from aiogram.fsm.context import FSMContext
+from aiogram.types import BotCommand, Message, ReplyKeyboardRemove
+
+from handlers.questionnaire import start_questionnaire
+
+router = Router(name=__name__)
+
+COMMANDS = [
+    BotCommand(command="start", description="Start the questionnaire (again)"),
+    BotCommand(command="cancel", description="Stop the questionnaire"),
+    BotCommand(command="help", description="What this bot does"),
+]
+
+HELP = (
+    "I ask three questions (your name, age and favourite colour) and remember "
+    "where you are, even if I am restarted.\n\n"
+    "/start: start the questionnaire (again)\n"
+    "/cancel: stop it and forget the answers so far\n"
+    "/help: this message"
+)
+
+
+@router.message(CommandStart())
+async def start(message: Message, state: FSMContext) -> None:
+    await start_questionnaire(message, state)
+
+
+@router.message(Command("help"))
+async def show_help(message: Message) -> None:
+    await message.answer(HELP)
+
+
+@router.message(Command("cancel"))
+async def cancel(message: Message, state: FSMContext, raw_state: str | None) -> None:
+    if raw_state is None:
+        await message.answer("Nothing to cancel. Send /start to begin the questionnaire.")
+        return
+    await state.clear()
+    await message.answer(
+        "Cancelled, and your answers so far are forgotten. Send /start to begin again.",
+        reply_markup=ReplyKeyboardRemove(),
+    )
+

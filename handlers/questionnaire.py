@@ -1,0 +1,129 @@
+"""The questionnaire: name, age, favourite colour. Each answer is saved as soon as it is accepted."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from aiogram import F, Router, html
+from aiogram.filters import StateFilter
+from aiogram.fsm.context import FSMContext
+from aiogram.fsm.state import State
+from aiogram.types import KeyboardButton, Message, ReplyKeyboardMarkup, ReplyKeyboardRemove
+
+from states import Questionnaire
+from storage import CompletedResponse, ResponseStore
+
+router = Router(name=__name__)
+
+MAX_TEXT_LENGTH = 64
+MIN_AGE, MAX_AGE = 1, 120
+COLOURS = ("Red", "Orange", "Yellow", "Green", "Blue", "Purple")
+
+QUESTIONS: dict[State, str] = {
+    Questionnaire.name: "What is your name?",
+    Questionnaire.age: "How old are you?",
+    Questionnaire.colour: "What is your favourite colour? Pick one below or type your own.",
+}
+
+
+def colour_keyboard() -> ReplyKeyboardMarkup:
+    rows = [COLOURS[i : i + 3] for i in range(0, len(COLOURS), 3)]
+    return ReplyKeyboardMarkup(
+        keyboard=[[KeyboardButton(text=colour) for colour in row] for row in rows],
+        resize_keyboard=True,
+        one_time_keyboard=True,
+        input_field_placeholder="Your favourite colour",
+    )
+
+
+async def ask(message: Message, question: State, preface: str = "") -> None:
+    """Send the question for `question`, after an optional reason or greeting."""
+    keyboard = colour_keyboard() if question == Questionnaire.colour else ReplyKeyboardRemove()
+    text = f"{preface}\n\n{QUESTIONS[question]}" if preface else QUESTIONS[question]
+    await message.answer(text, reply_markup=keyboard)
+
+
+async def start_questionnaire(message: Message, state: FSMContext) -> None:
+    await state.set_state(Questionnaire.name)
+    await state.set_data({})
+    await ask(message, Questionnaire.name, "Hi! Three quick questions. Send /cancel at any time to stop.")
+
+
+def short_text_problem(text: str, what: str) -> str | None:
+    """Why `text` is not an acceptable short answer, or None when it is."""
+    if not text:
+        return f"The {what} can't be empty."
+    if len(text) > MAX_TEXT_LENGTH:
+        return f"That's {len(text)} characters; please keep the {what} to {MAX_TEXT_LENGTH}."
+    return None
+
+
+@router.message(Questionnaire.name, F.text, ~F.text.startswith("/"))
+async def take_name(message: Message, state: FSMContext) -> None:
+    name = (message.text or "").strip()
+    if problem := short_text_problem(name, "name"):
+        await ask(message, Questionnaire.name, problem)
+        return
+    await state.update_data(name=name)
+    await state.set_state(Questionnaire.age)
+    await ask(message, Questionnaire.age, f"Nice to meet you, {html.quote(name)}!")
+
+
+@router.message(Questionnaire.age, F.text, ~F.text.startswith("/"))
+async def take_age(message: Message, state: FSMContext) -> None:
+    text = (message.text or "").strip()
+    if not re.fullmatch(r"\d{1,3}", text, flags=re.ASCII):
+        await ask(message, Questionnaire.age, "Please send your age as a whole number, like 30.")
+        return
+    age = int(text)
+    if not MIN_AGE <= age <= MAX_AGE:
+        await ask(message, Questionnaire.age, f"The age must be between {MIN_AGE} and {MAX_AGE}.")
+        return
+    await state.update_data(age=age)
+    await state.set_state(Questionnaire.colour)
+    await ask(message, Questionnaire.colour)
+
+
+@router.message(Questionnaire.colour, F.text, ~F.text.startswith("/"))
+async def take_colour(message: Message, state: FSMContext, responses: ResponseStore) -> None:
+    colour = (message.text or "").strip()
+    if problem := short_text_problem(colour, "colour"):
+        await ask(message, Questionnaire.colour, problem)
+        return
+    answers = {**await state.get_data(), "colour": colour}
+    user_id = message.from_user.id if message.from_user else message.chat.id
+    # Kept before the state is cleared: a failure here leaves the user at the
+    # last question, where resending the colour finishes the questionnaire.
+    await responses.save(
+        CompletedResponse(
+            user_id=user_id,
+            chat_id=message.chat.id,
+            answers=answers,
+            completed_at=datetime.now(UTC),
+        )
+    )
+    await state.clear()
+    await message.answer(summary(answers), reply_markup=ReplyKeyboardRemove())
+
+
+def summary(answers: dict[str, object]) -> str:
+    name, age, colour = (html.quote(str(answers.get(key, "?"))) for key in ("name", "age", "colour"))
+    return (
+        f"Thank you, {name}! Here is what I saved:\n"
+        f"• Name: <b>{name}</b>\n"
+        f"• Age: <b>{age}</b>\n"
+        f"• Favourite colour: <b>{colour}</b>\n\n"
+        "Send /start to fill it in again."
+    )
+
+
+@router.message(StateFilter(Questionnaire))
+async def reprompt(message: Message, raw_state: str | None) -> None:
+    """Anything the current question can't use: a photo, a sticker, an unknown command."""
+    question = next(state for state in QUESTIONS if state.state == raw_state)
+    if message.text:
+        reason = f"I don't know the command {html.quote(message.text.split()[0])}. Send /cancel to stop."
+    else:
+        reason = "I can only read text here."
+    await ask(message, question, reason)

@@ -1,0 +1,3 @@
+from states.questionnaire import Questionnaire
+
+__all__ = ["Questionnaire"]

@@ -1,0 +1,58 @@
+"""Async SQLAlchemy engines with defaults that suit a bot's short, frequent writes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+SQLITE_BUSY_TIMEOUT_MS = 5_000
+
+
+def create_engine_for_url(url: str, **engine_kwargs: Any) -> AsyncEngine:
+    """An engine for `url`: SQLite in WAL mode with a busy timeout, server databases pre-pinged."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, parsed.database, **engine_kwargs)
+    engine_kwargs.setdefault("pool_pre_ping", True)
+    # MySQL closes idle connections after wait_timeout (8 h by default).
+    engine_kwargs.setdefault("pool_recycle", 3600)
+    return create_async_engine(url, **engine_kwargs)
+
+
+def ensure_private_folder(path: Path) -> None:
+    """Create the folder for a database file, readable by its owner only."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _sqlite_engine(url: str, database: str | None, **engine_kwargs: Any) -> AsyncEngine:
+    if database in (None, "", ":memory:") or "mode=memory" in url:
+        # Each pooled connection would see its own empty database.
+        msg = "an in-memory SQLite database does not persist; give a file path, or use aiogram's MemoryStorage"
+        raise ValueError(msg)
+    ensure_private_folder(Path(database).parent)
+    engine = create_async_engine(url, **engine_kwargs)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # WAL lets readers run beside the writer; NORMAL still survives a killed process.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    _restrict_file(database)
+    return engine
+
+
+def _restrict_file(database: str) -> None:
+    """Answers are personal data: create the file owner-only before SQLite does."""
+    path = Path(database)
+    if not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
