@@ -86,8 +86,7 @@ class Settings(BaseSettings):
             return None
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError(
-                "TELEGRAM_API_URL must be the base URL of a Bot API server, "
-                "like http://localhost:8081"
+                "TELEGRAM_API_URL must be the base URL of a Bot API server, like http://localhost:8081"
             )
         return value.rstrip("/")
 
@@ -132,7 +131,7 @@ def to_async_database_url(value: str) -> str:
 def load_settings(env_file: str | Path | None = ".env") -> Settings:
     """Read and validate the settings; raise SettingsError with one readable line."""
     try:
-        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file)
     except ValidationError as error:
         raise SettingsError(_describe(error)) from None
 

@@ -46,4 +46,3 @@ async def cancel(message: Message, state: FSMContext, raw_state: str | None) -> 
         "Cancelled, and your answers so far are forgotten. Send /start to begin again.",
         reply_markup=ReplyKeyboardRemove(),
     )
-

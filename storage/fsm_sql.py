@@ -207,7 +207,8 @@ class SQLAlchemyStorage(BaseStorage):
             elif dialect in ("mysql", "mariadb"):
                 await session.execute(mysql.insert(table).values(row).on_duplicate_key_update(changes))
             else:
-                await _update_or_insert(session, update(table).where(self._is(key)).values(changes), row, table)
+                statement = update(table).where(self._is(key)).values(changes)
+                await _update_or_insert(session, statement, row, table)
 
     async def _insert_if_absent(self, key: StorageKey, **values: str) -> bool:
         try:

@@ -32,7 +32,7 @@ def ensure_private_folder(path: Path) -> None:
 def _sqlite_engine(url: str, database: str | None, **engine_kwargs: Any) -> AsyncEngine:
     if database in (None, "", ":memory:") or "mode=memory" in url:
         # Each pooled connection would see its own empty database.
-        msg = "an in-memory SQLite database does not persist; give a file path, or use aiogram's MemoryStorage"
+        msg = "an in-memory SQLite database does not persist: give a file path"
         raise ValueError(msg)
     ensure_private_folder(Path(database).parent)
     engine = create_async_engine(url, **engine_kwargs)

@@ -63,7 +63,7 @@ def storage_key(user_id: int = 1, chat_id: int | None = None) -> StorageKey:
 
 
 def settings_for(database_url: str) -> Settings:
-    return Settings(bot_token=TOKEN, database_url=database_url, _env_file=None)  # type: ignore[call-arg, arg-type]
+    return Settings(bot_token=TOKEN, database_url=database_url, _env_file=None)
 
 
 def release_routers() -> None:
@@ -91,11 +91,11 @@ class ChatHarness:
 
     def update(self, user_id: int, text: str | None = None, content: str = "text") -> Update:
         message_id = next(self._ids)
-        extra: dict[str, object] = {}
+        photo = sticker = voice = None
         if content == "photo":
-            extra["photo"] = [PhotoSize(file_id="photo", file_unique_id="photo", width=90, height=90)]
+            photo = [PhotoSize(file_id="photo", file_unique_id="photo", width=90, height=90)]
         elif content == "sticker":
-            extra["sticker"] = Sticker(
+            sticker = Sticker(
                 file_id="sticker",
                 file_unique_id="sticker",
                 type="regular",
@@ -105,14 +105,16 @@ class ChatHarness:
                 is_video=False,
             )
         elif content == "voice":
-            extra["voice"] = Voice(file_id="voice", file_unique_id="voice", duration=2)
+            voice = Voice(file_id="voice", file_unique_id="voice", duration=2)
         message = Message(
             message_id=message_id,
             date=datetime.now(UTC),
             chat=Chat(id=user_id, type="private"),
             from_user=User(id=user_id, is_bot=False, first_name=f"User {user_id}"),
             text=text,
-            **extra,
+            photo=photo,
+            sticker=sticker,
+            voice=voice,
         )
         return Update(update_id=message_id, message=message)
 
@@ -152,4 +154,3 @@ async def chat(tmp_path: Path) -> AsyncIterator[ChatHarness]:
     harness = ChatHarness(await create_sql_storages(url), url)
     yield harness
     await harness.close()
-

@@ -23,7 +23,10 @@ class MockedSession(BaseSession):
         self._message_ids = itertools.count(1)
 
     async def make_request(
-        self, bot: Bot, method: TelegramMethod[TelegramType], timeout: int | None = None
+        self,
+        bot: Bot,
+        method: TelegramMethod[TelegramType],
+        timeout: int | None = None,  # noqa: ASYNC109 - aiogram's signature
     ) -> TelegramType:
         self.requests.append(method)
         return cast(TelegramType, self._answer(method))
@@ -45,7 +48,7 @@ class MockedSession(BaseSession):
         self,
         url: str,
         headers: dict[str, Any] | None = None,
-        timeout: int = 30,
+        timeout: int = 30,  # noqa: ASYNC109
         chunk_size: int = 65536,
         raise_for_status: bool = True,
     ) -> AsyncGenerator[bytes, None]:  # pragma: no cover - the bot downloads nothing
