@@ -1,0 +1,514 @@
+"""A small Telegram Bot API server for trying and testing the bot without Telegram.
+
+It answers `/bot<token>/<method>` like api.telegram.org does for the methods
+this bot uses (same JSON shapes, same error codes and descriptions), delivers
+updates by long polling or by webhook, and has a control API under
+`/_emulator/` through which a test or a person acts as Telegram users.
+
+Run it alone with `python -m bot.emulator --port 8081`, then start the bot
+with TELEGRAM_API_URL=http://127.0.0.1:8081.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
+
+from bot.telegram_html import EntityParseError, parse_html, utf16_length
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_LENGTH = 4096
+MAX_LONG_POLL_SECONDS = 50
+EMULATOR_BOT_TOKEN = "123456789:EMULATORTOKEN-emulator-token-000000"
+UPDATE_TYPES = ("message", "edited_message", "callback_query")
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class BotAPIError(Exception):
+    """An error answer, in the Bot API's shape."""
+
+    def __init__(self, code: int, description: str, retry_after: int | None = None) -> None:
+        super().__init__(description)
+        self.code, self.description, self.retry_after = code, description, retry_after
+
+    def response(self) -> web.Response:
+        body: dict[str, Any] = {"ok": False, "error_code": self.code, "description": self.description}
+        if self.retry_after is not None:
+            body["parameters"] = {"retry_after": self.retry_after}
+        return web.json_response(body, status=self.code)
+
+
+@dataclass
+class Fault:
+    """Make the next `count` calls of `method` ('*' for any) fail as Telegram can."""
+
+    method: str
+    status: int
+    count: int
+    retry_after: int | None = None
+
+
+@dataclass
+class ChatLog:
+    """What the bot sent to one chat, and the reply keyboard the user sees now."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    keyboard: list[list[str]] | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class BotAPIEmulator:
+    """One bot's view of Telegram: its users, their updates and its messages."""
+
+    def __init__(self, token: str = EMULATOR_BOT_TOKEN, username: str = "questionnaire_emulator_bot") -> None:
+        self.token = token
+        self.bot_user = {
+            "id": int(token.split(":", 1)[0]),
+            "is_bot": True,
+            "first_name": "Questionnaire",
+            "username": username,
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+            "can_connect_to_business": False,
+            "has_main_web_app": False,
+        }
+        self.updates: list[dict[str, Any]] = []
+        self.allowed_updates: list[str] = []
+        self.chats: dict[int, ChatLog] = {}
+        self.users: dict[int, dict[str, Any]] = {}
+        self.commands: list[dict[str, Any]] = []
+        self.calls: list[str] = []
+        self.faults: list[Fault] = []
+        self.webhook_url = ""
+        self.webhook_secret: str | None = None
+        self._update_ids = itertools.count(1)
+        self._user_message_ids = itertools.count(1)
+        self._new_update = asyncio.Condition()
+        self._poller = 0
+        self._closing = False
+        self._webhook_task: asyncio.Task[None] | None = None
+        self._methods: dict[str, Handler] = {
+            "getme": self._get_me,
+            "getupdates": self._get_updates,
+            "deletewebhook": self._delete_webhook,
+            "setwebhook": self._set_webhook,
+            "getwebhookinfo": self._get_webhook_info,
+            "sendmessage": self._send_message,
+            "editmessagetext": self._edit_message_text,
+            "setmycommands": self._set_my_commands,
+            "getmycommands": self._get_my_commands,
+            "sendchataction": self._true,
+            "answercallbackquery": self._true,
+            "close": self._true,
+            "logout": self._true,
+        }
+
+    # --- the web application -------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/bot{token}/{method}", self._handle_method)
+        app.router.add_post("/_emulator/users/{user_id}/send", self._control_send)
+        app.router.add_get("/_emulator/chats/{chat_id}", self._control_chat)
+        app.router.add_post("/_emulator/faults", self._control_fault)
+        app.router.add_get("/_emulator/status", self._control_status)
+        app.on_shutdown.append(self._end_long_polls)
+        app.on_cleanup.append(self._stop_webhook)
+        return app
+
+    async def _end_long_polls(self, _app: web.Application) -> None:
+        """Answer waiting getUpdates calls now, so shutting down does not wait out their timeout."""
+        async with self._new_update:
+            self._closing = True
+            self._new_update.notify_all()
+
+    async def _handle_method(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != self.token:
+            return BotAPIError(401, "Unauthorized").response()
+        method = request.match_info["method"]
+        handler = self._methods.get(method.lower())
+        if handler is None:
+            return BotAPIError(404, "Not Found").response()
+        self.calls.append(method)
+        try:
+            self._apply_fault(method)
+            result = await handler(await _read_parameters(request))
+        except BotAPIError as error:
+            return error.response()
+        return web.json_response({"ok": True, "result": result})
+
+    def _apply_fault(self, method: str) -> None:
+        for fault in self.faults:
+            if fault.method in ("*", method) and fault.count > 0:
+                fault.count -= 1
+                if fault.status == 429:
+                    retry = fault.retry_after or 1
+                    raise BotAPIError(429, f"Too Many Requests: retry after {retry}", retry_after=retry)
+                description = "Bad Gateway" if fault.status == 502 else "Internal Server Error"
+                raise BotAPIError(fault.status, description)
+
+    # --- Bot API methods -----------------------------------------------------
+
+    async def _true(self, _: dict[str, Any]) -> bool:
+        return True
+
+    async def _get_me(self, _: dict[str, Any]) -> dict[str, Any]:
+        return self.bot_user
+
+    async def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.webhook_url:
+            raise BotAPIError(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; "
+                "use deleteWebhook to delete the webhook first",
+            )
+        offset = int(params.get("offset", 0))
+        limit = min(max(int(params.get("limit", 100)), 1), 100)
+        timeout = min(max(float(params.get("timeout", 0)), 0), MAX_LONG_POLL_SECONDS)
+        if "allowed_updates" in params:
+            # Telegram keeps the last list given until another one is.
+            self.allowed_updates = list(params["allowed_updates"] or [])
+        self._confirm(offset)
+        deadline = time.monotonic() + timeout
+        async with self._new_update:
+            # Like Telegram, a new getUpdates ends the one still waiting.
+            self._poller += 1
+            poller = self._poller
+            self._new_update.notify_all()
+            while True:
+                if poller != self._poller:
+                    raise BotAPIError(
+                        409,
+                        "Conflict: terminated by other getUpdates request; "
+                        "make sure that only one bot instance is running",
+                    )
+                pending = self._pending(offset)[:limit]
+                remaining = deadline - time.monotonic()
+                if pending or remaining <= 0 or self._closing:
+                    return pending
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._new_update.wait(), remaining)
+
+    def _confirm(self, offset: int) -> None:
+        if offset > 0:
+            self.updates = [update for update in self.updates if update["update_id"] >= offset]
+        elif offset < 0:
+            self.updates = self.updates[offset:]
+
+    def _pending(self, offset: int) -> list[dict[str, Any]]:
+        wanted = self.allowed_updates or [kind for kind in UPDATE_TYPES if kind != "chat_member"]
+        return [
+            update
+            for update in self.updates
+            if update["update_id"] >= offset and any(kind in update for kind in wanted)
+        ]
+
+    async def _delete_webhook(self, params: dict[str, Any]) -> bool:
+        self.webhook_url, self.webhook_secret = "", None
+        await self._stop_webhook()
+        if _truthy(params.get("drop_pending_updates")):
+            self.updates.clear()
+        return True
+
+    async def _set_webhook(self, params: dict[str, Any]) -> bool:
+        url = str(params.get("url", ""))
+        if not url:
+            return await self._delete_webhook(params)
+        if not url.startswith(("http://", "https://")):
+            raise BotAPIError(400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook")
+        self.webhook_url, self.webhook_secret = url, params.get("secret_token")
+        if _truthy(params.get("drop_pending_updates")):
+            self.updates.clear()
+        await self._stop_webhook()
+        self._webhook_task = asyncio.create_task(self._deliver_by_webhook())
+        return True
+
+    async def _get_webhook_info(self, _: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "url": self.webhook_url,
+            "has_custom_certificate": False,
+            "pending_update_count": len(self.updates),
+        }
+
+    async def _send_message(self, params: dict[str, Any]) -> dict[str, Any]:
+        chat = self._chat(params)
+        text, entities = self._message_text(params)
+        log = self.chats.setdefault(chat["id"], ChatLog())
+        message: dict[str, Any] = {
+            "message_id": len(log.messages) + 1,
+            "from": self.bot_user,
+            "chat": chat,
+            "date": int(time.time()),
+            "text": text,
+        }
+        if entities:
+            message["entities"] = entities
+        markup = params.get("reply_markup") or {}
+        if "inline_keyboard" in markup:
+            message["reply_markup"] = markup
+        if "keyboard" in markup:
+            log.keyboard = [[_button_text(button) for button in row] for row in markup["keyboard"]]
+        elif markup.get("remove_keyboard"):
+            log.keyboard = None
+        log.messages.append(message)
+        log.changed.set()
+        return message
+
+    async def _edit_message_text(self, params: dict[str, Any]) -> dict[str, Any]:
+        chat = self._chat(params)
+        log = self.chats.get(chat["id"], ChatLog())
+        message_id = int(params.get("message_id", 0))
+        if not 0 < message_id <= len(log.messages):
+            raise BotAPIError(400, "Bad Request: message to edit not found")
+        text, entities = self._message_text(params)
+        message = log.messages[message_id - 1]
+        if message["text"] == text and message.get("entities", []) == entities:
+            raise BotAPIError(
+                400,
+                "Bad Request: message is not modified: specified new message content and reply "
+                "markup are exactly the same as a current content and reply markup of the message",
+            )
+        message.update(text=text, edit_date=int(time.time()), entities=entities)
+        log.changed.set()
+        return message
+
+    async def _set_my_commands(self, params: dict[str, Any]) -> bool:
+        commands = params.get("commands")
+        if not isinstance(commands, list):
+            raise BotAPIError(400, "Bad Request: can't parse commands JSON object")
+        self.commands = commands
+        return True
+
+    async def _get_my_commands(self, _: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.commands
+
+    def _chat(self, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            chat_id = int(params.get("chat_id", ""))
+        except ValueError:
+            raise BotAPIError(400, "Bad Request: chat not found") from None
+        user = self.users.get(chat_id)
+        if user is None:
+            raise BotAPIError(400, "Bad Request: chat not found")
+        return {"id": chat_id, "type": "private", "first_name": user["first_name"]}
+
+    def _message_text(self, params: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+        source = str(params.get("text", ""))
+        if str(params.get("parse_mode", "")).lower() == "html":
+            try:
+                text, entities = parse_html(source)
+            except EntityParseError as error:
+                raise BotAPIError(400, f"Bad Request: {error}") from None
+        else:
+            text, entities = source, list(params.get("entities") or [])
+        if not text.strip():
+            raise BotAPIError(400, "Bad Request: message text is empty")
+        if utf16_length(text) > MAX_MESSAGE_LENGTH:
+            raise BotAPIError(400, "Bad Request: message is too long")
+        return text, entities
+
+    # --- acting as users -----------------------------------------------------
+
+    async def user_sends(self, user_id: int, *contents: dict[str, Any]) -> list[dict[str, Any]]:
+        """Post one or more messages from a user at once (they arrive in one getUpdates batch)."""
+        user = self.users.setdefault(
+            user_id, {"id": user_id, "is_bot": False, "first_name": f"User {user_id}", "language_code": "en"}
+        )
+        self.chats.setdefault(user_id, ChatLog())
+        updates = []
+        for content in contents:
+            message = {
+                "message_id": next(self._user_message_ids),
+                "from": user,
+                "chat": {"id": user_id, "type": "private", "first_name": user["first_name"]},
+                "date": int(time.time()),
+                **_message_content(content),
+            }
+            updates.append({"update_id": next(self._update_ids), "message": message})
+        async with self._new_update:
+            self.updates.extend(updates)
+            self._new_update.notify_all()
+        return updates
+
+    async def bot_messages(self, chat_id: int, count: int = 0, wait: float = 0) -> list[dict[str, Any]]:
+        """The bot's messages to a chat, waiting up to `wait` seconds until there are `count`."""
+        log = self.chats.setdefault(chat_id, ChatLog())
+        deadline = time.monotonic() + wait
+        while len(log.messages) < count and (remaining := deadline - time.monotonic()) > 0:
+            log.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(log.changed.wait(), remaining)
+        return list(log.messages)
+
+    async def _control_send(self, request: web.Request) -> web.Response:
+        user_id = int(request.match_info["user_id"])
+        body = await request.json()
+        contents = body.get("messages") or [body]
+        try:
+            updates = await self.user_sends(user_id, *contents)
+        except ValueError as error:
+            return web.json_response({"ok": False, "description": str(error)}, status=400)
+        return web.json_response({"ok": True, "updates": updates})
+
+    async def _control_chat(self, request: web.Request) -> web.Response:
+        chat_id = int(request.match_info["chat_id"])
+        count = int(request.query.get("count", 0))
+        wait = min(float(request.query.get("wait", 0)), 60)
+        messages = await self.bot_messages(chat_id, count, wait)
+        log = self.chats[chat_id]
+        return web.json_response({"ok": True, "messages": messages, "keyboard": log.keyboard})
+
+    async def _control_fault(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.faults.append(
+            Fault(
+                method=body.get("method", "*"),
+                status=int(body["status"]),
+                count=int(body.get("count", 1)),
+                retry_after=body.get("retry_after"),
+            )
+        )
+        return web.json_response({"ok": True})
+
+    async def _control_status(self, _: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "ok": True,
+                "pending_updates": len(self.updates),
+                "webhook_url": self.webhook_url,
+                "commands": self.commands,
+                "calls": len(self.calls),
+            }
+        )
+
+    # --- webhook delivery ----------------------------------------------------
+
+    async def _deliver_by_webhook(self) -> None:
+        headers = {"X-Telegram-Bot-Api-Secret-Token": self.webhook_secret} if self.webhook_secret else {}
+        async with ClientSession(timeout=ClientTimeout(total=30)) as session:
+            while self.webhook_url:
+                async with self._new_update:
+                    if not self.updates:
+                        await self._new_update.wait()
+                    update = self.updates[0] if self.updates else None
+                if update is None:
+                    continue
+                try:
+                    async with session.post(self.webhook_url, json=update, headers=headers) as response:
+                        delivered = response.status == 200
+                except ClientError:
+                    delivered = False
+                if delivered:
+                    self.updates.remove(update)
+                else:
+                    await asyncio.sleep(1)  # Telegram retries a failed delivery later
+
+    async def _stop_webhook(self, _app: web.Application | None = None) -> None:
+        if self._webhook_task is not None:
+            self._webhook_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._webhook_task
+            self._webhook_task = None
+
+
+def _message_content(content: dict[str, Any]) -> dict[str, Any]:
+    """The message fields for a text, photo, sticker or voice message, in the Bot API's shape."""
+    kind = content.get("kind") or next((k for k in ("photo", "sticker", "voice") if content.get(k)), "text")
+    file = {"file_id": f"{kind}-file-id", "file_unique_id": f"{kind}-unique"}
+    if kind == "text":
+        text = str(content.get("text", ""))
+        if not text:
+            msg = "a text message needs non-empty text"
+            raise ValueError(msg)
+        fields: dict[str, Any] = {"text": text}
+        if text.startswith("/"):
+            command = text.split()[0]
+            fields["entities"] = [{"type": "bot_command", "offset": 0, "length": utf16_length(command)}]
+        return fields
+    if kind == "photo":
+        return {"photo": [{**file, "width": 90, "height": 90, "file_size": 1024}]}
+    if kind == "sticker":
+        return {
+            "sticker": {
+                **file,
+                "type": "regular",
+                "width": 512,
+                "height": 512,
+                "is_animated": False,
+                "is_video": False,
+                "emoji": "👍",
+            }
+        }
+    if kind == "voice":
+        return {"voice": {**file, "duration": 2, "mime_type": "audio/ogg"}}
+    msg = f"unknown message kind {kind!r}: use text, photo, sticker or voice"
+    raise ValueError(msg)
+
+
+def _button_text(button: Any) -> str:
+    return str(button["text"]) if isinstance(button, dict) else str(button)
+
+
+def _truthy(value: Any) -> bool:
+    return value in (True, "true", "True", "1", 1)
+
+
+async def _read_parameters(request: web.Request) -> dict[str, Any]:
+    """Parameters from the query, a form (aiogram sends multipart) or a JSON body; JSON values decoded."""
+    params: dict[str, Any] = dict(request.query)
+    if request.content_type == "application/json":
+        body = await request.json() if request.can_read_body else {}
+        params.update(body)
+        return params
+    if request.can_read_body:
+        form = await request.post()
+        params.update({key: value for key, value in form.items() if isinstance(value, str)})
+    for key, value in params.items():
+        if isinstance(value, str) and value[:1] in ("{", "["):
+            with contextlib.suppress(json.JSONDecodeError):
+                params[key] = json.loads(value)
+    return params
+
+
+@contextlib.asynccontextmanager
+async def running_emulator(
+    emulator: BotAPIEmulator | None = None, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[tuple[BotAPIEmulator, str]]:
+    """Serve an emulator on loopback; yields (emulator, base URL)."""
+    emulator = emulator or BotAPIEmulator()
+    runner = web.AppRunner(emulator.app(), handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound_port = runner.addresses[0][1]
+    try:
+        yield emulator, f"http://{host}:{bound_port}"
+    finally:
+        await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A local Telegram Bot API emulator.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--token", default=EMULATOR_BOT_TOKEN, help="the one bot token it accepts")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    web.run_app(BotAPIEmulator(args.token).app(), host=args.host, port=args.port, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

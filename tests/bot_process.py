@@ -1,0 +1,89 @@
+"""`python main.py` as a real process against the Bot API emulator, for end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+from bot.emulator import BotAPIEmulator
+
+ROOT = Path(__file__).resolve().parent.parent
+START_SECONDS = 60
+REPLY_SECONDS = 20
+
+
+class BotProcess:
+    """One bot process at a time; its stdout and stderr go to one log file."""
+
+    def __init__(self, emulator: BotAPIEmulator, api_url: str, log_path: Path, env: dict[str, str]) -> None:
+        self.emulator = emulator
+        self.log_path = log_path
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k not in {"STORAGE", "DATABASE_URL", "MONGO_URL"}},
+            "BOT_TOKEN": emulator.token,
+            "TELEGRAM_API_URL": api_url,
+            "LOG_LEVEL": "DEBUG",
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    async def start(self) -> None:
+        """Start the bot and wait until it polls."""
+        polls_before = self.emulator.calls.count("getUpdates")
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "main.py"), "--env-file", os.devnull],
+            cwd=self.log_path.parent,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + START_SECONDS
+        while self.emulator.calls.count("getUpdates") == polls_before:
+            if self.process.poll() is not None:
+                msg = f"the bot exited with {self.process.returncode}:\n{self.output()}"
+                raise AssertionError(msg)
+            if time.monotonic() > deadline:
+                msg = f"the bot did not poll within {START_SECONDS} s:\n{self.output()}"
+                raise AssertionError(msg)
+            await asyncio.sleep(0.05)
+
+    async def stop(self, sig: signal.Signals = signal.SIGTERM, wait: float = 20) -> int:
+        """Send `sig` and wait for the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        deadline = time.monotonic() + wait
+        while self.process.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+            msg = f"the bot did not stop within {wait} s after {sig.name}"
+            raise AssertionError(msg)
+        if self._log is not None:
+            self._log.close()
+        return self.process.returncode
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    async def say(self, user_id: int, *texts: str, replies: int | None = None) -> list[str]:
+        """A user sends `texts` (in one getUpdates batch); return the bot's new replies."""
+        return await self.send(user_id, *({"text": text} for text in texts), replies=replies)
+
+    async def send(self, user_id: int, *contents: dict[str, object], replies: int | None = None) -> list[str]:
+        before = len(await self.emulator.bot_messages(user_id))
+        await self.emulator.user_sends(user_id, *contents)
+        expected = before + (len(contents) if replies is None else replies)
+        messages = await self.emulator.bot_messages(user_id, expected, wait=REPLY_SECONDS)
+        texts = [str(message["text"]) for message in messages[before:]]
+        assert len(texts) >= expected - before, f"expected a reply, got {texts}:\n{self.output()[-3000:]}"
+        return texts

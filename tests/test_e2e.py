@@ -1,0 +1,148 @@
+"""End to end: a real `python main.py` process, long polling the Bot API emulator over loopback.
+
+One bot process serves every case of a backend (importing aiogram takes
+seconds); the restart cases stop it and leave a new one running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from bot.emulator import BotAPIEmulator, running_emulator
+from tests.bot_process import BotProcess
+from tests.conftest import SQL_URL_VARIABLES, sql_backends
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+async def drop_bot_tables(database_url: str) -> None:
+    engine = create_async_engine(database_url)
+    async with engine.begin() as connection:
+        for table in ("aiogram_fsm_data", "questionnaire_responses"):
+            await connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=sql_backends())
+async def bot(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[BotProcess]:
+    folder = tmp_path_factory.mktemp(f"e2e-{request.param}")
+    if request.param == "sqlite":
+        database_url = f"sqlite+aiosqlite:///{folder / 'data' / 'bot.db'}"
+    else:
+        database_url = os.environ[SQL_URL_VARIABLES[request.param]]
+        await drop_bot_tables(database_url)
+    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
+        process = BotProcess(emulator, api_url, folder / "bot.log", {"DATABASE_URL": database_url})
+        await process.start()
+        yield process
+        await process.stop()
+        assert emulator.token not in process.output()
+        assert emulator.token.split(":")[1] not in process.output()
+
+
+async def test_full_flow_ends_with_a_summary_of_all_three_answers(bot: BotProcess) -> None:
+    [greeting] = await bot.say(1, "/start")
+    assert "What is your name?" in greeting
+    [reply] = await bot.say(1, "Ann")
+    assert "How old are you?" in reply
+    [reply] = await bot.say(1, "30")
+    assert "favourite colour" in reply
+    assert bot.emulator.chats[1].keyboard is not None
+    assert ["Red", "Orange", "Yellow"] in bot.emulator.chats[1].keyboard
+    [summary] = await bot.say(1, "Blue")
+    assert "Name: Ann" in summary
+    assert "Age: 30" in summary
+    assert "Favourite colour: Blue" in summary
+    assert bot.emulator.chats[1].keyboard is None
+    assert [c["command"] for c in bot.emulator.commands] == ["start", "cancel", "help"]
+
+
+async def test_answers_in_one_batch_are_kept_in_order(bot: BotProcess) -> None:
+    await bot.say(2, "/start")
+    replies = await bot.say(2, "Ann", "30", "Blue")
+    assert "Name: Ann" in replies[-1]
+    assert "Age: 30" in replies[-1]
+    assert "Favourite colour: Blue" in replies[-1]
+
+
+async def test_fifty_users_at_once_each_get_their_own_summary(bot: BotProcess) -> None:
+    async def one_user(user_id: int) -> str:
+        await bot.say(user_id, "/start")
+        await bot.say(user_id, f"User{user_id}")
+        await bot.say(user_id, str(20 + user_id % 50))
+        [summary] = await bot.say(user_id, "Green")
+        return summary
+
+    users = range(1000, 1050)
+    summaries = await asyncio.gather(*(one_user(user_id) for user_id in users))
+    for user_id, summary in zip(users, summaries, strict=True):
+        assert f"Name: User{user_id}" in summary
+        assert f"Age: {20 + user_id % 50}" in summary
+
+
+async def test_bad_input_is_answered_and_changes_nothing(bot: BotProcess) -> None:
+    await bot.say(3, "/start")
+    [reply] = await bot.send(3, {"kind": "photo"})
+    assert reply.endswith("What is your name?")
+    [reply] = await bot.say(3, "x" * 4000)
+    assert "keep the name to 64" in reply
+    [reply] = await bot.say(3, "<b>Ann</b> & co")
+    assert "Nice to meet you, <b>Ann</b> & co!" in reply  # shown literally, not as bold
+    [reply] = await bot.send(3, {"kind": "sticker"})
+    assert reply.endswith("How old are you?")
+    [reply] = await bot.say(3, "old")
+    assert "whole number" in reply
+    [reply] = await bot.say(3, "130")
+    assert "between 1 and 120" in reply
+    await bot.say(3, "41")
+    [summary] = await bot.say(3, "Red")
+    assert "Name: <b>Ann</b> & co" in summary
+    assert "Age: 41" in summary
+
+
+async def test_cancel_forgets_and_says_so(bot: BotProcess) -> None:
+    [reply] = await bot.say(4, "/cancel")
+    assert "Nothing to cancel" in reply
+    await bot.say(4, "/start")
+    await bot.say(4, "Ann")
+    [reply] = await bot.say(4, "/cancel")
+    assert "Cancelled" in reply
+    [reply] = await bot.say(4, "30")
+    assert "Send /start" in reply
+
+
+async def test_kill_9_between_answers_loses_nothing(bot: BotProcess) -> None:
+    await bot.say(5, "/start")
+    [reply] = await bot.say(5, "Ann")
+    assert "How old are you?" in reply  # acknowledged: the answer is saved
+
+    assert await bot.stop(signal.SIGKILL) == -signal.SIGKILL
+    await bot.emulator.user_sends(5, {"text": "30"})  # sent while the bot is down
+    await bot.start()
+
+    messages = await bot.emulator.bot_messages(5, count=3, wait=20)
+    assert "favourite colour" in str(messages[-1]["text"])
+    [summary] = await bot.say(5, "Blue")
+    assert "Name: Ann" in summary
+    assert "Age: 30" in summary
+
+
+async def test_graceful_stop_and_start_continue_the_flow(bot: BotProcess) -> None:
+    await bot.say(6, "/start")
+    await bot.say(6, "Bob")
+    assert await bot.stop(signal.SIGTERM) == 0
+    await bot.start()
+    [reply] = await bot.say(6, "52")
+    assert "favourite colour" in reply
+    [summary] = await bot.say(6, "Purple")
+    assert "Name: Bob" in summary
+    assert "Age: 52" in summary
