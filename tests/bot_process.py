@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from bot.emulator import BotAPIEmulator
 
@@ -31,23 +30,26 @@ class BotProcess:
             "LOG_LEVEL": "DEBUG",
             **env,
         }
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: asyncio.subprocess.Process | None = None
         self._log: IO[bytes] | None = None
 
     async def start(self) -> None:
         """Start the bot and wait until it polls."""
         polls_before = self.emulator.calls.count("getUpdates")
         self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "main.py"), "--env-file", os.devnull],
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(ROOT / "main.py"),
+            "--env-file",
+            os.devnull,
             cwd=self.log_path.parent,
             env=self.env,
             stdout=self._log,
-            stderr=subprocess.STDOUT,
+            stderr=asyncio.subprocess.STDOUT,
         )
         deadline = time.monotonic() + START_SECONDS
         while self.emulator.calls.count("getUpdates") == polls_before:
-            if self.process.poll() is not None:
+            if self.process.returncode is not None:
                 msg = f"the bot exited with {self.process.returncode}:\n{self.output()}"
                 raise AssertionError(msg)
             if time.monotonic() > deadline:
@@ -58,19 +60,18 @@ class BotProcess:
     async def stop(self, sig: signal.Signals = signal.SIGTERM, wait: float = 20) -> int:
         """Send `sig` and wait for the exit code."""
         assert self.process is not None
-        if self.process.poll() is None:
+        if self.process.returncode is None:
             self.process.send_signal(sig)
-        deadline = time.monotonic() + wait
-        while self.process.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if self.process.poll() is None:
+        try:
+            return await asyncio.wait_for(self.process.wait(), wait)
+        except TimeoutError:
             self.process.kill()
-            self.process.wait()
+            await self.process.wait()
             msg = f"the bot did not stop within {wait} s after {sig.name}"
-            raise AssertionError(msg)
-        if self._log is not None:
-            self._log.close()
-        return self.process.returncode
+            raise AssertionError(msg) from None
+        finally:
+            if self._log is not None:
+                self._log.close()
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -79,7 +80,7 @@ class BotProcess:
         """A user sends `texts` (in one getUpdates batch); return the bot's new replies."""
         return await self.send(user_id, *({"text": text} for text in texts), replies=replies)
 
-    async def send(self, user_id: int, *contents: dict[str, object], replies: int | None = None) -> list[str]:
+    async def send(self, user_id: int, *contents: dict[str, Any], replies: int | None = None) -> list[str]:
         before = len(await self.emulator.bot_messages(user_id))
         await self.emulator.user_sends(user_id, *contents)
         expected = before + (len(contents) if replies is None else replies)

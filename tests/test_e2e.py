@@ -10,7 +10,6 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -33,7 +32,9 @@ async def drop_bot_tables(database_url: str) -> None:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=sql_backends())
-async def bot(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[BotProcess]:
+async def bot(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[BotProcess]:
     folder = tmp_path_factory.mktemp(f"e2e-{request.param}")
     if request.param == "sqlite":
         database_url = f"sqlite+aiosqlite:///{folder / 'data' / 'bot.db'}"
