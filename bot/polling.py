@@ -10,7 +10,7 @@ from aiogram.exceptions import TelegramUnauthorizedError
 from bot.setup import create_bot, create_dispatcher
 from config import Settings
 from handlers.common import COMMANDS
-from storage import create_storages
+from storage import StorageUnavailableError, create_storages
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +20,10 @@ class StartupError(Exception):
 
 
 async def run_polling(settings: Settings) -> None:
-    storages = await create_storages(settings)
+    try:
+        storages = await create_storages(settings)
+    except StorageUnavailableError as error:
+        raise StartupError(str(error)) from None
     bot = create_bot(settings)
     try:
         await introduce(bot)

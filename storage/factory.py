@@ -5,10 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiogram.fsm.storage.base import BaseStorage
+from pymongo.errors import PyMongoError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from config import Settings, StorageKind
+from storage.fsm_mongo import MongoDriver, MongoStorage
 from storage.fsm_sql import SQLAlchemyStorage
-from storage.responses import ResponseStore, SQLResponseStore
+from storage.responses import MongoResponseStore, ResponseStore, SQLResponseStore
+
+
+class StorageUnavailableError(Exception):
+    """The configured database cannot be used; the message names the setting to check."""
 
 
 @dataclass
@@ -23,15 +31,19 @@ class Storages:
 
 
 async def create_storages(settings: Settings) -> Storages:
-    """Connect to the configured database and create the tables the bot needs."""
-    if settings.storage is StorageKind.SQLALCHEMY:
-        return await create_sql_storages(settings.database_url)
-    msg = f"STORAGE={settings.storage.value} is not available in this build"
-    raise NotImplementedError(msg)
+    """Connect to the configured database and create what the bot needs there."""
+    if settings.storage is StorageKind.MONGO:
+        return await create_mongo_storages(settings.mongo_url, settings.mongo_db, settings.mongo_driver)
+    return await create_sql_storages(settings.database_url)
 
 
 async def create_sql_storages(database_url: str) -> Storages:
-    fsm = await SQLAlchemyStorage.from_url(database_url)
+    try:
+        fsm = await SQLAlchemyStorage.from_url(database_url)
+    except (SQLAlchemyError, OSError, TimeoutError) as error:
+        where = make_url(database_url).render_as_string(hide_password=True)
+        msg = f"cannot use the database at {where} ({type(error).__name__}): check DATABASE_URL"
+        raise StorageUnavailableError(msg) from error
     responses = SQLResponseStore(fsm.sessionmaker, fsm.metadata)
     try:
         await responses.create_table()
@@ -39,3 +51,14 @@ async def create_sql_storages(database_url: str) -> Storages:
         await fsm.close()
         raise
     return Storages(fsm=fsm, responses=responses)
+
+
+async def create_mongo_storages(url: str, db_name: str, driver: MongoDriver = "pymongo") -> Storages:
+    fsm = MongoStorage.from_url(url, driver, db_name=db_name)
+    try:
+        await fsm.ping()
+    except PyMongoError as error:
+        await fsm.close()
+        msg = f"cannot reach MongoDB ({type(error).__name__}): check MONGO_URL and that the server runs"
+        raise StorageUnavailableError(msg) from error
+    return Storages(fsm=fsm, responses=MongoResponseStore(fsm.database))

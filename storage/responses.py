@@ -11,6 +11,8 @@ from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, Table, T
 from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from storage.fsm_mongo import escape_value, unescape_value
+
 
 @dataclass(frozen=True)
 class CompletedResponse:
@@ -92,3 +94,36 @@ class SQLResponseStore:
 
 def _as_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+class MongoResponseStore:
+    """Completed responses in a `questionnaire_responses` collection beside the FSM one."""
+
+    def __init__(self, database: Any, collection_name: str = "questionnaire_responses") -> None:
+        self.collection = database[collection_name]
+
+    async def save(self, response: CompletedResponse) -> None:
+        await self.collection.insert_one(
+            {
+                "user_id": response.user_id,
+                "chat_id": response.chat_id,
+                "answers": escape_value(response.answers),
+                "completed_at": response.completed_at.astimezone(UTC),
+            }
+        )
+
+    async def for_user(self, user_id: int) -> list[CompletedResponse]:
+        cursor = self.collection.find({"user_id": user_id}).sort("_id", 1)
+        return [
+            CompletedResponse(
+                user_id=document["user_id"],
+                chat_id=document["chat_id"],
+                answers=unescape_value(document["answers"]),
+                completed_at=_as_utc(document["completed_at"]),
+            )
+            async for document in cursor
+        ]
+
+    async def delete_for_user(self, user_id: int) -> int:
+        result = await self.collection.delete_many({"user_id": user_id})
+        return int(result.deleted_count)

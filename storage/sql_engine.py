@@ -11,6 +11,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
+CONNECT_TIMEOUT_SECONDS = 5
+# Drivers wait up to a minute for an unreachable host by default.
+_CONNECT_TIMEOUT_ARGUMENT = {
+    "asyncpg": "timeout",
+    "asyncmy": "connect_timeout",
+    "aiomysql": "connect_timeout",
+}
 
 
 def create_engine_for_url(url: str, **engine_kwargs: Any) -> AsyncEngine:
@@ -18,6 +25,9 @@ def create_engine_for_url(url: str, **engine_kwargs: Any) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url, parsed.database, **engine_kwargs)
+    timeout_argument = _CONNECT_TIMEOUT_ARGUMENT.get(parsed.get_driver_name())
+    if timeout_argument:
+        engine_kwargs.setdefault("connect_args", {}).setdefault(timeout_argument, CONNECT_TIMEOUT_SECONDS)
     engine_kwargs.setdefault("pool_pre_ping", True)
     # MySQL closes idle connections after wait_timeout (8 h by default).
     engine_kwargs.setdefault("pool_recycle", 3600)

@@ -1,4 +1,11 @@
-"""Fixtures: real databases, and the real Dispatcher driven with a mocked Bot API session."""
+"""Fixtures: real databases, and the real Dispatcher driven with a mocked Bot API session.
+
+Every storage backend is a `Backend`: SQLite in a temp file, PostgreSQL and
+MySQL when their URL is set (the Makefile sets both), and MongoDB through
+PyMongo's async client and through motor, on MONGO_TEST_URL or an nx-27017
+server the session starts. A configured server that does not answer fails
+the tests; nothing is skipped for being down.
+"""
 
 from __future__ import annotations
 
@@ -6,56 +13,138 @@ import itertools
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiogram import Bot, Dispatcher
-from aiogram.fsm.storage.base import StorageKey
+from aiogram.fsm.storage.base import BaseStorage, StorageKey
 from aiogram.methods import SendMessage
 from aiogram.types import Chat, Message, PhotoSize, Sticker, Update, User, Voice
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.setup import create_bot, create_dispatcher
 from config import Settings
 from handlers import get_routers
-from storage import SQLAlchemyStorage, Storages
-from storage.factory import create_sql_storages
+from storage import MongoStorage, SQLAlchemyStorage, Storages
+from storage.factory import create_mongo_storages, create_sql_storages
+from storage.fsm_mongo import MongoDriver, close_client, create_client
 from tests.mocked_session import BOT_USER, MockedSession
+from tests.mongo_server import WireProtocolServer, configured_url, wait_until_answering
 
 TOKEN = "42:TESTTOKEN0123456789abcdefghijklmnopq"
 SQL_URL_VARIABLES = {"postgresql": "POSTGRES_TEST_URL", "mysql": "MYSQL_TEST_URL"}
+MONGO_BACKENDS = ("mongo-pymongo", "mongo-motor")
 
 
-def sql_backends() -> list[object]:
-    """SQLite always; PostgreSQL and MySQL when their URL is configured (the Makefile sets both)."""
-    backends: list[object] = [pytest.param("sqlite", id="sqlite")]
-    for name, variable in SQL_URL_VARIABLES.items():
-        marks = [] if os.environ.get(variable) else [pytest.mark.skip(reason=f"{variable} is not set")]
-        backends.append(pytest.param(name, id=name, marks=marks))
-    return backends
+def backend_params(*names: str) -> list[Any]:
+    """pytest params for the named backends; PostgreSQL and MySQL only when their URL is set."""
+    params = []
+    for name in names:
+        variable = SQL_URL_VARIABLES.get(name)
+        marks = []
+        if variable and not os.environ.get(variable):
+            marks.append(pytest.mark.skip(reason=f"{variable} is not set"))
+        params.append(pytest.param(name, id=name, marks=marks))
+    return params
 
 
-@pytest.fixture(params=sql_backends())
-def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
-    return os.environ[SQL_URL_VARIABLES[request.param]]
+SQL_BACKENDS = backend_params("sqlite", "postgresql", "mysql")
+ALL_BACKENDS = backend_params("sqlite", "postgresql", "mysql", *MONGO_BACKENDS)
+# The bot-flow tests: the default storage and both Mongo drivers.
+FLOW_BACKENDS = backend_params("sqlite", *MONGO_BACKENDS)
+
+
+@pytest.fixture(scope="session")
+def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = configured_url()
+    if url is not None:
+        wait_until_answering(url, 10)  # configured but down: every Mongo test errors
+        yield url
+        return
+    server = WireProtocolServer(tmp_path_factory.mktemp("mongo"))
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@dataclass
+class Backend:
+    """Where one test keeps its state: its own SQL table or its own Mongo database."""
+
+    name: str
+    url: str
+    place: str  # table name, or Mongo database name
+
+    @property
+    def is_mongo(self) -> bool:
+        return self.name in MONGO_BACKENDS
+
+    @property
+    def driver(self) -> MongoDriver:
+        return "motor" if self.name == "mongo-motor" else "pymongo"
+
+    async def open(self, **options: Any) -> BaseStorage:
+        """A new storage on this backend's place, as a new process would open it."""
+        if self.is_mongo:
+            return MongoStorage.from_url(self.url, self.driver, db_name=self.place, **options)
+        return await SQLAlchemyStorage.from_url(self.url, table_name=self.place, **options)
+
+    async def open_storages(self) -> Storages:
+        if self.is_mongo:
+            return await create_mongo_storages(self.url, self.place, self.driver)
+        return await create_sql_storages(self.url)
+
+    async def record_ids(self, storage: BaseStorage) -> list[str]:
+        """The ids of the records the storage keeps, sorted."""
+        if isinstance(storage, MongoStorage):
+            return sorted([document["_id"] async for document in storage.collection.find({}, {"_id": 1})])
+        assert isinstance(storage, SQLAlchemyStorage)
+        async with storage.sessionmaker() as session:
+            return sorted((await session.execute(storage.table.select())).scalars().all())
+
+    async def drop(self) -> None:
+        if self.is_mongo:
+            client = create_client(self.url, self.driver)
+            await client.drop_database(self.place)
+            await close_client(client)
+            return
+        if self.name == "sqlite":
+            return  # the file goes with the test's tmp_path
+        engine = create_async_engine(self.url)
+        async with engine.begin() as connection:
+            await connection.execute(text(f"DROP TABLE IF EXISTS {self.place}"))
+        await engine.dispose()
+
+
+def make_backend(name: str, tmp_path: Path, mongo_url: str | None) -> Backend:
+    suffix = uuid.uuid4().hex[:12]
+    if name in MONGO_BACKENDS:
+        assert mongo_url is not None
+        return Backend(name, mongo_url, f"test_{suffix}")
+    if name == "sqlite":
+        return Backend(name, f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", f"fsm_test_{suffix}")
+    return Backend(name, os.environ[SQL_URL_VARIABLES[name]], f"fsm_test_{suffix}")
 
 
 @pytest.fixture
-def table_name() -> str:
-    """A table of the test's own, so runs never see each other's rows."""
-    return f"fsm_test_{uuid.uuid4().hex[:12]}"
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """Parametrize it indirectly with ALL_BACKENDS, SQL_BACKENDS or FLOW_BACKENDS."""
+    name = request.param
+    url = request.getfixturevalue("mongo_url") if name in MONGO_BACKENDS else None
+    chosen = make_backend(name, tmp_path, url)
+    yield chosen
+    await chosen.drop()
 
 
 @pytest.fixture
-async def sql_storage(sql_url: str, table_name: str) -> AsyncIterator[SQLAlchemyStorage]:
-    storage = await SQLAlchemyStorage.from_url(sql_url, table_name=table_name)
-    yield storage
-    async with storage.sessionmaker.begin() as session:
-        await session.execute(text(f"DROP TABLE IF EXISTS {table_name}"))
-    await storage.close()
+async def storage(backend: Backend) -> AsyncIterator[BaseStorage]:
+    opened = await backend.open()
+    yield opened
+    await opened.close()
 
 
 def storage_key(user_id: int = 1, chat_id: int | None = None) -> StorageKey:
@@ -81,11 +170,11 @@ def _fresh_routers() -> Iterator[None]:
 class ChatHarness:
     """The real Dispatcher and handlers; users send updates, the bot's replies are recorded."""
 
-    def __init__(self, storages: Storages, database_url: str) -> None:
+    def __init__(self, backend: Backend, storages: Storages) -> None:
+        self.backend = backend
         self.storages = storages
-        self.database_url = database_url
         self.session = MockedSession()
-        self.bot: Bot = create_bot(settings_for(database_url), session=self.session)
+        self.bot: Bot = create_bot(settings_for("sqlite:///unused.db"), session=self.session)
         self.dispatcher: Dispatcher = create_dispatcher(storages.fsm, storages.responses)
         self._ids = itertools.count(1)
 
@@ -141,16 +230,19 @@ class ChatHarness:
         await self.dispatcher.fsm.close()
         await self.storages.close()
         release_routers()
-        self.storages = await create_sql_storages(self.database_url)
+        self.storages = await self.backend.open_storages()
         self.dispatcher = create_dispatcher(self.storages.fsm, self.storages.responses)
 
     async def close(self) -> None:
         await self.storages.close()
 
 
-@pytest.fixture
-async def chat(tmp_path: Path) -> AsyncIterator[ChatHarness]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
-    harness = ChatHarness(await create_sql_storages(url), url)
+@pytest.fixture(params=FLOW_BACKENDS)
+async def chat(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChatHarness]:
+    name = request.param
+    url = request.getfixturevalue("mongo_url") if name in MONGO_BACKENDS else None
+    backend = make_backend(name, tmp_path, url)
+    harness = ChatHarness(backend, await backend.open_storages())
     yield harness
     await harness.close()
+    await backend.drop()

@@ -7,9 +7,9 @@ seconds); the restart cases stop it and leave a new one running.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.emulator import BotAPIEmulator, running_emulator
 from tests.bot_process import BotProcess
-from tests.conftest import SQL_URL_VARIABLES, sql_backends
+from tests.conftest import ALL_BACKENDS, MONGO_BACKENDS, SQL_URL_VARIABLES, Backend, make_backend
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -31,23 +31,38 @@ async def drop_bot_tables(database_url: str) -> None:
     await engine.dispose()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module", params=sql_backends())
+def bot_environment(backend: Backend, folder: Path) -> dict[str, str]:
+    """The settings that point a bot process at `backend`."""
+    if backend.is_mongo:
+        return {
+            "STORAGE": "mongo",
+            "MONGO_URL": backend.url,
+            "MONGO_DB": backend.place,
+            "MONGO_DRIVER": backend.driver,
+        }
+    if backend.name == "sqlite":
+        return {"DATABASE_URL": f"sqlite+aiosqlite:///{folder / 'data' / 'bot.db'}"}
+    return {"DATABASE_URL": backend.url}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=ALL_BACKENDS)
 async def bot(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[BotProcess]:
     folder = tmp_path_factory.mktemp(f"e2e-{request.param}")
-    if request.param == "sqlite":
-        database_url = f"sqlite+aiosqlite:///{folder / 'data' / 'bot.db'}"
-    else:
-        database_url = os.environ[SQL_URL_VARIABLES[request.param]]
-        await drop_bot_tables(database_url)
+    mongo = request.getfixturevalue("mongo_url") if request.param in MONGO_BACKENDS else None
+    backend = make_backend(request.param, folder, mongo)
+    if backend.name in SQL_URL_VARIABLES:
+        await drop_bot_tables(backend.url)
     async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
-        process = BotProcess(emulator, api_url, folder / "bot.log", {"DATABASE_URL": database_url})
+        process = BotProcess(emulator, api_url, folder / "bot.log", bot_environment(backend, folder))
         await process.start()
         yield process
         await process.stop()
         assert emulator.token not in process.output()
         assert emulator.token.split(":")[1] not in process.output()
+    if backend.is_mongo:
+        await backend.drop()
 
 
 async def test_full_flow_ends_with_a_summary_of_all_three_answers(bot: BotProcess) -> None:

@@ -1,0 +1,215 @@
+"""MongoStorage: aiogram FSM state and data in MongoDB, through PyMongo's async client or motor.
+
+One document per storage key: `{_id: key, state, data, updated_at}`, present
+only while the key has a state or data; an empty `state` or `data` is left
+out of the document rather than stored as null or {}. Every call is one round trip, plus a
+conditional delete when a write leaves the key empty. `update_data` is one
+atomic `findAndModify` with `$set` on `data.<key>`.
+
+Data keys are user data, not field paths: `.`, `$`, `%` and NUL in keys (at
+any depth) are stored percent-escaped, so `{"a.b": 1}` reads back as
+`{"a.b": 1}`, never as `{"a": {"b": 1}}`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from aiogram.exceptions import DataNotDictLikeError
+from aiogram.fsm.state import State
+from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder, KeyBuilder, StateType, StorageKey
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+MongoDriver = Literal["pymongo", "motor"]
+SERVER_SELECTION_TIMEOUT_MS = 5_000
+
+_ESCAPED = re.compile(r"[.$%\x00]")
+_ESCAPE = re.compile(r"%([0-9A-F]{2})")
+_EMPTY_KEY = "%"  # an escaped key never ends in a bare "%"
+
+
+def escape_key(key: str) -> str:
+    """A document field name for a data key: no '.', no '$', never empty."""
+    return _ESCAPED.sub(lambda match: f"%{ord(match.group()):02X}", key) if key else _EMPTY_KEY
+
+
+def unescape_key(field: str) -> str:
+    return "" if field == _EMPTY_KEY else _ESCAPE.sub(lambda match: chr(int(match.group(1), 16)), field)
+
+
+def escape_value(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {escape_key(str(key)): escape_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [escape_value(item) for item in value]
+    return value
+
+
+def unescape_value(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {unescape_key(key): unescape_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [unescape_value(item) for item in value]
+    return value
+
+
+def create_client(url: str, driver: MongoDriver = "pymongo", **client_kwargs: Any) -> Any:
+    """An async client for `url`: PyMongo's own (the default) or motor's."""
+    client_kwargs.setdefault("serverSelectionTimeoutMS", SERVER_SELECTION_TIMEOUT_MS)
+    client_kwargs.setdefault("tz_aware", True)
+    if driver == "motor":
+        # Imported only when chosen: motor is deprecated and optional.
+        from motor.motor_asyncio import AsyncIOMotorClient
+
+        return AsyncIOMotorClient(url, **client_kwargs)
+    from pymongo import AsyncMongoClient
+
+    return AsyncMongoClient(url, **client_kwargs)
+
+
+async def close_client(client: Any) -> None:
+    # PyMongo's async close() is a coroutine; motor's is a plain method.
+    result = client.close()
+    if inspect.isawaitable(result):
+        await result
+
+
+class MongoStorage(BaseStorage):
+    """aiogram FSM storage on MongoDB.
+
+    `client` is a PyMongo `AsyncMongoClient` or a motor `AsyncIOMotorClient`;
+    `MongoStorage.from_url(url)` creates (and on close() closes) one itself.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        key_builder: KeyBuilder | None = None,
+        db_name: str = "aiogram_fsm",
+        collection_name: str = "states_and_data",
+    ) -> None:
+        self.client = client
+        self.database = client[db_name]
+        self.collection = self.database[collection_name]
+        self.key_builder = key_builder or DefaultKeyBuilder()
+        self._owns_client = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        driver: MongoDriver = "pymongo",
+        *,
+        key_builder: KeyBuilder | None = None,
+        db_name: str = "aiogram_fsm",
+        collection_name: str = "states_and_data",
+        **client_kwargs: Any,
+    ) -> MongoStorage:
+        storage = cls(
+            create_client(url, driver, **client_kwargs),
+            key_builder=key_builder,
+            db_name=db_name,
+            collection_name=collection_name,
+        )
+        storage._owns_client = True
+        return storage
+
+    async def ping(self) -> None:
+        """Raise a PyMongoError unless the server answers (within serverSelectionTimeoutMS)."""
+        await self.database.command("ping")
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await close_client(self.client)
+
+    # --- BaseStorage -------------------------------------------------------
+
+    async def get_state(self, key: StorageKey) -> str | None:
+        document = await self.collection.find_one({"_id": self._id(key)}, {"state": 1})
+        return None if document is None else document.get("state")
+
+    async def set_state(self, key: StorageKey, state: StateType = None) -> None:
+        value = state.state if isinstance(state, State) else state
+        if value is None:
+            await self._clear_field(key, "state")
+        else:
+            await self._upsert(key, {"state": value})
+
+    async def get_data(self, key: StorageKey) -> dict[str, Any]:
+        document = await self.collection.find_one({"_id": self._id(key)}, {"data": 1})
+        return _data_of(document)
+
+    async def set_data(self, key: StorageKey, data: Mapping[str, Any]) -> None:
+        if not isinstance(data, dict):
+            msg = f"Data must be a dict or dict-like object, got {type(data).__name__}"
+            raise DataNotDictLikeError(msg)
+        if data:
+            await self._upsert(key, {"data": escape_value(data)})
+        else:
+            await self._clear_field(key, "data")
+
+    async def update_data(self, key: StorageKey, data: Mapping[str, Any]) -> dict[str, Any]:
+        if not data:
+            return await self.get_data(key)
+        changes = {f"data.{escape_key(str(name))}": escape_value(value) for name, value in data.items()}
+        document = await self._upsert(key, changes, return_field="data")
+        return _data_of(document)
+
+    # --- commands ----------------------------------------------------------
+
+    def _id(self, key: StorageKey) -> str:
+        return self.key_builder.build(key)
+
+    async def _upsert(
+        self,
+        key: StorageKey,
+        changes: dict[str, Any],
+        return_field: str | None = None,
+    ) -> Any:
+        update = {"$set": {**changes, "updated_at": datetime.now(UTC)}}
+        for attempt in range(2):
+            try:
+                if return_field is None:
+                    await self.collection.update_one({"_id": self._id(key)}, update, upsert=True)
+                    return None
+                return await self.collection.find_one_and_update(
+                    {"_id": self._id(key)},
+                    update,
+                    projection={return_field: 1},
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+            except DuplicateKeyError:
+                # Two upserts raced to insert the key; the second one now updates.
+                if attempt:
+                    raise
+        return None  # pragma: no cover
+
+    async def _clear_field(self, key: StorageKey, field: Literal["state", "data"]) -> None:
+        """Empty `state` or `data`; the document goes when the other one is empty too."""
+        other = "data" if field == "state" else "state"
+        document = await self.collection.find_one_and_update(
+            {"_id": self._id(key)},
+            {"$unset": {field: ""}, "$set": {"updated_at": datetime.now(UTC)}},
+            projection={other: 1},
+            return_document=ReturnDocument.AFTER,
+        )
+        if document is not None and not document.get(other):
+            # The filter re-checks both fields, so a write that lands in between keeps the document.
+            # (`None` matches a missing field; `{"data": {}}` is misread as an operator by nx-27017.)
+            await self.collection.delete_one({"_id": self._id(key), "state": None, "data": None})
+
+
+def _data_of(document: Mapping[str, Any] | None) -> dict[str, Any]:
+    if document is None:
+        return {}
+    data = document.get("data") or {}
+    if not isinstance(data, Mapping):
+        msg = f"stored FSM data is a {type(data).__name__}, not a document"
+        raise TypeError(msg)
+    return dict(unescape_value(data))

@@ -1,0 +1,64 @@
+"""Start-up failures of a real `python main.py`: one line naming the fix, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.emulator import BotAPIEmulator, running_emulator
+from tests.mongo_server import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+VALID_TOKEN = "123456789:AAHsecretsecretsecretsecretsecret12"
+
+
+async def run_bot(tmp_path: Path, **env: str) -> tuple[int, str]:
+    """Run the bot until it exits (it must, by itself, within 30 s); return its exit code and stderr."""
+    clean = {k: v for k, v in os.environ.items() if k not in {"STORAGE", "DATABASE_URL", "MONGO_URL"}}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "main.py"),
+        cwd=tmp_path,
+        env={**clean, "BOT_TOKEN": VALID_TOKEN, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, stderr.decode()
+
+
+def the_one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, stderr
+    assert VALID_TOKEN not in stderr
+    return errors[0]
+
+
+async def test_token_rejected_by_telegram(tmp_path: Path) -> None:
+    async with running_emulator(BotAPIEmulator()) as (_, api_url):
+        code, stderr = await run_bot(tmp_path, TELEGRAM_API_URL=api_url)
+    assert code == 2
+    assert "Telegram rejected BOT_TOKEN" in the_one_error_line(stderr)
+
+
+@pytest.mark.parametrize("driver", ["pymongo", "motor"])
+async def test_unreachable_mongodb(tmp_path: Path, driver: str) -> None:
+    url = f"mongodb://127.0.0.1:{free_port()}"
+    code, stderr = await run_bot(tmp_path, STORAGE="mongo", MONGO_URL=url, MONGO_DRIVER=driver)
+    assert code == 2
+    assert "check MONGO_URL" in the_one_error_line(stderr)
+
+
+async def test_unreachable_postgresql(tmp_path: Path) -> None:
+    url = f"postgresql+asyncpg://bot:hunter2@127.0.0.1:{free_port()}/bot"
+    code, stderr = await run_bot(tmp_path, DATABASE_URL=url)
+    assert code == 2
+    line = the_one_error_line(stderr)
+    assert "check DATABASE_URL" in line
+    assert "hunter2" not in stderr

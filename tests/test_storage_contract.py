@@ -1,0 +1,169 @@
+"""The FSM storage contract, the same for every backend: SQLite, PostgreSQL, MySQL, MongoDB (both drivers)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiogram.exceptions import DataNotDictLikeError
+from aiogram.fsm.state import State, StatesGroup
+from aiogram.fsm.storage.base import BaseStorage, KeyBuilder, StorageKey
+from aiogram.fsm.storage.memory import MemoryStorage
+
+from tests.conftest import ALL_BACKENDS, Backend, storage_key
+
+pytestmark = pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+
+
+class Form(StatesGroup):
+    first = State()
+
+
+async def test_missing_key_has_no_state_and_empty_data(storage: BaseStorage) -> None:
+    assert await storage.get_state(storage_key()) is None
+    assert await storage.get_data(storage_key()) == {}
+    assert await storage.get_value(storage_key(), "name", "default") == "default"
+
+
+async def test_state_round_trip_from_str_and_state(storage: BaseStorage) -> None:
+    await storage.set_state(storage_key(), Form.first)
+    assert await storage.get_state(storage_key()) == "Form:first"
+    await storage.set_state(storage_key(), "custom")
+    assert await storage.get_state(storage_key()) == "custom"
+    assert await storage.get_state(storage_key(2)) is None
+
+
+async def test_data_round_trip_returns_copies(storage: BaseStorage) -> None:
+    data: dict[str, Any] = {"name": "Ann", "nested": {"list": [1, 2, "три"]}, "none": None}
+    await storage.set_data(storage_key(), data)
+    loaded = await storage.get_data(storage_key())
+    assert loaded == data
+    loaded["name"] = "changed"
+    assert (await storage.get_data(storage_key()))["name"] == "Ann"
+    assert await storage.get_value(storage_key(), "name") == "Ann"
+
+
+async def test_awkward_keys_are_kept_as_memory_storage_keeps_them(storage: BaseStorage) -> None:
+    awkward = {"a.b": 1, "$set": 2, "": 3, "%2E": 4, "ключ": {"$in": [{"x.y": 1}]}, "a": {"b": 5}}
+    memory = MemoryStorage()
+    for each in (storage, memory):
+        await each.set_data(storage_key(), awkward)
+        assert await each.update_data(storage_key(), {"x.y": 4, "$unset": 5, "a": {"c.d": 6}}) == {
+            **awkward,
+            "x.y": 4,
+            "$unset": 5,
+            "a": {"c.d": 6},
+        }
+    assert await storage.get_data(storage_key()) == await memory.get_data(storage_key())
+
+
+async def test_set_data_refuses_a_non_dict_and_changes_nothing(storage: BaseStorage) -> None:
+    await storage.set_data(storage_key(), {"kept": True})
+    with pytest.raises(DataNotDictLikeError):
+        await storage.set_data(storage_key(), [("a", 1)])  # type: ignore[arg-type]
+    assert await storage.get_data(storage_key()) == {"kept": True}
+
+
+async def test_update_data_merges_like_dict_update(storage: BaseStorage) -> None:
+    first = await storage.update_data(storage_key(), {"a": 1, "nested": {"x": 1}})
+    assert first == {"a": 1, "nested": {"x": 1}}
+    result = await storage.update_data(storage_key(), {"b": 2, "nested": {"y": 2}, "a": None})
+    assert result == {"a": None, "b": 2, "nested": {"y": 2}}
+    assert await storage.get_data(storage_key()) == result
+    assert await storage.update_data(storage_key(), {}) == result
+
+
+async def test_empty_state_and_data_leave_no_record(storage: BaseStorage, backend: Backend) -> None:
+    key = storage_key()
+    await storage.set_state(key, "s")
+    await storage.set_data(key, {"a": 1})
+    assert len(await backend.record_ids(storage)) == 1
+
+    await storage.set_state(key, None)
+    assert await storage.get_data(key) == {"a": 1}
+    assert len(await backend.record_ids(storage)) == 1
+
+    await storage.set_data(key, {})
+    assert await backend.record_ids(storage) == []
+
+    await storage.set_data(key, {"a": 1})
+    await storage.set_state(key, "s")
+    await storage.set_data(key, {})
+    assert await storage.get_state(key) == "s"
+    await storage.set_state(key, None)
+    assert await backend.record_ids(storage) == []
+
+    await storage.update_data(key, {})
+    await storage.set_state(key, None)
+    await storage.set_data(key, {})
+    assert await backend.record_ids(storage) == []
+
+
+async def test_clear_really_clears(storage: BaseStorage, backend: Backend) -> None:
+    """aiogram's FSMContext.clear(): set_state(None) then set_data({})."""
+    key = storage_key()
+    await storage.set_state(key, "s")
+    await storage.update_data(key, {"a": 1})
+    await storage.set_state(key, None)
+    await storage.set_data(key, {})
+    assert await storage.get_state(key) is None
+    assert await storage.get_data(key) == {}
+    assert await backend.record_ids(storage) == []
+
+
+async def test_concurrent_update_data_keeps_every_key(storage: BaseStorage) -> None:
+    key = storage_key()
+    await asyncio.gather(*(storage.update_data(key, {f"k{i}": i}) for i in range(20)))
+    assert await storage.get_data(key) == {f"k{i}": i for i in range(20)}
+
+
+async def test_concurrent_update_data_from_two_processes_keeps_every_key(
+    storage: BaseStorage, backend: Backend
+) -> None:
+    """Two storages with their own connections stand for two bot processes on one database."""
+    other = await backend.open()
+    try:
+        key = storage_key()
+        writes = [(storage if i % 2 else other).update_data(key, {f"k{i}": i}) for i in range(20)]
+        await asyncio.gather(*writes)
+        assert await storage.get_data(key) == {f"k{i}": i for i in range(20)}
+    finally:
+        await other.close()
+
+
+async def test_concurrent_first_writes_to_one_key_do_not_collide(
+    storage: BaseStorage, backend: Backend
+) -> None:
+    key = storage_key()
+    await asyncio.gather(
+        storage.set_state(key, "s"),
+        storage.set_data(key, {"a": 1}),
+        *(storage.set_state(storage_key(1000 + i), "t") for i in range(20)),
+    )
+    assert await storage.get_state(key) == "s"
+    assert await storage.get_data(key) == {"a": 1}
+    assert len(await backend.record_ids(storage)) == 21
+
+
+async def test_emptying_a_key_does_not_race_a_write_to_it(storage: BaseStorage) -> None:
+    """Clearing the state while another task writes data must never delete that data."""
+    for round_number in range(10):
+        key = storage_key(500 + round_number)
+        await storage.set_state(key, "s")
+        await asyncio.gather(storage.set_state(key, None), storage.update_data(key, {"kept": round_number}))
+        assert await storage.get_data(key) == {"kept": round_number}
+        assert await storage.get_state(key) is None
+
+
+async def test_custom_key_builder_names_the_records(backend: Backend) -> None:
+    class CustomKeyBuilder(KeyBuilder):
+        def build(self, key: StorageKey) -> str:  # type: ignore[override]
+            return f"custom_{key.bot_id}_{key.chat_id}_{key.user_id}"
+
+    storage = await backend.open(key_builder=CustomKeyBuilder())
+    try:
+        await storage.set_state(storage_key(7), "s")
+        assert await backend.record_ids(storage) == ["custom_42_7_7"]
+    finally:
+        await storage.close()
