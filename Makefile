@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export POSTGRES_TEST_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 export MYSQL_TEST_URL ?= mysql+asyncmy://root@127.0.0.1:3306/test
 
-.PHONY: run test lint unit clean
+.PHONY: run sandbox test lint unit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ $(VENV)/.dev-deps: requirements.txt requirements-dev.txt | $(BIN)/python
 
 run: $(VENV)/.run-deps
 	$(BIN)/python main.py
+
+# Chat with the bot in this terminal through the built-in Bot API emulator.
+sandbox: $(VENV)/.run-deps
+	$(BIN)/python main.py --sandbox
 
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check .

@@ -128,9 +128,14 @@ def to_async_database_url(value: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def load_settings(env_file: str | Path | None = ".env") -> Settings:
-    """Read and validate the settings; raise SettingsError with one readable line."""
+def load_settings(env_file: str | Path | None = ".env", *, bot_token: str | None = None) -> Settings:
+    """Read and validate the settings; raise SettingsError with one readable line.
+
+    `bot_token` replaces BOT_TOKEN (the sandbox brings its own).
+    """
     try:
+        if bot_token is not None:
+            return Settings(_env_file=env_file, bot_token=SecretStr(bot_token))
         return Settings(_env_file=env_file)
     except ValidationError as error:
         raise SettingsError(_describe(error)) from None

@@ -1,4 +1,8 @@
-"""Start the questionnaire bot: `python main.py` (settings come from the environment and .env)."""
+"""Start the questionnaire bot: `python main.py` (settings come from the environment and .env).
+
+`python main.py --sandbox` runs the same bot against a local Bot API emulator
+and lets you chat with it in the terminal: no token or network needed.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,23 @@ from config import SettingsError, load_settings
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="A questionnaire bot whose conversations survive restarts.")
     parser.add_argument("--env-file", default=".env", help="settings file to read (default: .env)")
+    parser.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="chat with the bot in this terminal, through a local Bot API emulator (no token needed)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    sandbox_token = None
+    if args.sandbox:
+        from bot.emulator import EMULATOR_BOT_TOKEN
+
+        sandbox_token = EMULATOR_BOT_TOKEN
     try:
-        settings = load_settings(args.env_file)
+        settings = load_settings(args.env_file, bot_token=sandbox_token)
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -27,10 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     # mistake should be reported at once.
     from bot.log import configure_logging
     from bot.polling import StartupError, run_polling
+    from bot.sandbox import run_sandbox
 
-    configure_logging(settings.log_level, secrets=[settings.bot_token.get_secret_value()])
+    # In the sandbox, INFO lines would bury the conversation.
+    level = "WARNING" if args.sandbox and settings.log_level == "INFO" else settings.log_level
+    configure_logging(level, secrets=[settings.bot_token.get_secret_value()])
     try:
-        asyncio.run(run_polling(settings))
+        asyncio.run(run_sandbox(settings) if args.sandbox else run_polling(settings))
     except StartupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

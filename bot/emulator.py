@@ -353,6 +353,11 @@ class BotAPIEmulator:
                 await asyncio.wait_for(log.changed.wait(), remaining)
         return list(log.messages)
 
+    def keyboard(self, chat_id: int) -> list[list[str]] | None:
+        """The reply keyboard the user of `chat_id` sees now, as rows of button texts."""
+        log = self.chats.get(chat_id)
+        return None if log is None else log.keyboard
+
     async def _control_send(self, request: web.Request) -> web.Response:
         user_id = int(request.match_info["user_id"])
         body = await request.json()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-from aiogram import Bot
+from aiogram import Bot, Dispatcher
 from aiogram.exceptions import TelegramUnauthorizedError
 
 from bot.setup import create_bot, create_dispatcher
@@ -20,6 +22,18 @@ class StartupError(Exception):
 
 
 async def run_polling(settings: Settings) -> None:
+    async with running_bot(settings) as (bot, dispatcher):
+        await start_polling(bot, dispatcher)
+
+
+async def start_polling(bot: Bot, dispatcher: Dispatcher) -> None:
+    """Poll until SIGINT, SIGTERM or `dispatcher.stop_polling()`."""
+    await dispatcher.start_polling(bot, allowed_updates=dispatcher.resolve_used_update_types())
+
+
+@asynccontextmanager
+async def running_bot(settings: Settings) -> AsyncIterator[tuple[Bot, Dispatcher]]:
+    """Storages connected, token checked, commands published; everything closed on exit."""
     try:
         storages = await create_storages(settings)
     except StorageUnavailableError as error:
@@ -27,9 +41,7 @@ async def run_polling(settings: Settings) -> None:
     bot = create_bot(settings)
     try:
         await introduce(bot)
-        dispatcher = create_dispatcher(storages.fsm, storages.responses)
-        # Closes the bot session and the FSM storage when polling stops.
-        await dispatcher.start_polling(bot, allowed_updates=dispatcher.resolve_used_update_types())
+        yield bot, create_dispatcher(storages.fsm, storages.responses)
     finally:
         await bot.session.close()
         await storages.close()
