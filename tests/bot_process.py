@@ -88,3 +88,17 @@ class BotProcess:
         texts = [str(message["text"]) for message in messages[before:]]
         assert len(texts) >= expected - before, f"expected a reply, got {texts}:\n{self.output()[-3000:]}"
         return texts
+
+
+async def finish(
+    process: asyncio.subprocess.Process, seconds: float, typed: bytes | None = None
+) -> tuple[str, str]:
+    """Feed `typed`, wait for the exit and return stdout and stderr; kill the process if it overruns."""
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(typed), seconds)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        msg = f"the process did not exit within {seconds} s"
+        raise AssertionError(msg) from None
+    return stdout.decode(errors="replace"), stderr.decode(errors="replace")

@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.bot_process import ROOT, finish
 
 
 async def start_sandbox(folder: Path) -> asyncio.subprocess.Process:
@@ -28,11 +28,9 @@ async def start_sandbox(folder: Path) -> asyncio.subprocess.Process:
 async def chat(folder: Path, *lines: str) -> str:
     """Type `lines`, then end the input (Ctrl-D); return what the terminal showed."""
     sandbox = await start_sandbox(folder)
-    stdout, stderr = await asyncio.wait_for(
-        sandbox.communicate("".join(f"{line}\n" for line in lines).encode()), 60
-    )
-    assert sandbox.returncode == 0, stderr.decode()
-    return stdout.decode()
+    stdout, stderr = await finish(sandbox, 60, "".join(f"{line}\n" for line in lines).encode())
+    assert sandbox.returncode == 0, stderr
+    return stdout
 
 
 async def read_until(stream: asyncio.StreamReader, text: str) -> str:
@@ -60,13 +58,18 @@ async def test_two_answers_then_end_of_input_then_finish_in_a_second_run(tmp_pat
 
 async def test_ctrl_c_half_way_and_start_again(tmp_path: Path) -> None:
     sandbox = await start_sandbox(tmp_path)
-    assert sandbox.stdin is not None
-    assert sandbox.stdout is not None
-    sandbox.stdin.write(b"/start\nBob\n")
-    await sandbox.stdin.drain()
-    await read_until(sandbox.stdout, "How old are you?")
-    sandbox.send_signal(signal.SIGINT)
-    assert await asyncio.wait_for(sandbox.wait(), 30) == 0
+    try:
+        assert sandbox.stdin is not None
+        assert sandbox.stdout is not None
+        sandbox.stdin.write(b"/start\nBob\n")
+        await sandbox.stdin.drain()
+        await read_until(sandbox.stdout, "How old are you?")
+        sandbox.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(sandbox.wait(), 30) == 0
+    finally:
+        if sandbox.returncode is None:
+            sandbox.kill()
+            await sandbox.wait()
 
     finished = await chat(tmp_path, "41", "Teal")
     assert "Name: Bob" in finished

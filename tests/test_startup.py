@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from bot.emulator import BotAPIEmulator, running_emulator
+from tests.bot_process import ROOT, finish
 from tests.mongo_server import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 VALID_TOKEN = "123456789:AAHsecretsecretsecretsecretsecret12"
 
 
@@ -27,9 +27,9 @@ async def run_bot(tmp_path: Path, **env: str) -> tuple[int, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    _, stderr = await finish(process, 30)
     assert process.returncode is not None
-    return process.returncode, stderr.decode()
+    return process.returncode, stderr
 
 
 def the_one_error_line(stderr: str) -> str:
