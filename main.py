@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 
 from config import SettingsError, load_settings
@@ -53,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         pass
+    except Exception:
+        # Through logging, so the token is redacted even from a traceback.
+        logging.getLogger("main").critical("The bot stopped on an unexpected error", exc_info=True)
+        return 1
     return 0
 
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aiogram import Bot, Dispatcher
-from aiogram.exceptions import TelegramUnauthorizedError
+from aiogram.exceptions import TelegramNetworkError, TelegramServerError, TelegramUnauthorizedError
 
 from bot.setup import create_bot, create_dispatcher
 from config import Settings
@@ -53,6 +53,11 @@ async def introduce(bot: Bot) -> None:
         me = await bot.get_me()
     except TelegramUnauthorizedError:
         msg = "Telegram rejected BOT_TOKEN (401 Unauthorized): copy the token from @BotFather again"
+        raise StartupError(msg) from None
+    except (TelegramNetworkError, TelegramServerError) as error:
+        server = bot.session.api.base.split("/bot")[0]
+        reason = type(error).__name__
+        msg = f"cannot reach the Bot API at {server} ({reason}): check the network or TELEGRAM_API_URL"
         raise StartupError(msg) from None
     # Updates sent while the bot was down are answered, not dropped.
     await bot.delete_webhook(drop_pending_updates=False)

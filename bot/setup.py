@@ -11,6 +11,7 @@ from aiogram.enums import ParseMode
 from aiogram.fsm.storage.base import BaseStorage
 from aiogram.fsm.storage.memory import SimpleEventIsolation
 
+from bot.retry import RetryRequests
 from config import Settings
 from handlers import get_routers
 from storage import ResponseStore
@@ -20,11 +21,13 @@ def create_bot(settings: Settings, session: BaseSession | None = None) -> Bot:
     """A Bot that speaks HTML, to Telegram or to the server TELEGRAM_API_URL names."""
     if session is None and settings.telegram_api_url:
         session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
-    return Bot(
+    bot = Bot(
         token=settings.bot_token.get_secret_value(),
         session=session,
         default=DefaultBotProperties(parse_mode=ParseMode.HTML),
     )
+    bot.session.middleware(RetryRequests())
+    return bot
 
 
 def create_dispatcher(storage: BaseStorage, responses: ResponseStore) -> Dispatcher:

@@ -1,9 +1,9 @@
-"""Routers, in the order updates meet them: commands first, the flow, the catch-all last."""
+"""Routers, in the order updates meet them: commands first, the flow, the catch-alls last."""
 
 from aiogram import Router
 
-from handlers import common, fallback, questionnaire
+from handlers import common, errors, fallback, questionnaire
 
 
 def get_routers() -> list[Router]:
-    return [common.router, questionnaire.router, fallback.router]
+    return [errors.router, common.router, questionnaire.router, fallback.router]

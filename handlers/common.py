@@ -8,6 +8,7 @@ from aiogram.fsm.context import FSMContext
 from aiogram.types import BotCommand, Message, ReplyKeyboardRemove
 
 from handlers.questionnaire import start_questionnaire
+from storage import ResponseStore
 
 router = Router(name=__name__)
 
@@ -15,6 +16,7 @@ COMMANDS = [
     BotCommand(command="start", description="Start the questionnaire (again)"),
     BotCommand(command="cancel", description="Stop the questionnaire"),
     BotCommand(command="help", description="What this bot does"),
+    BotCommand(command="forget", description="Delete everything the bot keeps about you"),
 ]
 
 HELP = (
@@ -22,6 +24,7 @@ HELP = (
     "where you are, even if I am restarted.\n\n"
     "/start: start the questionnaire (again)\n"
     "/cancel: stop it and forget the answers so far\n"
+    "/forget: delete everything I keep about you, finished questionnaires included\n"
     "/help: this message"
 )
 
@@ -44,5 +47,16 @@ async def cancel(message: Message, state: FSMContext, raw_state: str | None) -> 
     await state.clear()
     await message.answer(
         "Cancelled, and your answers so far are forgotten. Send /start to begin again.",
+        reply_markup=ReplyKeyboardRemove(),
+    )
+
+
+@router.message(Command("forget"))
+async def forget(message: Message, state: FSMContext, responses: ResponseStore) -> None:
+    user_id = message.from_user.id if message.from_user else message.chat.id
+    await state.clear()
+    deleted = await responses.delete_for_user(user_id)
+    await message.answer(
+        f"Done: I deleted your answers in progress and {deleted} finished questionnaire(s).",
         reply_markup=ReplyKeyboardRemove(),
     )

@@ -1,12 +1,28 @@
-"""The catch-all for messages outside any flow. Its router is included last."""
+"""Catch-alls, included last: messages outside any flow, and states no handler knows."""
+
+from __future__ import annotations
+
+import logging
 
 from aiogram import Router
 from aiogram.filters import StateFilter
-from aiogram.types import Message
+from aiogram.fsm.context import FSMContext
+from aiogram.types import Message, ReplyKeyboardRemove
 
+from handlers.errors import START_OVER
+
+logger = logging.getLogger(__name__)
 router = Router(name=__name__)
 
 
 @router.message(StateFilter(None))
 async def outside_the_flow(message: Message) -> None:
     await message.answer("Send /start to fill in the questionnaire, or /help to learn more.")
+
+
+@router.message()
+async def unknown_state(message: Message, state: FSMContext, raw_state: str | None) -> None:
+    """A stored state from an older version of the bot, or written by hand: start clean."""
+    logger.warning("Resetting chat %s from unknown state %r", message.chat.id, raw_state)
+    await state.clear()
+    await message.answer(START_OVER, reply_markup=ReplyKeyboardRemove())

@@ -10,13 +10,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from config import Settings, StorageKind
+from storage.errors import StorageUnavailableError
 from storage.fsm_mongo import MongoDriver, MongoStorage
 from storage.fsm_sql import SQLAlchemyStorage
 from storage.responses import MongoResponseStore, ResponseStore, SQLResponseStore
-
-
-class StorageUnavailableError(Exception):
-    """The configured database cannot be used; the message names the setting to check."""
 
 
 @dataclass
@@ -40,9 +37,11 @@ async def create_storages(settings: Settings) -> Storages:
 async def create_sql_storages(database_url: str) -> Storages:
     try:
         fsm = await SQLAlchemyStorage.from_url(database_url)
-    except (SQLAlchemyError, OSError, TimeoutError) as error:
+    except (SQLAlchemyError, OSError, TimeoutError, StorageUnavailableError) as error:
         where = make_url(database_url).render_as_string(hide_password=True)
-        msg = f"cannot use the database at {where} ({type(error).__name__}): check DATABASE_URL"
+        cause = error.__cause__ if isinstance(error, StorageUnavailableError) else error
+        reason = str(cause) if isinstance(cause, OSError) else type(cause).__name__
+        msg = f"cannot use the database at {where} ({reason}): check DATABASE_URL"
         raise StorageUnavailableError(msg) from error
     responses = SQLResponseStore(fsm.sessionmaker, fsm.metadata)
     try:

@@ -23,11 +23,22 @@ from aiogram.exceptions import DataNotDictLikeError
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder, KeyBuilder, StateType, StorageKey
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import (
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    OperationFailure,
+    WTimeoutError,
+)
+
+from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
 
 MongoDriver = Literal["pymongo", "motor"]
 SERVER_SELECTION_TIMEOUT_MS = 5_000
+# What a server that is down, restarting or unreachable raises through PyMongo (and motor).
+MONGO_OUTAGES: tuple[type[BaseException], ...] = (ConnectionFailure, ExecutionTimeout, WTimeoutError)
 
+_PATH_NOT_VIABLE = 28  # MongoDB's code for "$set: {data.k}" where data is not a document
 _ESCAPED = re.compile(r"[.$%\x00]")
 _ESCAPE = re.compile(r"%([0-9A-F]{2})")
 _EMPTY_KEY = "%"  # an escaped key never ends in a bare "%"
@@ -92,8 +103,11 @@ class MongoStorage(BaseStorage):
         key_builder: KeyBuilder | None = None,
         db_name: str = "aiogram_fsm",
         collection_name: str = "states_and_data",
+        timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
         self.client = client
+        # Each call gives up after this many seconds, so a stuck server never freezes a user.
+        self.timeout = timeout
         self.database = client[db_name]
         self.collection = self.database[collection_name]
         self.key_builder = key_builder or DefaultKeyBuilder()
@@ -108,6 +122,7 @@ class MongoStorage(BaseStorage):
         key_builder: KeyBuilder | None = None,
         db_name: str = "aiogram_fsm",
         collection_name: str = "states_and_data",
+        timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
         **client_kwargs: Any,
     ) -> MongoStorage:
         storage = cls(
@@ -115,6 +130,7 @@ class MongoStorage(BaseStorage):
             key_builder=key_builder,
             db_name=db_name,
             collection_name=collection_name,
+            timeout=timeout,
         )
         storage._owns_client = True
         return storage
@@ -129,10 +145,16 @@ class MongoStorage(BaseStorage):
 
     # --- BaseStorage -------------------------------------------------------
 
+    @database_call(MONGO_OUTAGES)
     async def get_state(self, key: StorageKey) -> str | None:
         document = await self.collection.find_one({"_id": self._id(key)}, {"state": 1})
-        return None if document is None else document.get("state")
+        state = None if document is None else document.get("state")
+        if state is not None and not isinstance(state, str):
+            msg = f"stored FSM state is a {type(state).__name__}, not a string"
+            raise CorruptDataError(msg)
+        return state
 
+    @database_call(MONGO_OUTAGES)
     async def set_state(self, key: StorageKey, state: StateType = None) -> None:
         value = state.state if isinstance(state, State) else state
         if value is None:
@@ -140,10 +162,12 @@ class MongoStorage(BaseStorage):
         else:
             await self._upsert(key, {"state": value})
 
+    @database_call(MONGO_OUTAGES)
     async def get_data(self, key: StorageKey) -> dict[str, Any]:
         document = await self.collection.find_one({"_id": self._id(key)}, {"data": 1})
         return _data_of(document)
 
+    @database_call(MONGO_OUTAGES)
     async def set_data(self, key: StorageKey, data: Mapping[str, Any]) -> None:
         if not isinstance(data, dict):
             msg = f"Data must be a dict or dict-like object, got {type(data).__name__}"
@@ -153,11 +177,18 @@ class MongoStorage(BaseStorage):
         else:
             await self._clear_field(key, "data")
 
+    @database_call(MONGO_OUTAGES)
     async def update_data(self, key: StorageKey, data: Mapping[str, Any]) -> dict[str, Any]:
         if not data:
             return await self.get_data(key)
         changes = {f"data.{escape_key(str(name))}": escape_value(value) for name, value in data.items()}
-        document = await self._upsert(key, changes, return_field="data")
+        try:
+            document = await self._upsert(key, changes, return_field="data")
+        except OperationFailure as error:
+            if error.code == _PATH_NOT_VIABLE:
+                msg = "stored FSM data is not a document, so it cannot be updated"
+                raise CorruptDataError(msg) from None
+            raise
         return _data_of(document)
 
     # --- commands ----------------------------------------------------------
@@ -211,5 +242,5 @@ def _data_of(document: Mapping[str, Any] | None) -> dict[str, Any]:
     data = document.get("data") or {}
     if not isinstance(data, Mapping):
         msg = f"stored FSM data is a {type(data).__name__}, not a document"
-        raise TypeError(msg)
+        raise CorruptDataError(msg)
     return dict(unescape_value(data))

@@ -40,7 +40,8 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from storage.sql_engine import create_engine_for_url
+from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
+from storage.sql_engine import SQL_OUTAGES, create_engine_for_url
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +86,11 @@ class SQLAlchemyStorage(BaseStorage):
         key_builder: KeyBuilder | None = None,
         json_dumps: JsonDumps = json.dumps,
         json_loads: JsonLoads = json.loads,
+        timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
         self.sessionmaker = sessionmaker
+        # Each call gives up after this many seconds, so a stuck database never freezes a user.
+        self.timeout = timeout
         self.metadata = _as_metadata(metadata)
         self.table = fsm_table(self.metadata, table_name or "aiogram_fsm_data")
         self.key_builder = key_builder or DefaultKeyBuilder()
@@ -104,6 +108,7 @@ class SQLAlchemyStorage(BaseStorage):
         key_builder: KeyBuilder | None = None,
         json_dumps: JsonDumps = json.dumps,
         json_loads: JsonLoads = json.loads,
+        timeout: float | None = DEFAULT_TIMEOUT_SECONDS,  # noqa: ASYNC109 - per database call
         **engine_kwargs: Any,
     ) -> SQLAlchemyStorage:
         """Connect with sound defaults for the database, create the table, own the engine."""
@@ -114,6 +119,7 @@ class SQLAlchemyStorage(BaseStorage):
             key_builder=key_builder,
             json_dumps=json_dumps,
             json_loads=json_loads,
+            timeout=timeout,
         )
         storage._owned_engine = engine
         try:
@@ -123,6 +129,7 @@ class SQLAlchemyStorage(BaseStorage):
             raise
         return storage
 
+    @database_call(SQL_OUTAGES)
     async def create_table(self) -> None:
         """Create the FSM table if it does not exist yet."""
         async with self.sessionmaker.begin() as session:
@@ -136,10 +143,12 @@ class SQLAlchemyStorage(BaseStorage):
 
     # --- BaseStorage -------------------------------------------------------
 
+    @database_call(SQL_OUTAGES)
     async def get_state(self, key: StorageKey) -> str | None:
         row = await self._fetch_one(select(self.table.c.state).where(self._is(key)))
         return None if row is None else cast(str | None, row.state)
 
+    @database_call(SQL_OUTAGES)
     async def set_state(self, key: StorageKey, state: StateType = None) -> None:
         value = state.state if isinstance(state, State) else state
         if value is None:
@@ -147,10 +156,12 @@ class SQLAlchemyStorage(BaseStorage):
         else:
             await self._upsert(key, state=value)
 
+    @database_call(SQL_OUTAGES)
     async def get_data(self, key: StorageKey) -> dict[str, Any]:
         row = await self._fetch_one(select(self.table.c.data).where(self._is(key)))
         return {} if row is None else self._loads(row.data)
 
+    @database_call(SQL_OUTAGES)
     async def set_data(self, key: StorageKey, data: Mapping[str, Any]) -> None:
         if not isinstance(data, dict):
             msg = f"Data must be a dict or dict-like object, got {type(data).__name__}"
@@ -160,6 +171,7 @@ class SQLAlchemyStorage(BaseStorage):
         else:
             await self._clear_column(key, "data")
 
+    @database_call(SQL_OUTAGES)
     async def update_data(self, key: StorageKey, data: Mapping[str, Any]) -> dict[str, Any]:
         patch = dict(data)
         async with self._key_lock(self._id(key)):
@@ -265,10 +277,14 @@ class SQLAlchemyStorage(BaseStorage):
     def _loads(self, text: str | None) -> dict[str, Any]:
         if text is None:
             return {}
-        loaded = self._json_loads(text)
+        try:
+            loaded = self._json_loads(text)
+        except ValueError as error:
+            msg = f"stored FSM data is not JSON: {error}"
+            raise CorruptDataError(msg) from None
         if not isinstance(loaded, dict):
-            msg = f"stored FSM data is a {type(loaded).__name__}, not a JSON object"
-            raise ValueError(msg)
+            msg = f"stored FSM data is a JSON {type(loaded).__name__}, not an object"
+            raise CorruptDataError(msg)
         return loaded
 
 

@@ -11,7 +11,9 @@ from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, Table, T
 from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.fsm_mongo import escape_value, unescape_value
+from storage.errors import DEFAULT_TIMEOUT_SECONDS, database_call
+from storage.fsm_mongo import MONGO_OUTAGES, escape_value, unescape_value
+from storage.sql_engine import SQL_OUTAGES
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,16 @@ class SQLResponseStore:
     """Completed responses in a SQL table beside the FSM table."""
 
     def __init__(
-        self, sessionmaker: async_sessionmaker[AsyncSession], metadata: MetaData | None = None
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        metadata: MetaData | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
         self.sessionmaker = sessionmaker
+        self.timeout = timeout
         self.table = responses_table(metadata if metadata is not None else MetaData())
 
+    @database_call(SQL_OUTAGES)
     async def create_table(self) -> None:
         async with self.sessionmaker.begin() as session:
             await session.run_sync(
@@ -99,9 +106,16 @@ def _as_utc(moment: datetime) -> datetime:
 class MongoResponseStore:
     """Completed responses in a `questionnaire_responses` collection beside the FSM one."""
 
-    def __init__(self, database: Any, collection_name: str = "questionnaire_responses") -> None:
+    def __init__(
+        self,
+        database: Any,
+        collection_name: str = "questionnaire_responses",
+        timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
+    ) -> None:
         self.collection = database[collection_name]
+        self.timeout = timeout
 
+    @database_call(MONGO_OUTAGES)
     async def save(self, response: CompletedResponse) -> None:
         await self.collection.insert_one(
             {
@@ -112,6 +126,7 @@ class MongoResponseStore:
             }
         )
 
+    @database_call(MONGO_OUTAGES)
     async def for_user(self, user_id: int) -> list[CompletedResponse]:
         cursor = self.collection.find({"user_id": user_id}).sort("_id", 1)
         return [
@@ -124,6 +139,7 @@ class MongoResponseStore:
             async for document in cursor
         ]
 
+    @database_call(MONGO_OUTAGES)
     async def delete_for_user(self, user_id: int) -> int:
         result = await self.collection.delete_many({"user_id": user_id})
         return int(result.deleted_count)

@@ -8,8 +8,18 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+# What a database that is down, restarting or unreachable raises through SQLAlchemy.
+SQL_OUTAGES: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    PoolTimeoutError,
+    OSError,
+)
 SQLITE_BUSY_TIMEOUT_MS = 5_000
 CONNECT_TIMEOUT_SECONDS = 5
 # Drivers wait up to a minute for an unreachable host by default.

@@ -106,6 +106,18 @@ class Backend:
         async with storage.sessionmaker() as session:
             return sorted((await session.execute(storage.table.select())).scalars().all())
 
+    async def write_raw(self, storage: BaseStorage, key_id: str, state: object, data: object) -> None:
+        """Put a record straight into the database, bypassing the storage's checks."""
+        if isinstance(storage, MongoStorage):
+            # Not replace_one(upsert=True): nx-27017 then ignores the filter's _id.
+            await storage.collection.delete_one({"_id": key_id})
+            await storage.collection.insert_one({"_id": key_id, "state": state, "data": data})
+            return
+        assert isinstance(storage, SQLAlchemyStorage)
+        async with storage.sessionmaker.begin() as session:
+            await session.execute(storage.table.delete().where(storage.table.c.id == key_id))
+            await session.execute(storage.table.insert().values(id=key_id, state=state, data=data, version=1))
+
     async def drop(self) -> None:
         if self.is_mongo:
             client = create_client(self.url, self.driver)

@@ -1,0 +1,73 @@
+"""A loopback TCP proxy the tests can cut, to take a database away from the bot and bring it back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from tests.mongo_server import free_port
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to a target. `down()` drops every connection and refuses new ones;
+    `hang()` accepts but never answers; `up()` forwards again."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self.mode = "up"
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        self._drop_connections()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def up(self) -> None:
+        self.mode = "up"
+
+    def down(self) -> None:
+        self.mode = "down"
+        self._drop_connections()
+
+    def hang(self) -> None:
+        self.mode = "hang"
+        self._drop_connections()
+
+    def _drop_connections(self) -> None:
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if self.mode == "down":
+            client_writer.transport.abort()
+            return
+        self._writers.add(client_writer)
+        if self.mode == "hang":
+            await client_reader.read()  # swallow everything until the client gives up
+            return
+        try:
+            server_reader, server_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            client_writer.transport.abort()
+            return
+        self._writers.add(server_writer)
+        await asyncio.gather(
+            _pipe(client_reader, server_writer), _pipe(server_reader, client_writer), return_exceptions=True
+        )
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while chunk := await reader.read(65536):
+            writer.write(chunk)
+            await writer.drain()
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
