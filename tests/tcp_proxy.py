@@ -9,8 +9,12 @@ from tests.mongo_server import free_port
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to a target. `down()` drops every connection and refuses new ones;
-    `hang()` accepts but never answers; `up()` forwards again."""
+    """Forwards 127.0.0.1:<port> to a target.
+
+    `down()` drops every connection and refuses new ones; `hang()` drops them and
+    accepts new ones that never answer; `stall()` keeps the connections open but
+    stops passing bytes on, like a server stuck mid-query; `up()` forwards again.
+    """
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -34,6 +38,9 @@ class TcpProxy:
     def down(self) -> None:
         self.mode = "down"
         self._drop_connections()
+
+    def stall(self) -> None:
+        self.mode = "stall"
 
     def hang(self) -> None:
         self.mode = "hang"
@@ -59,15 +66,17 @@ class TcpProxy:
             return
         self._writers.add(server_writer)
         await asyncio.gather(
-            _pipe(client_reader, server_writer), _pipe(server_reader, client_writer), return_exceptions=True
+            self._pipe(client_reader, server_writer),
+            self._pipe(server_reader, client_writer),
+            return_exceptions=True,
         )
 
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while chunk := await reader.read(65536):
-            writer.write(chunk)
-            await writer.drain()
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while chunk := await reader.read(65536):
+                if self.mode != "stall":
+                    writer.write(chunk)
+                    await writer.drain()
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()

@@ -62,3 +62,18 @@ async def test_unreachable_postgresql(tmp_path: Path) -> None:
     line = the_one_error_line(stderr)
     assert "check DATABASE_URL" in line
     assert "hunter2" not in stderr
+
+
+async def test_sqlite_folder_that_cannot_be_created(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file where the database folder should be")
+    code, stderr = await run_bot(tmp_path, DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/taken/data/bot.db")
+    assert code == 2
+    line = the_one_error_line(stderr)
+    assert "check DATABASE_URL" in line
+    assert "Not a directory" in line
+
+
+async def test_bot_api_unreachable(tmp_path: Path) -> None:
+    code, stderr = await run_bot(tmp_path, TELEGRAM_API_URL=f"http://127.0.0.1:{free_port()}")
+    assert code == 2
+    assert "cannot reach the Bot API" in the_one_error_line(stderr)

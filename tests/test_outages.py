@@ -1,0 +1,126 @@
+"""Outages on the real path: a `python main.py` process whose database or Telegram fails mid-flow.
+
+No acknowledged answer may be lost; an answer that could not be saved is
+met with a request to send it again, and the flow goes on once the database
+is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from sqlalchemy.engine import make_url
+
+from bot.emulator import BotAPIEmulator, Fault, running_emulator
+from handlers.errors import SEND_AGAIN
+from tests.bot_process import BotProcess
+from tests.mongo_server import WireProtocolServer
+from tests.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+FAILURE_LOG_LINE = "not saved, the user is asked to resend"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def postgres_bot(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[BotProcess, TcpProxy]]:
+    """A bot whose PostgreSQL connection runs through a proxy the tests can cut."""
+    url = os.environ.get("POSTGRES_TEST_URL")
+    if not url:
+        pytest.skip("POSTGRES_TEST_URL is not set")
+    target = make_url(url)
+    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
+    await proxy.start()
+    proxied = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    folder = tmp_path_factory.mktemp("outage-postgres")
+    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
+        bot = BotProcess(emulator, api_url, folder / "bot.log", {"DATABASE_URL": proxied})
+        await bot.start()
+        yield bot, proxy
+        await bot.stop()
+    await proxy.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def mongo_bot(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[BotProcess, WireProtocolServer]]:
+    """A bot on a wire-protocol server of its own, which the test stops and starts."""
+    folder = tmp_path_factory.mktemp("outage-mongo")
+    server = WireProtocolServer(folder)
+    server.start()
+    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
+        env = {"STORAGE": "mongo", "MONGO_URL": server.url, "MONGO_DB": "outage"}
+        bot = BotProcess(emulator, api_url, folder / "bot.log", env)
+        await bot.start()
+        yield bot, server
+        await bot.stop()
+    server.stop()
+
+
+async def test_postgresql_goes_away_mid_questionnaire(postgres_bot: tuple[BotProcess, TcpProxy]) -> None:
+    bot, proxy = postgres_bot
+    await bot.say(1, "/start")
+    assert "How old are you?" in (await bot.say(1, "Ann"))[0]
+
+    proxy.down()
+    assert await bot.say(1, "30") == [SEND_AGAIN]
+    assert bot.output().count(FAILURE_LOG_LINE) == 1
+
+    proxy.up()
+    assert "favourite colour" in (await bot.say(1, "30"))[0]
+    [summary] = await bot.say(1, "Blue")
+    assert "Name: Ann" in summary
+    assert "Age: 30" in summary
+
+
+async def test_a_hanging_database_is_given_up_on(postgres_bot: tuple[BotProcess, TcpProxy]) -> None:
+    bot, proxy = postgres_bot
+    await bot.say(2, "/start")
+    proxy.hang()
+    try:
+        assert await bot.say(2, "Ann") == [SEND_AGAIN]
+    finally:
+        proxy.up()
+    assert "How old are you?" in (await bot.say(2, "Ann"))[0]
+
+
+async def test_polling_backs_off_on_502_and_recovers(postgres_bot: tuple[BotProcess, TcpProxy]) -> None:
+    bot, _ = postgres_bot
+    fault = Fault(method="getUpdates", status=502, count=3)
+    bot.emulator.faults.append(fault)
+    await bot.say(3, "/help")  # answered by the poll already waiting; the next three fail
+    while fault.count:  # noqa: ASYNC110 - the bot process is what changes it
+        await asyncio.sleep(0.1)
+    assert "What is your name?" in (await bot.say(3, "/start"))[0]
+    assert "Failed to fetch updates" in bot.output()
+
+
+async def test_sending_waits_out_429_and_retries(postgres_bot: tuple[BotProcess, TcpProxy]) -> None:
+    bot, _ = postgres_bot
+    bot.emulator.faults.append(Fault(method="sendMessage", status=429, count=1, retry_after=1))
+    assert "What is your name?" in (await bot.say(4, "/start"))[0]
+    assert "sendMessage failed (try 1 of 3); retrying in 1.0 s" in bot.output()
+
+
+async def test_mongo_server_stops_and_restarts_mid_questionnaire(
+    mongo_bot: tuple[BotProcess, WireProtocolServer],
+) -> None:
+    bot, server = mongo_bot
+    await bot.say(1, "/start")
+    assert "How old are you?" in (await bot.say(1, "Ann"))[0]
+
+    server.stop()
+    assert await bot.say(1, "30") == [SEND_AGAIN]
+    assert bot.output().count(FAILURE_LOG_LINE) == 1
+
+    server.start()
+    assert "favourite colour" in (await bot.say(1, "30"))[0]
+    [summary] = await bot.say(1, "Blue")
+    assert "Name: Ann" in summary
+    assert "Age: 30" in summary
