@@ -79,7 +79,7 @@ async def test_full_flow_ends_with_a_summary_of_all_three_answers(bot: BotProces
     assert "Age: 30" in summary
     assert "Favourite colour: Blue" in summary
     assert bot.emulator.chats[1].keyboard is None
-    assert [c["command"] for c in bot.emulator.commands] == ["start", "cancel", "help"]
+    assert [c["command"] for c in bot.emulator.commands] == ["start", "cancel", "help", "forget"]
 
 
 async def test_answers_in_one_batch_are_kept_in_order(bot: BotProcess) -> None:
@@ -134,6 +134,17 @@ async def test_cancel_forgets_and_says_so(bot: BotProcess) -> None:
     assert "Cancelled" in reply
     [reply] = await bot.say(4, "30")
     assert "Send /start" in reply
+
+
+async def test_forget_deletes_what_the_bot_keeps(bot: BotProcess) -> None:
+    for answer in ("/start", "Ann", "30", "Blue", "/start", "Ann"):
+        await bot.say(8, answer)
+    [reply] = await bot.say(8, "/forget")
+    assert "1 finished questionnaire" in reply
+    [reply] = await bot.say(8, "30")
+    assert "Send /start" in reply
+    [reply] = await bot.say(8, "/forget")
+    assert "0 finished questionnaire" in reply
 
 
 async def test_kill_9_between_answers_loses_nothing(bot: BotProcess) -> None:
