@@ -38,6 +38,7 @@ SERVER_SELECTION_TIMEOUT_MS = 5_000
 # What a server that is down, restarting or unreachable raises through PyMongo (and motor).
 MONGO_OUTAGES: tuple[type[BaseException], ...] = (ConnectionFailure, ExecutionTimeout, WTimeoutError)
 
+_ONLY_FIELDS = {"_id": 0, "updated_at": 0}
 _PATH_NOT_VIABLE = 28  # MongoDB's code for "$set: {data.k}" where data is not a document
 _ESCAPED = re.compile(r"[.$%\x00]")
 _ESCAPE = re.compile(r"%([0-9A-F]{2})")
@@ -183,7 +184,7 @@ class MongoStorage(BaseStorage):
             return await self.get_data(key)
         changes = {f"data.{escape_key(str(name))}": escape_value(value) for name, value in data.items()}
         try:
-            document = await self._upsert(key, changes, return_field="data")
+            document = await self._upsert(key, changes, returning=True)
         except OperationFailure as error:
             if error.code == _PATH_NOT_VIABLE:
                 msg = "stored FSM data is not a document, so it cannot be updated"
@@ -200,18 +201,19 @@ class MongoStorage(BaseStorage):
         self,
         key: StorageKey,
         changes: dict[str, Any],
-        return_field: str | None = None,
+        returning: bool = False,
     ) -> Any:
         update = {"$set": {**changes, "updated_at": datetime.now(UTC)}}
         for attempt in range(2):
             try:
-                if return_field is None:
+                if not returning:
                     await self.collection.update_one({"_id": self._id(key)}, update, upsert=True)
                     return None
                 return await self.collection.find_one_and_update(
                     {"_id": self._id(key)},
                     update,
-                    projection={return_field: 1},
+                    # An exclusion is cheaper for the server than an inclusion.
+                    projection=_ONLY_FIELDS,
                     upsert=True,
                     return_document=ReturnDocument.AFTER,
                 )
@@ -227,7 +229,7 @@ class MongoStorage(BaseStorage):
         document = await self.collection.find_one_and_update(
             {"_id": self._id(key)},
             {"$unset": {field: ""}, "$set": {"updated_at": datetime.now(UTC)}},
-            projection={other: 1},
+            projection=_ONLY_FIELDS,
             return_document=ReturnDocument.AFTER,
         )
         if document is not None and not document.get(other):

@@ -1,73 +1,53 @@
 """SQLAlchemyStorage: aiogram FSM state and data in one SQL table.
 
 One row per storage key, present only while the key has a state or data.
-Writes are single upserts (by dialect); `update_data` is a compare-and-swap
+Writes are single upserts (by dialect). `update_data` is a compare-and-swap
 on a `version` column, so concurrent updates never lose a key, in one process
-or across several.
+or across several; the version read by the FSM middleware's `get_state` just
+before usually lets it be one statement.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import warnings
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 from aiogram.exceptions import DataNotDictLikeError
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder, KeyBuilder, StateType, StorageKey
-from sqlalchemy import (
-    Column,
-    ColumnElement,
-    CursorResult,
-    DateTime,
-    Executable,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    delete,
-    func,
-    insert,
-    select,
-    update,
-)
-from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy import Connection, MetaData
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
 from storage.sql_engine import SQL_OUTAGES, create_engine_for_url
-
-logger = logging.getLogger(__name__)
+from storage.sql_statements import FsmStatements, fsm_table
+from storage.sqlite_worker import SQLiteWorker
 
 JsonDumps = Callable[[Any], str | bytes]
 JsonLoads = Callable[[str | bytes], Any]
+T = TypeVar("T")
 
-KEY_LENGTH = 255
-STATE_LENGTH = 255
 # A compare-and-swap only fails when another process wrote the same key in
 # between; in-process writers queue on a lock first, so this is generous.
 _MAX_CAS_ATTEMPTS = 50
+_MAX_HINTS = 10_000
 
 
-def fsm_table(metadata: MetaData, table_name: str) -> Table:
-    """The FSM table; `data` NULL means {} and `state` NULL means no state."""
-    return Table(
-        table_name,
-        metadata,
-        Column("id", String(KEY_LENGTH), primary_key=True),
-        Column("state", String(STATE_LENGTH), nullable=True),
-        # TEXT is 64 KiB on MySQL; FSM data may be larger.
-        Column("data", Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb"), nullable=True),
-        Column("version", Integer, nullable=False, default=1),
-        Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-        extend_existing=True,
-    )
+@dataclass(frozen=True)
+class _Row:
+    """A row as this process last read or wrote it: a hint, checked by the compare-and-swap."""
+
+    state: str | None
+    data: str | None
+    version: int | None  # None: there was no row
 
 
 class SQLAlchemyStorage(BaseStorage):
@@ -89,14 +69,17 @@ class SQLAlchemyStorage(BaseStorage):
         timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
         self.sessionmaker = sessionmaker
-        # Each call gives up after this many seconds, so a stuck database never freezes a user.
-        self.timeout = timeout
         self.metadata = _as_metadata(metadata)
         self.table = fsm_table(self.metadata, table_name or "aiogram_fsm_data")
         self.key_builder = key_builder or DefaultKeyBuilder()
+        # Each call gives up after this many seconds, so a stuck database never freezes a user.
+        self.timeout = timeout
         self._json_dumps = json_dumps
         self._json_loads = json_loads
         self._owned_engine: AsyncEngine | None = None
+        self._sqlite: SQLiteWorker | None = None
+        self._statements: dict[str, FsmStatements] = {}
+        self._seen: OrderedDict[str, _Row] = OrderedDict()
         self._key_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     @classmethod
@@ -111,7 +94,11 @@ class SQLAlchemyStorage(BaseStorage):
         timeout: float | None = DEFAULT_TIMEOUT_SECONDS,  # noqa: ASYNC109 - per database call
         **engine_kwargs: Any,
     ) -> SQLAlchemyStorage:
-        """Connect with sound defaults for the database, create the table, own the engine."""
+        """Connect with sound defaults for the database, create the table, own the engine.
+
+        On a SQLite file the FSM calls run on one connection in one thread of
+        their own (see storage/sqlite_worker.py); `sessionmaker` stays async.
+        """
         engine = create_engine_for_url(url, **engine_kwargs)
         storage = cls(
             async_sessionmaker(engine, expire_on_commit=False),
@@ -122,10 +109,12 @@ class SQLAlchemyStorage(BaseStorage):
             timeout=timeout,
         )
         storage._owned_engine = engine
+        if make_url(url).get_backend_name() == "sqlite":
+            storage._sqlite = SQLiteWorker(url)
         try:
             await storage.create_table()
         except BaseException:
-            await engine.dispose()
+            await storage.close()
             raise
         return storage
 
@@ -138,6 +127,9 @@ class SQLAlchemyStorage(BaseStorage):
             )
 
     async def close(self) -> None:
+        if self._sqlite is not None:
+            await self._sqlite.close()
+            self._sqlite = None
         if self._owned_engine is not None:
             await self._owned_engine.dispose()
 
@@ -145,117 +137,103 @@ class SQLAlchemyStorage(BaseStorage):
 
     @database_call(SQL_OUTAGES)
     async def get_state(self, key: StorageKey) -> str | None:
-        row = await self._fetch_one(select(self.table.c.state).where(self._is(key)))
-        return None if row is None else cast(str | None, row.state)
+        return (await self._read(self._id(key))).state
 
     @database_call(SQL_OUTAGES)
     async def set_state(self, key: StorageKey, state: StateType = None) -> None:
         value = state.state if isinstance(state, State) else state
+        key_id = self._id(key)
         if value is None:
-            await self._clear_column(key, "state")
+            self._seen.pop(key_id, None)
+            await self._run(lambda st, connection: st.clear_field(connection, key_id, "state"))
         else:
-            await self._upsert(key, state=value)
+            await self._run(lambda st, connection: st.set_state(connection, key_id, value))
 
     @database_call(SQL_OUTAGES)
     async def get_data(self, key: StorageKey) -> dict[str, Any]:
-        row = await self._fetch_one(select(self.table.c.data).where(self._is(key)))
-        return {} if row is None else self._loads(row.data)
+        return self._loads((await self._read(self._id(key))).data)
 
     @database_call(SQL_OUTAGES)
     async def set_data(self, key: StorageKey, data: Mapping[str, Any]) -> None:
         if not isinstance(data, dict):
             msg = f"Data must be a dict or dict-like object, got {type(data).__name__}"
             raise DataNotDictLikeError(msg)
+        key_id = self._id(key)
+        self._seen.pop(key_id, None)
         if data:
-            await self._upsert(key, data=self._dumps(data))
+            text = self._dumps(data)
+            await self._run(lambda st, connection: st.set_data(connection, key_id, text))
         else:
-            await self._clear_column(key, "data")
+            await self._run(lambda st, connection: st.clear_field(connection, key_id, "data"))
 
     @database_call(SQL_OUTAGES)
     async def update_data(self, key: StorageKey, data: Mapping[str, Any]) -> dict[str, Any]:
         patch = dict(data)
-        async with self._key_lock(self._id(key)):
+        key_id = self._id(key)
+        async with self._key_lock(key_id):
+            seen = self._seen.pop(key_id, None)
             for _ in range(_MAX_CAS_ATTEMPTS):
-                row = await self._fetch_one(
-                    select(self.table.c.data, self.table.c.version).where(self._is(key))
-                )
-                current = {} if row is None else self._loads(row.data)
+                if seen is None:
+                    seen = await self._read(key_id)
+                current = self._loads(seen.data)
                 merged = current | patch
                 if merged == current:
                     return merged
-                if row is None:
-                    written = await self._insert_if_absent(key, data=self._dumps(merged))
-                else:
-                    written = await self._compare_and_swap(key, row.version, self._dumps(merged))
-                if written:
+                text = self._dumps(merged)
+                version = await self._write_if_unchanged(key_id, seen, text)
+                if version is not None:
+                    self._remember(key_id, _Row(seen.state, text, version))
                     return merged
+                seen = None  # someone else wrote in between: read again
         msg = f"update_data gave up after {_MAX_CAS_ATTEMPTS} concurrent writes to one key"
         raise RuntimeError(msg)
 
-    # --- statements ----------------------------------------------------------
+    # --- running statements ----------------------------------------------------
 
     def _id(self, key: StorageKey) -> str:
         # Custom builders written for aiogram-sqlalchemy-storage take no `part`.
         return self.key_builder.build(key)
 
-    def _is(self, key: StorageKey) -> ColumnElement[bool]:
-        return self.table.c.id == self._id(key)
+    async def _read(self, key_id: str) -> _Row:
+        found = await self._run(lambda st, connection: st.fetch(connection, key_id))
+        row = _Row(None, None, None) if found is None else _Row(found.state, found.data, found.version)
+        self._remember(key_id, row)
+        return row
 
-    async def _upsert(self, key: StorageKey, **values: str) -> None:
-        """Insert the row or overwrite the given columns, in one statement where the dialect allows."""
-        table = self.table
-        changes: dict[str, Any] = {**values, "version": table.c.version + 1, "updated_at": func.now()}
-        async with self.sessionmaker.begin() as session:
-            dialect = session.get_bind().dialect.name
-            row = {"id": self._id(key), **values, "version": 1}
-            if dialect in ("sqlite", "postgresql"):
-                dialect_insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
-                statement: Executable = (
-                    dialect_insert(table)
-                    .values(row)
-                    .on_conflict_do_update(index_elements=[table.c.id], set_=changes)
-                )
-                await session.execute(statement)
-            elif dialect in ("mysql", "mariadb"):
-                await session.execute(mysql.insert(table).values(row).on_duplicate_key_update(changes))
-            else:
-                statement = update(table).where(self._is(key)).values(changes)
-                await _update_or_insert(session, statement, row, table)
-
-    async def _insert_if_absent(self, key: StorageKey, **values: str) -> bool:
+    async def _write_if_unchanged(self, key_id: str, seen: _Row, text: str) -> int | None:
+        """Write `text` if the row is still as `seen`; the new version, or None if it changed."""
+        if seen.version is not None:
+            expected = seen.version
+            return await self._run(lambda st, connection: st.swap_data(connection, key_id, expected, text))
         try:
-            async with self.sessionmaker.begin() as session:
-                await session.execute(insert(self.table).values(id=self._id(key), version=1, **values))
+            return await self._run(lambda st, connection: st.insert_data(connection, key_id, text))
         except IntegrityError:
-            return False
-        return True
+            return None
 
-    async def _compare_and_swap(self, key: StorageKey, version: int, data: str) -> bool:
-        table = self.table
-        statement = (
-            update(table)
-            .where(self._is(key), table.c.version == version)
-            .values(data=data, version=table.c.version + 1, updated_at=func.now())
-        )
+    async def _run(self, operation: Callable[[FsmStatements, Connection], T]) -> T:
+        """Run one operation in one transaction: on the SQLite thread, or in an async session."""
+        if self._sqlite is not None:
+            return await self._sqlite.run(
+                lambda connection: operation(self._statements_for(connection), connection)
+            )
         async with self.sessionmaker.begin() as session:
-            result = cast(CursorResult[Any], await session.execute(statement))
-            return result.rowcount == 1
-
-    async def _clear_column(self, key: StorageKey, column: str) -> None:
-        """Empty `state` or `data`; the row goes when the other one is empty too."""
-        table = self.table
-        other = table.c.data if column == "state" else table.c.state
-        async with self.sessionmaker.begin() as session:
-            await session.execute(delete(table).where(self._is(key), other.is_(None)))
-            await session.execute(
-                update(table)
-                .where(self._is(key))
-                .values({column: None, "version": table.c.version + 1, "updated_at": func.now()})
+            return await session.run_sync(
+                lambda sync_session: operation(
+                    self._statements_for(sync_session.connection()), sync_session.connection()
+                )
             )
 
-    async def _fetch_one(self, statement: Executable) -> Any:
-        async with self.sessionmaker() as session:
-            return (await session.execute(statement)).one_or_none()
+    def _statements_for(self, connection: Connection) -> FsmStatements:
+        dialect = connection.dialect.name
+        if dialect not in self._statements:
+            self._statements[dialect] = FsmStatements(self.table, dialect)
+        return self._statements[dialect]
+
+    def _remember(self, key_id: str, row: _Row) -> None:
+        self._seen[key_id] = row
+        self._seen.move_to_end(key_id)
+        if len(self._seen) > _MAX_HINTS:
+            self._seen.popitem(last=False)
 
     @asynccontextmanager
     async def _key_lock(self, key_id: str) -> AsyncIterator[None]:
@@ -285,21 +263,7 @@ class SQLAlchemyStorage(BaseStorage):
         if not isinstance(loaded, dict):
             msg = f"stored FSM data is a JSON {type(loaded).__name__}, not an object"
             raise CorruptDataError(msg)
-        return loaded
-
-
-async def _update_or_insert(
-    session: AsyncSession, statement: Executable, row: dict[str, Any], table: Table
-) -> None:
-    """Upsert for dialects without one: UPDATE, else INSERT, else UPDATE again."""
-    result = cast(CursorResult[Any], await session.execute(statement))
-    if result.rowcount:
-        return
-    try:
-        async with session.begin_nested():
-            await session.execute(insert(table).values(row))
-    except IntegrityError:
-        await session.execute(statement)
+        return cast(dict[str, Any], loaded)
 
 
 def _as_metadata(metadata: Any) -> MetaData:

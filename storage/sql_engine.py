@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -56,8 +56,15 @@ def _sqlite_engine(url: str, database: str | None, **engine_kwargs: Any) -> Asyn
         raise ValueError(msg)
     ensure_private_folder(Path(database).parent)
     engine = create_async_engine(url, **engine_kwargs)
+    configure_sqlite(engine.sync_engine)
+    _restrict_file(database)
+    return engine
 
-    @event.listens_for(engine.sync_engine, "connect")
+
+def configure_sqlite(engine: Engine) -> None:
+    """Set every new connection of `engine` to WAL, synchronous=NORMAL and a busy timeout."""
+
+    @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         # WAL lets readers run beside the writer; NORMAL still survives a killed process.
@@ -65,9 +72,6 @@ def _sqlite_engine(url: str, database: str | None, **engine_kwargs: Any) -> Asyn
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
-
-    _restrict_file(database)
-    return engine
 
 
 def _restrict_file(database: str) -> None:

@@ -1,0 +1,175 @@
+"""The FSM table and the statements SQLAlchemyStorage runs on it, built once per dialect.
+
+Each operation is a plain function of a synchronous `Connection`, so the
+storage can run it in an async session (`run_sync`) or on its SQLite worker
+thread alike. Statements take bound parameters and are built once: SQLAlchemy
+then reuses their compiled form instead of rebuilding it on every call.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Literal, cast
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    CursorResult,
+    DateTime,
+    Executable,
+    MetaData,
+    Row,
+    String,
+    Table,
+    Text,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+KEY_LENGTH = 255
+STATE_LENGTH = 255
+Field = Literal["state", "data"]
+
+
+def fsm_table(metadata: MetaData, table_name: str) -> Table:
+    """The FSM table; `data` NULL means {} and `state` NULL means no state."""
+    return Table(
+        table_name,
+        metadata,
+        Column("id", String(KEY_LENGTH), primary_key=True),
+        Column("state", String(STATE_LENGTH), nullable=True),
+        # TEXT is 64 KiB on MySQL; FSM data may be larger.
+        Column("data", Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb"), nullable=True),
+        # A fresh random number on every change of `data`: update_data compares
+        # and swaps on it, and a random one cannot come back after a delete.
+        Column("version", BigInteger, nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        extend_existing=True,
+    )
+
+
+def new_version() -> int:
+    return secrets.randbits(62)
+
+
+class FsmStatements:
+    """The storage's statements for one table on one dialect."""
+
+    def __init__(self, table: Table, dialect: str) -> None:
+        c = table.c
+        key = c.id == bindparam("key")
+        self.table = table
+        self.read_sql = select(c.state, c.data, c.version).where(key)
+        self.write_state_sql = _upsert(table, dialect, ("state",))
+        self.write_data_sql = _upsert(table, dialect, ("data", "version"))
+        self.insert_data_sql = insert(table).values(
+            id=bindparam("key"), data=bindparam("new_data"), version=bindparam("new_version")
+        )
+        self.swap_data_sql = (
+            update(table)
+            .where(key, c.version == bindparam("expected"))
+            .values(data=bindparam("new_data"), version=bindparam("new_version"), updated_at=func.now())
+        )
+        self.clear_sql: dict[Field, Executable] = {
+            "state": update(table).where(key).values(state=None, updated_at=func.now()),
+            "data": update(table)
+            .where(key)
+            .values(data=None, version=bindparam("new_version"), updated_at=func.now()),
+        }
+        self.delete_if_empty_sql = delete(table).where(key, c.state.is_(None), c.data.is_(None))
+        self._plain_update: dict[tuple[str, ...], Executable] = {
+            names: update(table)
+            .where(key)
+            .values({**{name: bindparam(f"new_{name}") for name in names}, "updated_at": func.now()})
+            for names in (("state",), ("data", "version"))
+        }
+
+    # --- operations: each is one call's work, in one transaction ---------------
+
+    def fetch(self, connection: Connection, key: str) -> Row[Any, Any, Any] | None:
+        return connection.execute(self.read_sql, {"key": key}).one_or_none()
+
+    def set_state(self, connection: Connection, key: str, state: str) -> None:
+        self._upsert(connection, self.write_state_sql, ("state",), key, new_state=state)
+
+    def set_data(self, connection: Connection, key: str, data: str) -> int:
+        version = new_version()
+        self._upsert(
+            connection, self.write_data_sql, ("data", "version"), key, new_data=data, new_version=version
+        )
+        return version
+
+    def clear_field(self, connection: Connection, key: str, field: Field) -> None:
+        """Empty `state` or `data`; the row goes when both are empty."""
+        connection.execute(self.clear_sql[field], {"key": key, "new_version": new_version()})
+        connection.execute(self.delete_if_empty_sql, {"key": key})
+
+    def swap_data(self, connection: Connection, key: str, expected: int, data: str) -> int | None:
+        """Write `data` if the row is still at version `expected`; return the new version, or None."""
+        version = new_version()
+        parameters = {"key": key, "expected": expected, "new_data": data, "new_version": version}
+        result = cast(CursorResult[Any], connection.execute(self.swap_data_sql, parameters))
+        return version if result.rowcount == 1 else None
+
+    def insert_data(self, connection: Connection, key: str, data: str) -> int:
+        """Insert a new row holding `data`; IntegrityError if the key exists."""
+        version = new_version()
+        connection.execute(self.insert_data_sql, {"key": key, "new_data": data, "new_version": version})
+        return version
+
+    def _upsert(
+        self,
+        connection: Connection,
+        statement: Executable | None,
+        names: tuple[str, ...],
+        key: str,
+        **values: Any,
+    ) -> None:
+        parameters = {"key": key, "new_version": new_version(), **values}
+        if statement is not None:
+            connection.execute(statement, parameters)
+            return
+        # A dialect without an upsert: UPDATE, else INSERT, else UPDATE again.
+        plain = self._plain_update[names]
+        if cast(CursorResult[Any], connection.execute(plain, parameters)).rowcount:
+            return
+        try:
+            with connection.begin_nested():
+                connection.execute(
+                    insert(self.table).values(
+                        id=bindparam("key"),
+                        version=bindparam("new_version"),
+                        **{name: bindparam(f"new_{name}") for name in names if name != "version"},
+                    ),
+                    parameters,
+                )
+        except IntegrityError:
+            connection.execute(plain, parameters)
+
+
+def _upsert(table: Table, dialect: str, names: tuple[str, ...]) -> Executable | None:
+    """INSERT the key with `names`, or on conflict overwrite just those columns: one statement."""
+    inserted: dict[str, Any] = {
+        "id": bindparam("key"),
+        "version": bindparam("new_version"),
+        **{name: bindparam(f"new_{name}") for name in names if name != "version"},
+    }
+    if dialect in ("sqlite", "postgresql"):
+        dialect_insert = sqlite.insert(table) if dialect == "sqlite" else postgresql.insert(table)
+        statement = dialect_insert.values(inserted)
+        changes = {name: statement.excluded[name] for name in names}
+        return statement.on_conflict_do_update(
+            index_elements=[table.c.id], set_={**changes, "updated_at": func.now()}
+        )
+    if dialect in ("mysql", "mariadb"):
+        mysql_statement = mysql.insert(table).values(inserted)
+        mysql_changes = {name: mysql_statement.inserted[name] for name in names}
+        return mysql_statement.on_duplicate_key_update({**mysql_changes, "updated_at": func.now()})
+    return None
