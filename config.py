@@ -37,6 +37,9 @@ BOT_TOKEN_HELP = (
 )
 
 
+MongoDriver = Literal["pymongo", "motor"]
+
+
 class StorageKind(StrEnum):
     SQLALCHEMY = "sqlalchemy"
     MONGO = "mongo"
@@ -60,7 +63,7 @@ class Settings(BaseSettings):
     database_url: str = Field("sqlite+aiosqlite:///data/bot.db", repr=False)
     mongo_url: str = Field("mongodb://localhost:27017", repr=False)
     mongo_db: str = "aiogram_fsm"
-    mongo_driver: Literal["pymongo", "motor"] = "pymongo"
+    mongo_driver: MongoDriver = "pymongo"
     telegram_api_url: str | None = None
     log_level: str = "INFO"
 
@@ -85,9 +88,7 @@ class Settings(BaseSettings):
         if value is None:
             return None
         if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(
-                "TELEGRAM_API_URL must be the base URL of a Bot API server, like http://localhost:8081"
-            )
+            raise ValueError("TELEGRAM_API_URL must be the base URL of a Bot API server, like http://localhost:8081")
         return value.rstrip("/")
 
     @field_validator("log_level")

@@ -94,13 +94,13 @@ def targets(results: list[Result]) -> list[tuple[str, bool]]:
     checks.append((f"SQLite: {average:.2f} statements per update (<= 3)", average <= 3))
     for name in OURS_MONGO:
         for level in levels:
-            ours, reference = by.get((name, level)), by.get((PYMONGO, level))
-            if ours and reference:
+            mongo, reference = by.get((name, level)), by.get((PYMONGO, level))
+            if mongo and reference:
                 checks.append(
                     (
-                        f"{name}, {level_name(ours)}: {ours.updates_per_second:.0f} vs PyMongoStorage "
+                        f"{name}, {level_name(mongo)}: {mongo.updates_per_second:.0f} vs PyMongoStorage "
                         f"{reference.updates_per_second:.0f} updates/s (>=)",
-                        ours.updates_per_second >= reference.updates_per_second,
+                        mongo.updates_per_second >= reference.updates_per_second,
                     )
                 )
         counts = [by[(name, level)].per_update or 0 for level in levels if (name, level) in by]
@@ -128,8 +128,9 @@ async def storages_benchmark(args: argparse.Namespace) -> tuple[list[Result], li
                 mongo_url,
                 args.redis_url,
                 sql_urls,
-                progress=lambda r: print(f"  {r.name}, {level_name(r)}: {r.updates_per_second:.0f} updates/s",
-                                         file=sys.stderr),
+                progress=lambda r: print(
+                    f"  {r.name}, {level_name(r)}: {r.updates_per_second:.0f} updates/s", file=sys.stderr
+                ),
             )
         finally:
             if server is not None:
@@ -147,8 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  [{'met' if met else 'MISSED'}] {text}")
     report: dict[str, Any] = {
         "storages": [
-            {**asdict(r), "latencies": None, "updates_per_second": r.updates_per_second,
-             "p50_ms": r.latency_ms(0.5), "p99_ms": r.latency_ms(0.99), "per_update": r.per_update}
+            {
+                **asdict(r),
+                "latencies": None,
+                "updates_per_second": r.updates_per_second,
+                "p50_ms": r.latency_ms(0.5),
+                "p99_ms": r.latency_ms(0.99),
+                "per_update": r.per_update,
+            }
             for r in results
         ],
         "targets": [{"target": text, "met": met} for text, met in checks],

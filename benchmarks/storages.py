@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import statistics
 import time
 import uuid
@@ -25,8 +26,8 @@ from typing import Any
 from aiogram.fsm.storage.base import BaseStorage, StorageKey
 from aiogram.fsm.storage.memory import MemoryStorage
 from pymongo import monitoring
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy import Engine, event
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from storage import MongoStorage, SQLAlchemyStorage
 
@@ -77,8 +78,8 @@ class CommandCounter(monitoring.CommandListener):
         pass
 
 
-def count_statements(engine: AsyncEngine, counter: Counter) -> None:
-    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+def count_statements(engine: Engine, counter: Counter) -> None:
+    @event.listens_for(engine, "before_cursor_execute")
     def _count(*_: Any) -> None:
         counter.hit()
 
@@ -146,7 +147,7 @@ async def one_user(storage: BaseStorage, user_id: int, result: Result, counter: 
             result.first_error = result.first_error or f"lost answers: {data}"
         await storage.set_state(key, None)
         await storage.set_data(key, {})
-    except Exception as error:  # noqa: BLE001 - a failed user is a measured error, not a crash
+    except Exception as error:
         result.errors += 1
         result.first_error = result.first_error or f"{type(error).__name__}: {error}"[:200]
 
@@ -182,8 +183,8 @@ def ours_sql(name: str, url_for_run: Callable[[], str]) -> Candidate:
     async def open_storage(counter: Counter) -> AsyncIterator[BaseStorage]:
         table = f"bench_{uuid.uuid4().hex[:10]}"
         storage = await SQLAlchemyStorage.from_url(url_for_run(), table_name=table)
-        assert storage._owned_engine is not None
-        count_statements(storage._owned_engine, counter)
+        for engine in storage.engines:
+            count_statements(engine, counter)
         try:
             yield storage
         finally:
@@ -203,7 +204,7 @@ def package_sql(folder: Path) -> Candidate:
         from sqlalchemy_storage import SQLAlchemyStorage as PackageStorage
 
         engine = create_async_engine(sqlite_url(folder))
-        count_statements(engine, counter)
+        count_statements(engine.sync_engine, counter)
         base = declarative_base()
         storage = PackageStorage(
             sessionmaker=async_sessionmaker(bind=engine, class_=AsyncSession, expire_on_commit=False),
@@ -230,7 +231,8 @@ def memory() -> Candidate:
 def redis(url: str) -> Candidate:
     @asynccontextmanager
     async def open_storage(_: Counter) -> AsyncIterator[BaseStorage]:
-        from aiogram.fsm.storage.redis import DefaultKeyBuilder, RedisStorage
+        from aiogram.fsm.storage.base import DefaultKeyBuilder
+        from aiogram.fsm.storage.redis import RedisStorage
 
         prefix = f"bench{uuid.uuid4().hex[:8]}"
         storage = RedisStorage.from_url(url, key_builder=DefaultKeyBuilder(prefix=prefix))
@@ -267,10 +269,22 @@ def mongo_candidates(url: str) -> list[Candidate]:
     from aiogram.fsm.storage.pymongo import PyMongoStorage
 
     return [
-        mongo("MongoStorage (ours), PyMongo async", url, lambda c, db: MongoStorage(c, db_name=db), "pymongo", False),
+        mongo(
+            "MongoStorage (ours), PyMongo async",
+            url,
+            lambda c, db: MongoStorage(c, db_name=db),
+            "pymongo",
+            False,
+        ),
         mongo("MongoStorage (ours), motor", url, lambda c, db: MongoStorage(c, db_name=db), "motor", False),
         mongo("aiogram PyMongoStorage", url, lambda c, db: PyMongoStorage(c, db_name=db), "pymongo", True),
-        mongo("aiogram MongoStorage (motor)", url, lambda c, db: AiogramMotorStorage(c, db_name=db), "motor", True),
+        mongo(
+            "aiogram MongoStorage (motor)",
+            url,
+            lambda c, db: AiogramMotorStorage(c, db_name=db),
+            "motor",
+            True,
+        ),
     ]
 
 
@@ -292,7 +306,7 @@ async def run_all(
 ) -> list[Result]:
     candidates = [
         ours_sql("SQLAlchemyStorage (ours), SQLite file", lambda: sqlite_url(folder)),
-        *(ours_sql(f"SQLAlchemyStorage (ours), {name}", lambda url=url: url) for name, url in sql_urls.items()),
+        *(ours_sql(f"SQLAlchemyStorage (ours), {name}", functools.partial(str, url)) for name, url in sql_urls.items()),
         *(mongo_candidates(mongo_url) if mongo_url else []),
         memory(),
         *([redis(redis_url)] if redis_url else []),

@@ -43,9 +43,7 @@ async def run_sandbox(settings: Settings, stdin: TextIO = sys.stdin, stdout: Tex
                 chat.cancel()
 
 
-async def terminal_chat(
-    emulator: BotAPIEmulator, dispatcher: Dispatcher, stdin: TextIO, stdout: TextIO
-) -> None:
+async def terminal_chat(emulator: BotAPIEmulator, dispatcher: Dispatcher, stdin: TextIO, stdout: TextIO) -> None:
     """Read lines as the user's messages and print the bot's answers, until end of input."""
     lines = read_lines_in_background(stdin)
     seen = 0

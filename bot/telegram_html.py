@@ -80,9 +80,7 @@ def _decode_entity(match: re.Match[str]) -> str:
     return chr(code) if 0 < code <= 0x10FFFF else "&"
 
 
-def _read_tag(
-    source: str, position: int, stack: list[_OpenTag], entities: list[dict[str, Any]], length: int
-) -> int:
+def _read_tag(source: str, position: int, stack: list[_OpenTag], entities: list[dict[str, Any]], length: int) -> int:
     offset = len(source[:position].encode())
     closing = source.startswith("</", position)
     name_match = _TAG_NAME.match(source, position + (2 if closing else 1))

@@ -22,9 +22,7 @@ SOMETHING_WENT_WRONG = "Sorry, something went wrong on my side. Please try again
 @router.error(ExceptionTypeFilter(StorageUnavailableError), F.update.message.as_("message"))
 async def database_unavailable(event: ErrorEvent, message: Message) -> None:
     # The answer was not saved, so the user must know to send it again.
-    logger.warning(
-        "Update %s not saved, the user is asked to resend: %s", event.update.update_id, event.exception
-    )
+    logger.warning("Update %s not saved, the user is asked to resend: %s", event.update.update_id, event.exception)
     await message.answer(SEND_AGAIN)
 
 

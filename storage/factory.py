@@ -5,15 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiogram.fsm.storage.base import BaseStorage
-from pymongo.errors import PyMongoError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from config import Settings, StorageKind
+from config import MongoDriver, Settings, StorageKind
 from storage.errors import StorageUnavailableError
-from storage.fsm_mongo import MongoDriver, MongoStorage
 from storage.fsm_sql import SQLAlchemyStorage
-from storage.responses import MongoResponseStore, ResponseStore, SQLResponseStore
+from storage.responses import ResponseStore, SQLResponseStore
 
 
 @dataclass
@@ -53,6 +51,12 @@ async def create_sql_storages(database_url: str) -> Storages:
 
 
 async def create_mongo_storages(url: str, db_name: str, driver: MongoDriver = "pymongo") -> Storages:
+    # Imported here: a bot on SQL never loads the Mongo driver (about 6 MB).
+    from pymongo.errors import PyMongoError
+
+    from storage.fsm_mongo import MongoStorage
+    from storage.responses_mongo import MongoResponseStore
+
     fsm = MongoStorage.from_url(url, driver, db_name=db_name)
     try:
         await fsm.ping()

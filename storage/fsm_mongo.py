@@ -14,7 +14,6 @@ any depth) are stored percent-escaped, so `{"a.b": 1}` reads back as
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -31,43 +30,16 @@ from pymongo.errors import (
     WTimeoutError,
 )
 
+from config import MongoDriver
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
+from storage.mongo_keys import escape_key, escape_value, unescape_value
 
-MongoDriver = Literal["pymongo", "motor"]
 SERVER_SELECTION_TIMEOUT_MS = 5_000
 # What a server that is down, restarting or unreachable raises through PyMongo (and motor).
 MONGO_OUTAGES: tuple[type[BaseException], ...] = (ConnectionFailure, ExecutionTimeout, WTimeoutError)
 
 _ONLY_FIELDS = {"_id": 0, "updated_at": 0}
 _PATH_NOT_VIABLE = 28  # MongoDB's code for "$set: {data.k}" where data is not a document
-_ESCAPED = re.compile(r"[.$%\x00]")
-_ESCAPE = re.compile(r"%([0-9A-F]{2})")
-_EMPTY_KEY = "%"  # an escaped key never ends in a bare "%"
-
-
-def escape_key(key: str) -> str:
-    """A document field name for a data key: no '.', no '$', never empty."""
-    return _ESCAPED.sub(lambda match: f"%{ord(match.group()):02X}", key) if key else _EMPTY_KEY
-
-
-def unescape_key(field: str) -> str:
-    return "" if field == _EMPTY_KEY else _ESCAPE.sub(lambda match: chr(int(match.group(1), 16)), field)
-
-
-def escape_value(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {escape_key(str(key)): escape_value(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [escape_value(item) for item in value]
-    return value
-
-
-def unescape_value(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {unescape_key(key): unescape_value(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [unescape_value(item) for item in value]
-    return value
 
 
 def create_client(url: str, driver: MongoDriver = "pymongo", **client_kwargs: Any) -> Any:

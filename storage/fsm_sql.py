@@ -21,7 +21,7 @@ from typing import Any, TypeVar, cast
 from aiogram.exceptions import DataNotDictLikeError
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder, KeyBuilder, StateType, StorageKey
-from sqlalchemy import Connection, MetaData
+from sqlalchemy import Connection, Engine, MetaData
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -122,9 +122,14 @@ class SQLAlchemyStorage(BaseStorage):
     async def create_table(self) -> None:
         """Create the FSM table if it does not exist yet."""
         async with self.sessionmaker.begin() as session:
-            await session.run_sync(
-                lambda sync_session: self.table.create(sync_session.connection(), checkfirst=True)
-            )
+            await session.run_sync(lambda sync_session: self.table.create(sync_session.connection(), checkfirst=True))
+
+    @property
+    def engines(self) -> list[Engine]:
+        """The engines this storage sends statements through, for SQLAlchemy event listeners."""
+        bound = self.sessionmaker.kw.get("bind")
+        engines = [bound.sync_engine] if isinstance(bound, AsyncEngine) else []
+        return engines + ([self._sqlite.engine] if self._sqlite is not None else [])
 
     async def close(self) -> None:
         if self._sqlite is not None:
@@ -213,9 +218,7 @@ class SQLAlchemyStorage(BaseStorage):
     async def _run(self, operation: Callable[[FsmStatements, Connection], T]) -> T:
         """Run one operation in one transaction: on the SQLite thread, or in an async session."""
         if self._sqlite is not None:
-            return await self._sqlite.run(
-                lambda connection: operation(self._statements_for(connection), connection)
-            )
+            return await self._sqlite.run(lambda connection: operation(self._statements_for(connection), connection))
         async with self.sessionmaker.begin() as session:
             return await session.run_sync(
                 lambda sync_session: operation(

@@ -12,7 +12,6 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, database_call
-from storage.fsm_mongo import MONGO_OUTAGES, escape_value, unescape_value
 from storage.sql_engine import SQL_OUTAGES
 
 
@@ -65,9 +64,7 @@ class SQLResponseStore:
     @database_call(SQL_OUTAGES)
     async def create_table(self) -> None:
         async with self.sessionmaker.begin() as session:
-            await session.run_sync(
-                lambda sync_session: self.table.create(sync_session.connection(), checkfirst=True)
-            )
+            await session.run_sync(lambda sync_session: self.table.create(sync_session.connection(), checkfirst=True))
 
     async def save(self, response: CompletedResponse) -> None:
         row = {
@@ -88,7 +85,7 @@ class SQLResponseStore:
                 user_id=row.user_id,
                 chat_id=row.chat_id,
                 answers=json.loads(row.answers),
-                completed_at=_as_utc(row.completed_at),
+                completed_at=as_utc(row.completed_at),
             )
             for row in rows
         ]
@@ -99,47 +96,5 @@ class SQLResponseStore:
         return int(getattr(result, "rowcount", 0))
 
 
-def _as_utc(moment: datetime) -> datetime:
+def as_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-class MongoResponseStore:
-    """Completed responses in a `questionnaire_responses` collection beside the FSM one."""
-
-    def __init__(
-        self,
-        database: Any,
-        collection_name: str = "questionnaire_responses",
-        timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
-    ) -> None:
-        self.collection = database[collection_name]
-        self.timeout = timeout
-
-    @database_call(MONGO_OUTAGES)
-    async def save(self, response: CompletedResponse) -> None:
-        await self.collection.insert_one(
-            {
-                "user_id": response.user_id,
-                "chat_id": response.chat_id,
-                "answers": escape_value(response.answers),
-                "completed_at": response.completed_at.astimezone(UTC),
-            }
-        )
-
-    @database_call(MONGO_OUTAGES)
-    async def for_user(self, user_id: int) -> list[CompletedResponse]:
-        cursor = self.collection.find({"user_id": user_id}).sort("_id", 1)
-        return [
-            CompletedResponse(
-                user_id=document["user_id"],
-                chat_id=document["chat_id"],
-                answers=unescape_value(document["answers"]),
-                completed_at=_as_utc(document["completed_at"]),
-            )
-            async for document in cursor
-        ]
-
-    @database_call(MONGO_OUTAGES)
-    async def delete_for_user(self, user_id: int) -> int:
-        result = await self.collection.delete_many({"user_id": user_id})
-        return int(result.deleted_count)

@@ -79,9 +79,7 @@ class FsmStatements:
         )
         self.clear_sql: dict[Field, Executable] = {
             "state": update(table).where(key).values(state=None, updated_at=func.now()),
-            "data": update(table)
-            .where(key)
-            .values(data=None, version=bindparam("new_version"), updated_at=func.now()),
+            "data": update(table).where(key).values(data=None, version=bindparam("new_version"), updated_at=func.now()),
         }
         self.delete_if_empty_sql = delete(table).where(key, c.state.is_(None), c.data.is_(None))
         self._plain_update: dict[tuple[str, ...], Executable] = {
@@ -101,9 +99,7 @@ class FsmStatements:
 
     def set_data(self, connection: Connection, key: str, data: str) -> int:
         version = new_version()
-        self._upsert(
-            connection, self.write_data_sql, ("data", "version"), key, new_data=data, new_version=version
-        )
+        self._upsert(connection, self.write_data_sql, ("data", "version"), key, new_data=data, new_version=version)
         return version
 
     def clear_field(self, connection: Connection, key: str, field: Field) -> None:
@@ -165,9 +161,7 @@ def _upsert(table: Table, dialect: str, names: tuple[str, ...]) -> Executable | 
         dialect_insert = sqlite.insert(table) if dialect == "sqlite" else postgresql.insert(table)
         statement = dialect_insert.values(inserted)
         changes = {name: statement.excluded[name] for name in names}
-        return statement.on_conflict_do_update(
-            index_elements=[table.c.id], set_={**changes, "updated_at": func.now()}
-        )
+        return statement.on_conflict_do_update(index_elements=[table.c.id], set_={**changes, "updated_at": func.now()})
     if dialect in ("mysql", "mariadb"):
         mysql_statement = mysql.insert(table).values(inserted)
         mysql_changes = {name: mysql_statement.inserted[name] for name in names}

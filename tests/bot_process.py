@@ -90,9 +90,7 @@ class BotProcess:
         return texts
 
 
-async def finish(
-    process: asyncio.subprocess.Process, seconds: float, typed: bytes | None = None
-) -> tuple[str, str]:
+async def finish(process: asyncio.subprocess.Process, seconds: float, typed: bytes | None = None) -> tuple[str, str]:
     """Feed `typed`, wait for the exit and return stdout and stderr; kill the process if it overruns."""
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(typed), seconds)

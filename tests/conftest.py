@@ -27,11 +27,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.setup import create_bot, create_dispatcher
-from config import Settings
+from config import MongoDriver, Settings
 from handlers import get_routers
 from storage import MongoStorage, SQLAlchemyStorage, Storages
 from storage.factory import create_mongo_storages, create_sql_storages
-from storage.fsm_mongo import MongoDriver, close_client, create_client
+from storage.fsm_mongo import close_client, create_client
 from tests.mocked_session import BOT_USER, MockedSession
 from tests.mongo_server import WireProtocolServer, configured_url, wait_until_answering
 

@@ -46,9 +46,7 @@ def bot_environment(backend: Backend, folder: Path) -> dict[str, str]:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=ALL_BACKENDS)
-async def bot(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[BotProcess]:
+async def bot(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[BotProcess]:
     folder = tmp_path_factory.mktemp(f"e2e-{request.param}")
     mongo = request.getfixturevalue("mongo_url") if request.param in MONGO_BACKENDS else None
     backend = make_backend(request.param, folder, mongo)

@@ -110,9 +110,7 @@ async def test_reply_keyboard_is_shown_then_removed(served: tuple[BotAPIEmulator
     assert emulator.keyboard(7) is None
 
 
-async def test_get_updates_offset_limit_and_long_polling(
-    served: tuple[BotAPIEmulator, str], bot: Bot
-) -> None:
+async def test_get_updates_offset_limit_and_long_polling(served: tuple[BotAPIEmulator, str], bot: Bot) -> None:
     emulator, _ = served
     await emulator.user_sends(7, {"text": "one"}, {"text": "two"}, {"kind": "photo"})
     first = await bot.get_updates(limit=2)
@@ -142,9 +140,7 @@ async def test_allowed_updates_filters_and_persists(served: tuple[BotAPIEmulator
     assert len(await bot.get_updates(allowed_updates=["message"])) == 1
 
 
-async def test_webhook_delivery_with_secret_and_polling_conflict(
-    served: tuple[BotAPIEmulator, str], bot: Bot
-) -> None:
+async def test_webhook_delivery_with_secret_and_polling_conflict(served: tuple[BotAPIEmulator, str], bot: Bot) -> None:
     emulator, _ = served
     received: asyncio.Queue[tuple[str | None, dict[str, Any]]] = asyncio.Queue()
 
@@ -188,9 +184,7 @@ async def test_other_methods_the_bot_uses(served: tuple[BotAPIEmulator, str], bo
         await bot.edit_message_text("after", chat_id=7, message_id=sent.message_id)
 
 
-async def test_faults_answer_429_with_retry_after_then_recover(
-    served: tuple[BotAPIEmulator, str], bot: Bot
-) -> None:
+async def test_faults_answer_429_with_retry_after_then_recover(served: tuple[BotAPIEmulator, str], bot: Bot) -> None:
     emulator, url = served
     await emulator.user_sends(7, {"text": "hi"})
     assert await raw(url, "/_emulator/faults", method="sendMessage", status=429, retry_after=3, count=1) == (

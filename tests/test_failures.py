@@ -18,9 +18,7 @@ async def finish_questionnaire(chat: ChatHarness, user_id: int) -> None:
     ("sql_data", "mongo_data"),
     [("not json {", "not a document"), ("[1, 2]", ["a", "list"]), ('"text"', 42)],
 )
-async def test_corrupt_data_resets_only_that_user(
-    chat: ChatHarness, sql_data: str, mongo_data: object
-) -> None:
+async def test_corrupt_data_resets_only_that_user(chat: ChatHarness, sql_data: str, mongo_data: object) -> None:
     await chat.send("/start", user_id=2)
     await chat.send("Bob", user_id=2)
     await chat.send("/start")

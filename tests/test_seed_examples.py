@@ -66,9 +66,7 @@ async def test_custom_key_builder_without_part_argument(database: str) -> None:
     engine = create_async_engine(database)
     SessionLocal = async_sessionmaker(bind=engine, class_=AsyncSession, expire_on_commit=False)
     Base = declarative_base()
-    storage = SQLAlchemyStorage(
-        sessionmaker=SessionLocal, metadata=Base.metadata, key_builder=CustomKeyBuilder()
-    )
+    storage = SQLAlchemyStorage(sessionmaker=SessionLocal, metadata=Base.metadata, key_builder=CustomKeyBuilder())
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
     await storage.set_state(storage_key(5), "s")

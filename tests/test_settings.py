@@ -105,9 +105,7 @@ def test_sync_driver_gets_told_what_to_write(monkeypatch: pytest.MonkeyPatch) ->
         ("MONGO_DRIVER", "mongoose", "MONGO_DRIVER must be one of: pymongo, motor"),
     ],
 )
-def test_other_bad_settings_are_named(
-    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
-) -> None:
+def test_other_bad_settings_are_named(monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str) -> None:
     monkeypatch.setenv("BOT_TOKEN", SECRET_TOKEN)
     monkeypatch.setenv(variable, value)
     with pytest.raises(SettingsError, match=message):

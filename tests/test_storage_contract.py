@@ -132,9 +132,7 @@ async def test_concurrent_update_data_from_two_processes_keeps_every_key(
         await other.close()
 
 
-async def test_concurrent_first_writes_to_one_key_do_not_collide(
-    storage: BaseStorage, backend: Backend
-) -> None:
+async def test_concurrent_first_writes_to_one_key_do_not_collide(storage: BaseStorage, backend: Backend) -> None:
     key = storage_key()
     await asyncio.gather(
         storage.set_state(key, "s"),

@@ -7,7 +7,7 @@ from aiogram.fsm.storage.base import BaseStorage
 
 from storage import MongoStorage, StorageUnavailableError
 from storage.factory import create_mongo_storages
-from storage.fsm_mongo import escape_key, unescape_key
+from storage.mongo_keys import escape_key, unescape_key
 from tests.conftest import MONGO_BACKENDS, Backend, storage_key
 from tests.mongo_server import free_port
 

@@ -7,8 +7,8 @@ import os
 import pytest
 from sqlalchemy.engine import make_url
 
+from config import MongoDriver
 from storage import MongoStorage, SQLAlchemyStorage, StorageUnavailableError
-from storage.fsm_mongo import MongoDriver
 from tests.conftest import Backend, storage_key
 from tests.tcp_proxy import TcpProxy
 
@@ -21,9 +21,7 @@ async def test_stalled_postgresql_call_gives_up() -> None:
     proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
     await proxy.start()
     proxied = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    storage = await SQLAlchemyStorage.from_url(
-        proxied, table_name="fsm_time_bound", timeout=1, pool_pre_ping=False
-    )
+    storage = await SQLAlchemyStorage.from_url(proxied, table_name="fsm_time_bound", timeout=1, pool_pre_ping=False)
     try:
         await storage.set_state(storage_key(), "s")
         proxy.stall()
@@ -41,9 +39,7 @@ async def test_stalled_mongo_call_gives_up(mongo_url: str, driver: MongoDriver) 
     target = make_url(mongo_url.replace("mongodb://", "mongodb+x://"))
     proxy = TcpProxy(target.host or "127.0.0.1", target.port or 27017)
     await proxy.start()
-    storage = MongoStorage.from_url(
-        f"mongodb://127.0.0.1:{proxy.port}", driver, db_name="time_bound", timeout=1
-    )
+    storage = MongoStorage.from_url(f"mongodb://127.0.0.1:{proxy.port}", driver, db_name="time_bound", timeout=1)
     try:
         await storage.set_state(storage_key(), "s")
         proxy.stall()
