@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export POSTGRES_TEST_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 export MYSQL_TEST_URL ?= mysql+asyncmy://root@127.0.0.1:3306/test
 
-.PHONY: run sandbox test lint unit clean
+.PHONY: run sandbox test lint unit bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ unit: $(VENV)/.dev-deps
 	$(BIN)/python -m pytest
 
 test: lint unit
+
+# Not part of `make test`: minutes of load. REDIS_URL adds aiogram's RedisStorage as a reference.
+bench: $(VENV)/.dev-deps
+	REDIS_URL=$${REDIS_URL-redis://127.0.0.1:6379} $(BIN)/python -m benchmarks --json benchmark-results.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
