@@ -13,13 +13,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from sqlalchemy.engine import make_url
 
 from bot.emulator import BotAPIEmulator, Fault, running_emulator
 from handlers.errors import SEND_AGAIN
 from tests.bot_process import BotProcess
 from tests.mongo_server import WireProtocolServer
-from tests.tcp_proxy import TcpProxy
+from tests.tcp_proxy import TcpProxy, proxied
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 FAILURE_LOG_LINE = "not saved, the user is asked to resend"
@@ -33,17 +32,12 @@ async def postgres_bot(
     url = os.environ.get("POSTGRES_TEST_URL")
     if not url:
         pytest.skip("POSTGRES_TEST_URL is not set")
-    target = make_url(url)
-    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
-    await proxy.start()
-    proxied = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     folder = tmp_path_factory.mktemp("outage-postgres")
-    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
-        bot = BotProcess(emulator, api_url, folder / "bot.log", {"DATABASE_URL": proxied})
+    async with proxied(url, 5432) as (proxy, through_proxy), running_emulator(BotAPIEmulator()) as (emulator, api_url):
+        bot = BotProcess(emulator, api_url, folder / "bot.log", {"DATABASE_URL": through_proxy})
         await bot.start()
         yield bot, proxy
         await bot.stop()
-    await proxy.close()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
