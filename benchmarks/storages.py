@@ -14,11 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,7 +90,6 @@ class Candidate:
     name: str
     open: Callable[[Counter], Any]
     counts: str = "statements"
-    reference: bool = False
 
 
 @dataclass
@@ -233,7 +231,7 @@ def package_sql(folder: Path) -> Candidate:
         finally:
             await engine.dispose()
 
-    return Candidate("aiogram-sqlalchemy-storage, SQLite file", open_storage, reference=True)
+    return Candidate("aiogram-sqlalchemy-storage, SQLite file", open_storage)
 
 
 def memory() -> Candidate:
@@ -241,7 +239,7 @@ def memory() -> Candidate:
     async def open_storage(_: Counter) -> AsyncIterator[BaseStorage]:
         yield MemoryStorage()
 
-    return Candidate("aiogram MemoryStorage", open_storage, counts="0", reference=True)
+    return Candidate("aiogram MemoryStorage", open_storage, counts="0")
 
 
 def redis(url: str) -> Candidate:
@@ -260,10 +258,10 @@ def redis(url: str) -> Candidate:
                 await storage.redis.delete(*keys)
             await storage.close()
 
-    return Candidate("aiogram RedisStorage, local Redis", open_storage, counts="-", reference=True)
+    return Candidate("aiogram RedisStorage, local Redis", open_storage, counts="-")
 
 
-def mongo(name: str, url: str, make: Callable[[Any, str], BaseStorage], driver: str, reference: bool) -> Candidate:
+def mongo(name: str, url: str, make: Callable[[Any, str], BaseStorage], driver: str) -> Candidate:
     @asynccontextmanager
     async def open_storage(counter: Counter) -> AsyncIterator[BaseStorage]:
         from storage.fsm_mongo import close_client, create_client
@@ -277,7 +275,7 @@ def mongo(name: str, url: str, make: Callable[[Any, str], BaseStorage], driver: 
             await client.drop_database(db_name)
             await close_client(client)
 
-    return Candidate(name, open_storage, counts="commands", reference=reference)
+    return Candidate(name, open_storage, counts="commands")
 
 
 def mongo_candidates(url: str) -> list[Candidate]:
@@ -290,16 +288,14 @@ def mongo_candidates(url: str) -> list[Candidate]:
             url,
             lambda c, db: MongoStorage(c, db_name=db),
             "pymongo",
-            False,
         ),
-        mongo("MongoStorage (ours), motor", url, lambda c, db: MongoStorage(c, db_name=db), "motor", False),
-        mongo("aiogram PyMongoStorage", url, lambda c, db: PyMongoStorage(c, db_name=db), "pymongo", True),
+        mongo("MongoStorage (ours), motor", url, lambda c, db: MongoStorage(c, db_name=db), "motor"),
+        mongo("aiogram PyMongoStorage", url, lambda c, db: PyMongoStorage(c, db_name=db), "pymongo"),
         mongo(
             "aiogram MongoStorage (motor)",
             url,
             lambda c, db: AiogramMotorStorage(c, db_name=db),
             "motor",
-            True,
         ),
     ]
 
@@ -318,7 +314,7 @@ async def run_all(
     mongo_url: str | None,
     redis_url: str | None,
     sql_urls: dict[str, str],
-    progress: Callable[[Result], Awaitable[None] | None] | None = None,
+    progress: Callable[[Result], None] | None = None,
 ) -> list[Result]:
     candidates = [
         ours_sql("SQLAlchemyStorage (ours), SQLite file", lambda: sqlite_url(folder)),
@@ -329,17 +325,10 @@ async def run_all(
         package_sql(folder),
     ]
     results = []
-    async with AsyncExitStack():
-        for users, concurrency in levels:
-            for candidate in candidates:
-                result = await measure(candidate, users, concurrency)
-                results.append(result)
-                if progress is not None:
-                    outcome = progress(result)
-                    if asyncio.iscoroutine(outcome):
-                        await outcome
+    for users, concurrency in levels:
+        for candidate in candidates:
+            result = await measure(candidate, users, concurrency)
+            results.append(result)
+            if progress is not None:
+                progress(result)
     return results
-
-
-def p50(result: Result) -> float:
-    return statistics.median(result.latencies) * 1000 if result.latencies else 0.0

@@ -40,15 +40,14 @@ def database_call(
     def decorate(method: Method[Self_, P, R]) -> Method[Self_, P, R]:
         @functools.wraps(method)
         async def bounded(self: Self_, /, *args: P.args, **kwargs: P.kwargs) -> R:
-            name = f"{type(self).__name__}.{method.__name__}"
             try:
                 async with asyncio.timeout(self.timeout):
                     return await method(self, *args, **kwargs)
             except TimeoutError as error:
-                msg = f"{name} did not finish within {self.timeout} s"
+                msg = f"{type(self).__name__}.{method.__name__} did not finish within {self.timeout} s"
                 raise StorageUnavailableError(msg) from error
             except unavailable as error:
-                msg = f"{name} failed: {type(error).__name__}: {error}"
+                msg = f"{type(self).__name__}.{method.__name__} failed: {type(error).__name__}: {error}"
                 raise StorageUnavailableError(msg) from error
 
         return bounded

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
@@ -12,6 +13,7 @@ from sqlalchemy import String, inspect, select, text
 from sqlalchemy.pool import QueuePool, StaticPool
 
 from storage import SQLAlchemyStorage
+from storage.sql_statements import FsmStatements
 from tests.conftest import SQL_BACKENDS, Backend, storage_key
 
 
@@ -55,11 +57,40 @@ async def test_table_has_bounded_strings_and_updated_at(sql_storage: SQLAlchemyS
 
 
 @pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
-async def test_writes_set_updated_at(sql_storage: SQLAlchemyStorage) -> None:
+async def test_writes_move_updated_at(sql_storage: SQLAlchemyStorage) -> None:
+    long_ago = datetime(2000, 1, 1, tzinfo=UTC)
+    table = sql_storage.table
+
+    async def stamp_after(write: Awaitable[object]) -> datetime:
+        async with sql_storage.sessionmaker.begin() as session:
+            await session.execute(table.update().values(updated_at=long_ago))
+        await write
+        async with sql_storage.sessionmaker() as session:
+            stamp: datetime = (await session.execute(select(table.c.updated_at))).scalar_one()
+        return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp
+
     await sql_storage.set_state(storage_key(), "s")
-    async with sql_storage.sessionmaker() as session:
-        stamp = (await session.execute(select(sql_storage.table.c.updated_at))).scalar_one()
-    assert stamp is not None
+    assert await stamp_after(sql_storage.set_state(storage_key(), "t")) > long_ago
+    assert await stamp_after(sql_storage.update_data(storage_key(), {"a": 1})) > long_ago
+    assert await stamp_after(sql_storage.set_data(storage_key(), {"b": 2})) > long_ago
+
+
+async def test_dialects_without_upsert_get_the_same_results(tmp_path: Path) -> None:
+    """The UPDATE-else-INSERT path for dialects with no upsert, run here on SQLite."""
+    storage = await SQLAlchemyStorage.from_url(f"sqlite+aiosqlite:///{tmp_path}/generic.db")
+    storage._statements["sqlite"] = FsmStatements(storage.table, "a dialect without upsert")
+    try:
+        key = storage_key()
+        await asyncio.gather(storage.set_state(key, "a"), storage.set_data(key, {"x": 1}))
+        await storage.set_state(key, "b")
+        assert await storage.update_data(key, {"y": 2}) == {"x": 1, "y": 2}
+        assert await storage.get_state(key) == "b"
+        await storage.set_state(key, None)
+        await storage.set_data(key, {})
+        async with storage.sessionmaker() as session:
+            assert (await session.execute(select(storage.table.c.id))).all() == []
+    finally:
+        await storage.close()
 
 
 @pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
