@@ -311,7 +311,7 @@ class BotAPIEmulator:
             try:
                 text, entities = parse_html(source)
             except EntityParseError as error:
-                raise BotAPIError(400, f"Bad Request: {error}") from None
+                raise BotAPIError(400, f"Bad Request: can't parse entities: {error}") from None
         else:
             text, entities = source, list(params.get("entities") or [])
         if not text.strip():

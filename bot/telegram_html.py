@@ -31,7 +31,7 @@ _ATTRIBUTE = re.compile(r"""\s*([a-zA-Z-]+)\s*(?:=\s*(?:"([^"]*)"|'([^']*)'|([^\
 
 
 class EntityParseError(ValueError):
-    """The text is not valid Telegram HTML; str() is Telegram's own description."""
+    """The text is not valid Telegram HTML; str() is Telegram's description, after "can't parse entities: "."""
 
 
 @dataclass
@@ -67,7 +67,7 @@ def parse_html(source: str) -> tuple[str, list[dict[str, Any]]]:
             length += utf16_length(char)
             position += 1
     if stack:
-        msg = f"Can't parse entities: can't find end tag corresponding to start tag \"{stack[-1].name}\""
+        msg = f'Can\'t find end tag corresponding to start tag "{stack[-1].name}"'
         raise EntityParseError(msg)
     return "".join(text), sorted(entities, key=lambda entity: entity["offset"])
 
@@ -85,29 +85,26 @@ def _read_tag(source: str, position: int, stack: list[_OpenTag], entities: list[
     closing = source.startswith("</", position)
     name_match = _TAG_NAME.match(source, position + (2 if closing else 1))
     if name_match is None:
-        msg = f"Can't parse entities: unexpected end of name token at byte offset {offset}"
+        msg = f"Unexpected end of name token at byte offset {offset}"
         raise EntityParseError(msg)
     name = name_match.group().lower()
     end = source.find(">", name_match.end())
     if end == -1:
-        msg = f"Can't parse entities: unclosed start tag at byte offset {offset}"
+        msg = f"Unclosed start tag at byte offset {offset}"
         raise EntityParseError(msg)
     if closing:
         if not stack:
-            msg = f"Can't parse entities: unexpected end tag at byte offset {offset}"
+            msg = f"Unexpected end tag at byte offset {offset}"
             raise EntityParseError(msg)
         opened = stack.pop()
         if opened.name != name:
-            msg = (
-                f"Can't parse entities: unmatched end tag at byte offset {offset}, "
-                f'expected "</{opened.name}>", found "</{name}>"'
-            )
+            msg = f'Unmatched end tag at byte offset {offset}, expected "</{opened.name}>", found "</{name}>"'
             raise EntityParseError(msg)
         if length > opened.start:
             entities.append(_entity(opened, length))
         return end + 1
     if name not in _TAG_ENTITY_TYPES:
-        msg = f'Can\'t parse entities: unsupported start tag "{name}" at byte offset {offset}'
+        msg = f'Unsupported start tag "{name}" at byte offset {offset}'
         raise EntityParseError(msg)
     attributes = {
         match.group(1).lower(): next((g for g in match.groups()[1:] if g is not None), "")

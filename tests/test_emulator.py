@@ -77,9 +77,9 @@ async def test_send_message_parses_html_into_entities(served: tuple[BotAPIEmulat
         ("", "message text is empty"),
         ("<b> </b>", "message text is empty"),
         ("x" * 4097, "message is too long"),
-        ("<b>unclosed", "can't find end tag"),
-        ("<blink>x</blink>", 'unsupported start tag "blink"'),
-        ("<b>x</i>", "unmatched end tag"),
+        ("<b>unclosed", "can't parse entities: Can't find end tag corresponding to start tag \"b\""),
+        ("<blink>x</blink>", 'can\'t parse entities: Unsupported start tag "blink" at byte offset 0'),
+        ("<b>x</i>", 'can\'t parse entities: Unmatched end tag at byte offset 4, expected "</b>", found "</i>"'),
     ],
 )
 async def test_send_message_refuses_what_telegram_refuses(
