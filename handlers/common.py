@@ -1,4 +1,4 @@
-"""Commands that work in every state: /start, /help, /cancel."""
+"""Commands that work in every state: /start, /help, /cancel, /forget."""
 
 from __future__ import annotations
 
