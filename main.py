@@ -42,13 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     # mistake should be reported at once.
     from bot.log import configure_logging
     from bot.polling import StartupError, run_polling
-    from bot.sandbox import run_sandbox
 
     # In the sandbox, INFO lines would bury the conversation.
     level = "WARNING" if args.sandbox and settings.log_level == "INFO" else settings.log_level
     configure_logging(level, secrets=[settings.bot_token.get_secret_value()])
     try:
-        asyncio.run(run_sandbox(settings) if args.sandbox else run_polling(settings))
+        if args.sandbox:
+            from bot.sandbox import run_sandbox
+
+            asyncio.run(run_sandbox(settings))
+        else:
+            asyncio.run(run_polling(settings))
     except StartupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -40,8 +40,7 @@ async def corrupt_session(
             thread_id=event_context.thread_id,
             business_connection_id=event_context.business_connection_id,
         )
-        await context.set_state(None)
-        await context.set_data({})
+        await context.clear()
     await message.answer(START_OVER, reply_markup=ReplyKeyboardRemove())
 
 

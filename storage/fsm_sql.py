@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
-from storage.sql_engine import SQL_OUTAGES, create_engine_for_url
+from storage.sql_engine import SQL_OUTAGES, create_engine_for_url, create_table_if_missing
 from storage.sql_statements import FsmStatements, fsm_table
 from storage.sqlite_worker import SQLiteWorker
 
@@ -121,8 +121,7 @@ class SQLAlchemyStorage(BaseStorage):
     @database_call(SQL_OUTAGES)
     async def create_table(self) -> None:
         """Create the FSM table if it does not exist yet."""
-        async with self.sessionmaker.begin() as session:
-            await session.run_sync(lambda sync_session: self.table.create(sync_session.connection(), checkfirst=True))
+        await create_table_if_missing(self.sessionmaker, self.table)
 
     @property
     def engines(self) -> list[Engine]:

@@ -12,7 +12,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, database_call
-from storage.sql_engine import SQL_OUTAGES
+from storage.sql_engine import SQL_OUTAGES, create_table_if_missing
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,7 @@ class SQLResponseStore:
 
     @database_call(SQL_OUTAGES)
     async def create_table(self) -> None:
-        async with self.sessionmaker.begin() as session:
-            await session.run_sync(lambda sync_session: self.table.create(sync_session.connection(), checkfirst=True))
+        await create_table_if_missing(self.sessionmaker, self.table)
 
     async def save(self, response: CompletedResponse) -> None:
         row = {

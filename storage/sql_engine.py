@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, Table, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 # What a database that is down, restarting or unreachable raises through SQLAlchemy.
 SQL_OUTAGES: tuple[type[BaseException], ...] = (
@@ -42,6 +42,11 @@ def create_engine_for_url(url: str, **engine_kwargs: Any) -> AsyncEngine:
     # MySQL closes idle connections after wait_timeout (8 h by default).
     engine_kwargs.setdefault("pool_recycle", 3600)
     return create_async_engine(url, **engine_kwargs)
+
+
+async def create_table_if_missing(sessionmaker: async_sessionmaker[AsyncSession], table: Table) -> None:
+    async with sessionmaker.begin() as session:
+        await session.run_sync(lambda sync_session: table.create(sync_session.connection(), checkfirst=True))
 
 
 def ensure_private_folder(path: Path) -> None:
