@@ -4,7 +4,9 @@ One document per storage key: `{_id: key, state, data, updated_at}`, present
 only while the key has a state or data; an empty `state` or `data` is left
 out of the document rather than stored as null or {}. Every call is one round trip, plus a
 conditional delete when a write leaves the key empty. `update_data` is one
-atomic `findAndModify` with `$set` on `data.<key>`.
+atomic `findAndModify` with `$set` on `data.<key>`. Reads, and state writes,
+that arrive while others are at the server share one command (`find` with
+`$in`, one unordered `update`): see storage/batching.py.
 
 Data keys are user data, not field paths: `.`, `$`, `%` and NUL in keys (at
 any depth) are stored percent-escaped, so `{"a.b": 1}` reads back as
@@ -21,8 +23,9 @@ from typing import Any, Literal
 from aiogram.exceptions import DataNotDictLikeError
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder, KeyBuilder, StateType, StorageKey
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import (
+    BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
     ExecutionTimeout,
@@ -31,6 +34,7 @@ from pymongo.errors import (
 )
 
 from config import MongoDriver
+from storage.batching import Batcher
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
 from storage.mongo_keys import escape_key, escape_value, unescape_value
 
@@ -85,6 +89,10 @@ class MongoStorage(BaseStorage):
         self.collection = self.database[collection_name]
         self.key_builder = key_builder or DefaultKeyBuilder()
         self._owns_client = False
+        self._read_states = Batcher[str, Any](lambda ids: self._find(ids, "state"))
+        self._read_data = Batcher[str, Any](lambda ids: self._find(ids, "data"))
+        self._write_states = Batcher[tuple[str, dict[str, Any]], None](lambda w: self._upsert_many(w, False))
+        self._write_data = Batcher[tuple[str, dict[str, Any]], Any](lambda w: self._upsert_many(w, True))
 
     @classmethod
     def from_url(
@@ -120,7 +128,7 @@ class MongoStorage(BaseStorage):
 
     @database_call(MONGO_OUTAGES)
     async def get_state(self, key: StorageKey) -> str | None:
-        document = await self.collection.find_one({"_id": self._id(key)}, {"state": 1})
+        document = await self._read_states(self._id(key))
         state = None if document is None else document.get("state")
         if state is not None and not isinstance(state, str):
             msg = f"stored FSM state is a {type(state).__name__}, not a string"
@@ -133,12 +141,11 @@ class MongoStorage(BaseStorage):
         if value is None:
             await self._clear_field(key, "state")
         else:
-            await self._upsert(key, {"state": value})
+            await self._write_states((self._id(key), {"state": value}))
 
     @database_call(MONGO_OUTAGES)
     async def get_data(self, key: StorageKey) -> dict[str, Any]:
-        document = await self.collection.find_one({"_id": self._id(key)}, {"data": 1})
-        return _data_of(document)
+        return _data_of(await self._read_data(self._id(key)))
 
     @database_call(MONGO_OUTAGES)
     async def set_data(self, key: StorageKey, data: Mapping[str, Any]) -> None:
@@ -146,7 +153,7 @@ class MongoStorage(BaseStorage):
             msg = f"Data must be a dict or dict-like object, got {type(data).__name__}"
             raise DataNotDictLikeError(msg)
         if data:
-            await self._upsert(key, {"data": escape_value(data)})
+            await self._upsert(self._id(key), {"data": escape_value(data)})
         else:
             await self._clear_field(key, "data")
 
@@ -156,7 +163,7 @@ class MongoStorage(BaseStorage):
             return await self.get_data(key)
         changes = {f"data.{escape_key(str(name))}": escape_value(value) for name, value in data.items()}
         try:
-            document = await self._upsert(key, changes, returning=True)
+            document = await self._write_data((self._id(key), changes))
         except OperationFailure as error:
             if error.code == _PATH_NOT_VIABLE:
                 msg = "stored FSM data is not a document, so it cannot be updated"
@@ -169,9 +176,55 @@ class MongoStorage(BaseStorage):
     def _id(self, key: StorageKey) -> str:
         return self.key_builder.build(key)
 
+    async def _find(self, ids: list[str], field: Literal["state", "data"]) -> list[Any]:
+        """The documents of `ids` (None where there is none), with `_id` and `field` only."""
+        if len(ids) == 1:
+            return [await self.collection.find_one({"_id": ids[0]}, {field: 1})]
+        unique = list(dict.fromkeys(ids))
+        cursor = self.collection.find({"_id": {"$in": unique}}, {field: 1}, batch_size=len(unique))
+        found = {document["_id"]: document async for document in cursor}
+        return [found.get(key_id) for key_id in ids]
+
+    async def _upsert_many(self, writes: list[tuple[str, dict[str, Any]]], returning: bool) -> list[Any]:
+        """`_upsert` for each (key, changes), as one command when there are several.
+
+        Changes to one key are merged in order, so the last write of a field
+        wins, as if the calls had run in turn. With `returning`, each key's
+        document is read back after the write (`update_data` wants the data).
+        A result is None, the document, or the exception that key alone failed with.
+        """
+        if len(writes) == 1:
+            key_id, changes = writes[0]
+            return [await self._upsert(key_id, changes, returning)]
+        merged: dict[str, dict[str, Any]] = {}
+        for key_id, changes in writes:
+            merged.setdefault(key_id, {}).update(changes)
+        now = datetime.now(UTC)
+        ids = list(merged)
+        operations = [
+            UpdateOne({"_id": key_id}, {"$set": {**merged[key_id], "updated_at": now}}, upsert=True) for key_id in ids
+        ]
+        results: dict[str, Any] = {}
+        try:
+            await self.collection.bulk_write(operations, ordered=False)
+        except BulkWriteError as error:
+            if error.details.get("writeConcernErrors"):
+                raise
+            # Two upserts racing to insert one key, or data that is not a document: each retried alone.
+            for write_error in error.details["writeErrors"]:
+                key_id = ids[write_error["index"]]
+                try:
+                    results[key_id] = await self._upsert(key_id, merged[key_id], returning)
+                except Exception as retry_error:
+                    results[key_id] = retry_error
+        unread = [key_id for key_id in ids if key_id not in results]
+        if returning and unread:
+            results.update(zip(unread, await self._find(unread, "data"), strict=True))
+        return [results.get(key_id) for key_id, _ in writes]
+
     async def _upsert(
         self,
-        key: StorageKey,
+        key_id: str,
         changes: dict[str, Any],
         returning: bool = False,
     ) -> Any:
@@ -179,10 +232,10 @@ class MongoStorage(BaseStorage):
         for attempt in range(2):
             try:
                 if not returning:
-                    await self.collection.update_one({"_id": self._id(key)}, update, upsert=True)
+                    await self.collection.update_one({"_id": key_id}, update, upsert=True)
                     return None
                 return await self.collection.find_one_and_update(
-                    {"_id": self._id(key)},
+                    {"_id": key_id},
                     update,
                     # An exclusion is cheaper for the server than an inclusion.
                     projection=_ONLY_FIELDS,

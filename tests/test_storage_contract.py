@@ -118,6 +118,25 @@ async def test_concurrent_update_data_keeps_every_key(storage: BaseStorage) -> N
     assert await storage.get_data(key) == {f"k{i}": i for i in range(20)}
 
 
+async def test_many_users_at_once_each_keep_their_own_answers(storage: BaseStorage) -> None:
+    """Sixty users through the questionnaire's calls at once: nobody's state or answers mix with another's."""
+
+    async def one_user(user_id: int) -> tuple[str | None, dict[str, Any]]:
+        key = storage_key(user_id)
+        await storage.get_state(key)
+        await storage.set_state(key, "Form:name")
+        for step, answer in enumerate(("Ann", user_id, "Blue")):
+            await storage.get_state(key)
+            await storage.update_data(key, {f"answer{step}": answer})
+            await storage.set_state(key, f"Form:step{step}")
+        return await storage.get_state(key), await storage.get_data(key)
+
+    results = await asyncio.gather(*(one_user(user_id) for user_id in range(100, 160)))
+    for user_id, (state, data) in zip(range(100, 160), results, strict=True):
+        assert state == "Form:step2"
+        assert data == {"answer0": "Ann", "answer1": user_id, "answer2": "Blue"}
+
+
 async def test_concurrent_update_data_from_two_processes_keeps_every_key(
     storage: BaseStorage, backend: Backend
 ) -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 from aiogram.fsm.storage.base import BaseStorage
+from pymongo import monitoring
 
 from storage import MongoStorage, StorageUnavailableError
 from storage.factory import create_mongo_storages
@@ -36,6 +40,44 @@ async def test_empty_fields_are_left_out_of_the_document(storage: BaseStorage) -
     assert document is not None
     assert "state" not in document
     assert document["data"] == {"a": 1}
+
+
+class CommandLog(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.names.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@on_each_driver
+async def test_calls_arriving_together_share_commands(backend: Backend) -> None:
+    log = CommandLog()
+    storage = MongoStorage.from_url(backend.url, backend.driver, db_name=backend.place, event_listeners=[log])
+    try:
+        keys = [storage_key(user_id) for user_id in range(1, 51)]
+        await storage.set_state(keys[0], "warm")  # connections open, collection exists
+        log.names.clear()
+
+        async def answer(key: Any) -> dict[str, Any]:
+            await storage.get_state(key)
+            data = await storage.update_data(key, {"name": f"user {key.user_id}"})
+            await storage.set_state(key, "Form:age")
+            return data
+
+        answered = await asyncio.gather(*(answer(key) for key in keys))
+        # 150 calls; one at a time they would be 150 commands.
+        assert len(log.names) <= 30, log.names
+        assert answered == [{"name": f"user {key.user_id}"} for key in keys]
+        assert [await storage.get_state(key) for key in keys] == ["Form:age"] * 50
+    finally:
+        await storage.close()
 
 
 @on_each_driver
