@@ -30,6 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"), help="RedisStorage as a reference")
     parser.add_argument("--postgres-url", default=os.environ.get("POSTGRES_BENCH_URL"))
     parser.add_argument("--mysql-url", default=os.environ.get("MYSQL_BENCH_URL"))
+    parser.add_argument("--rounds", type=int, default=3, help="report each storage's median round (default 3)")
     parser.add_argument("--no-bot", action="store_true", help="skip the whole-bot benchmark")
     return parser.parse_args(argv)
 
@@ -128,6 +129,7 @@ async def storages_benchmark(args: argparse.Namespace) -> tuple[list[Result], li
                 mongo_url,
                 args.redis_url,
                 sql_urls,
+                rounds=2 if args.quick else args.rounds,
                 progress=lambda r: print(
                     f"  {r.name}, {level_name(r)}: {r.updates_per_second:.0f} updates/s", file=sys.stderr
                 ),

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
 from storage.sql_engine import SQL_OUTAGES, create_engine_for_url, create_table_if_missing
-from storage.sql_statements import FsmStatements, fsm_table
+from storage.sql_statements import Field, FsmStatements, fsm_table
 from storage.sqlite_worker import SQLiteWorker
 
 JsonDumps = Callable[[Any], str | bytes]
@@ -148,10 +148,12 @@ class SQLAlchemyStorage(BaseStorage):
         value = state.state if isinstance(state, State) else state
         key_id = self._id(key)
         if value is None:
-            self._seen.pop(key_id, None)
-            await self._run(lambda st, connection: st.clear_field(connection, key_id, "state"))
+            await self._clear(key_id, "state")
         else:
             await self._run(lambda st, connection: st.set_state(connection, key_id, value))
+            seen = self._seen.get(key_id)
+            if seen is not None and seen.version is not None:  # the upsert left data and version alone
+                self._remember(key_id, _Row(value, seen.data, seen.version))
 
     @database_call(SQL_OUTAGES)
     async def get_data(self, key: StorageKey) -> dict[str, Any]:
@@ -163,12 +165,12 @@ class SQLAlchemyStorage(BaseStorage):
             msg = f"Data must be a dict or dict-like object, got {type(data).__name__}"
             raise DataNotDictLikeError(msg)
         key_id = self._id(key)
-        self._seen.pop(key_id, None)
         if data:
+            self._seen.pop(key_id, None)
             text = self._dumps(data)
             await self._run(lambda st, connection: st.set_data(connection, key_id, text))
         else:
-            await self._run(lambda st, connection: st.clear_field(connection, key_id, "data"))
+            await self._clear(key_id, "data")
 
     @database_call(SQL_OUTAGES)
     async def update_data(self, key: StorageKey, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -204,6 +206,16 @@ class SQLAlchemyStorage(BaseStorage):
         self._remember(key_id, row)
         return row
 
+    async def _clear(self, key_id: str, field: Field) -> None:
+        seen = self._seen.pop(key_id, None)
+        other_empty = seen is not None and (seen.data if field == "state" else seen.state) is None
+        kept = await self._run(lambda st, connection: st.clear_field(connection, key_id, field, other_empty))
+        if not kept:
+            self._remember(key_id, _Row(None, None, None))
+        elif field == "state" and seen is not None:
+            # Clearing the state leaves data and version as they were: still a good hint for update_data.
+            self._remember(key_id, _Row(None, seen.data, seen.version))
+
     async def _write_if_unchanged(self, key_id: str, seen: _Row, text: str) -> int | None:
         """Write `text` if the row is still as `seen`; the new version, or None if it changed."""
         if seen.version is not None:
@@ -228,7 +240,7 @@ class SQLAlchemyStorage(BaseStorage):
     def _statements_for(self, connection: Connection) -> FsmStatements:
         dialect = connection.dialect.name
         if dialect not in self._statements:
-            self._statements[dialect] = FsmStatements(self.table, dialect)
+            self._statements[dialect] = FsmStatements(self.table, dialect, connection.dialect.update_returning)
         return self._statements[dialect]
 
     def _remember(self, key_id: str, row: _Row) -> None:

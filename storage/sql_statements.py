@@ -36,6 +36,7 @@ from sqlalchemy.exc import IntegrityError
 KEY_LENGTH = 255
 STATE_LENGTH = 255
 Field = Literal["state", "data"]
+_OTHER: dict[Field, Field] = {"state": "data", "data": "state"}
 
 
 def fsm_table(metadata: MetaData, table_name: str) -> Table:
@@ -62,7 +63,7 @@ def new_version() -> int:
 class FsmStatements:
     """The storage's statements for one table on one dialect."""
 
-    def __init__(self, table: Table, dialect: str) -> None:
+    def __init__(self, table: Table, dialect: str, update_returning: bool = False) -> None:
         c = table.c
         key = c.id == bindparam("key")
         self.table = table
@@ -77,11 +78,20 @@ class FsmStatements:
             .where(key, c.version == bindparam("expected"))
             .values(data=bindparam("new_data"), version=bindparam("new_version"), updated_at=func.now())
         )
-        self.clear_sql: dict[Field, Executable] = {
+        self.clear_sql: dict[Field, Any] = {
             "state": update(table).where(key).values(state=None, updated_at=func.now()),
             "data": update(table).where(key).values(data=None, version=bindparam("new_version"), updated_at=func.now()),
         }
+        # Where UPDATE ... RETURNING exists, clearing a field also says whether the other one is empty.
+        self.clear_returning_sql: dict[Field, Executable] | None = (
+            {field: self.clear_sql[field].returning(c[_OTHER[field]].is_(None)) for field in _OTHER}
+            if update_returning
+            else None
+        )
         self.delete_if_empty_sql = delete(table).where(key, c.state.is_(None), c.data.is_(None))
+        self.delete_if_other_empty_sql: dict[Field, Executable] = {
+            field: delete(table).where(key, c[_OTHER[field]].is_(None)) for field in _OTHER
+        }
         self._plain_update: dict[tuple[str, ...], Executable] = {
             names: update(table)
             .where(key)
@@ -102,10 +112,26 @@ class FsmStatements:
         self._upsert(connection, self.write_data_sql, ("data", "version"), key, new_data=data, new_version=version)
         return version
 
-    def clear_field(self, connection: Connection, key: str, field: Field) -> None:
-        """Empty `state` or `data`; the row goes when both are empty."""
-        connection.execute(self.clear_sql[field], {"key": key, "new_version": new_version()})
-        connection.execute(self.delete_if_empty_sql, {"key": key})
+    def clear_field(self, connection: Connection, key: str, field: Field, other_empty: bool) -> bool:
+        """Empty `state` or `data`; the row goes when both are empty. True if the row is still there.
+
+        `other_empty` is what the caller last saw of the other field: when it
+        is right, this is one statement. Each statement checks the row itself,
+        so a wrong guess costs a statement, never a wrong result.
+        """
+        if other_empty and _changed(connection.execute(self.delete_if_other_empty_sql[field], {"key": key})):
+            return False
+        parameters = {"key": key, "new_version": new_version()}
+        if self.clear_returning_sql is not None:
+            # The UPDATE locks the row, so the other field cannot fill up before the DELETE.
+            cleared = connection.execute(self.clear_returning_sql[field], parameters).first()
+            if cleared is None:
+                return False
+            if not cleared[0]:
+                return True
+        else:
+            connection.execute(self.clear_sql[field], parameters)
+        return not _changed(connection.execute(self.delete_if_empty_sql, {"key": key}))
 
     def swap_data(self, connection: Connection, key: str, expected: int, data: str) -> int | None:
         """Write `data` if the row is still at version `expected`; return the new version, or None."""
@@ -148,6 +174,10 @@ class FsmStatements:
                 )
         except IntegrityError:
             connection.execute(plain, parameters)
+
+
+def _changed(result: Any) -> bool:
+    return bool(cast(CursorResult[Any], result).rowcount)
 
 
 def _upsert(table: Table, dialect: str, names: tuple[str, ...]) -> Executable | None:

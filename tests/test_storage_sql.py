@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from sqlalchemy import String, inspect, select, text
+from sqlalchemy import String, event, inspect, select, text
 from sqlalchemy.pool import QueuePool, StaticPool
 
 from storage import SQLAlchemyStorage
@@ -73,6 +73,45 @@ async def test_writes_move_updated_at(sql_storage: SQLAlchemyStorage) -> None:
     assert await stamp_after(sql_storage.set_state(storage_key(), "t")) > long_ago
     assert await stamp_after(sql_storage.update_data(storage_key(), {"a": 1})) > long_ago
     assert await stamp_after(sql_storage.set_data(storage_key(), {"b": 2})) > long_ago
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
+async def test_the_questionnaire_costs_at_most_three_statements_per_update(sql_storage: SQLAlchemyStorage) -> None:
+    statements: list[str] = []
+    for engine in sql_storage.engines:
+        event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    key = storage_key()
+    await sql_storage.get_state(key)  # /start
+    await sql_storage.set_state(key, "Form:name")
+    for name, answer, next_state in (("name", "Ann", "Form:age"), ("age", 30, "Form:colour"), ("colour", "Blue", None)):
+        await sql_storage.get_state(key)
+        await sql_storage.update_data(key, {name: answer})
+        await sql_storage.set_state(key, next_state)
+    assert len(statements) <= 3 * 4, statements
+    statements.clear()
+    await sql_storage.set_state(key, None)  # FSMContext.clear()
+    await sql_storage.set_data(key, {})
+    # One statement each where UPDATE ... RETURNING says whether the row can go (SQLite, PostgreSQL).
+    assert len(statements) == (2 if sql_storage.engines[0].dialect.update_returning else 3), statements
+    assert await sql_storage.get_data(key) == {}
+    assert await sql_storage.get_state(key) is None
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
+async def test_clearing_on_a_stale_hint_still_keeps_what_another_process_wrote(
+    sql_storage: SQLAlchemyStorage, backend: Backend
+) -> None:
+    other = await backend.open()
+    try:
+        key = storage_key()
+        await sql_storage.set_data(key, {"a": 1})
+        assert await sql_storage.get_state(key) is None  # this process now believes the state is empty
+        await other.set_state(key, "Form:age")
+        await sql_storage.set_data(key, {})  # must not delete the row: the state is no longer empty
+        assert await other.get_state(key) == "Form:age"
+        assert await other.get_data(key) == {}
+    finally:
+        await other.close()
 
 
 async def test_dialects_without_upsert_get_the_same_results(tmp_path: Path) -> None:
