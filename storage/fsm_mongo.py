@@ -16,6 +16,7 @@ any depth) are stored percent-escaped, so `{"a.b": 1}` reads back as
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -44,6 +45,8 @@ MONGO_OUTAGES: tuple[type[BaseException], ...] = (ConnectionFailure, ExecutionTi
 
 _ONLY_FIELDS = {"_id": 0, "updated_at": 0}
 _PATH_NOT_VIABLE = 28  # MongoDB's code for "$set: {data.k}" where data is not a document
+_MAX_HINTS = 10_000
+Field = Literal["state", "data"]
 
 
 def create_client(url: str, driver: MongoDriver = "pymongo", **client_kwargs: Any) -> Any:
@@ -89,6 +92,9 @@ class MongoStorage(BaseStorage):
         self.collection = self.database[collection_name]
         self.key_builder = key_builder or DefaultKeyBuilder()
         self._owns_client = False
+        # Keys whose `state` or `data` this process emptied while the other one stayed: a hint that
+        # emptying the other one can be a single conditional delete. Any write to the key drops it.
+        self._emptied: OrderedDict[str, Field] = OrderedDict()
         self._read_states = Batcher[str, Any](lambda ids: self._find(ids, "state"))
         self._read_data = Batcher[str, Any](lambda ids: self._find(ids, "data"))
         self._write_states = Batcher[tuple[str, dict[str, Any]], None](lambda w: self._upsert_many(w, False))
@@ -141,7 +147,9 @@ class MongoStorage(BaseStorage):
         if value is None:
             await self._clear_field(key, "state")
         else:
-            await self._write_states((self._id(key), {"state": value}))
+            key_id = self._id(key)
+            self._emptied.pop(key_id, None)
+            await self._write_states((key_id, {"state": value}))
 
     @database_call(MONGO_OUTAGES)
     async def get_data(self, key: StorageKey) -> dict[str, Any]:
@@ -153,7 +161,9 @@ class MongoStorage(BaseStorage):
             msg = f"Data must be a dict or dict-like object, got {type(data).__name__}"
             raise DataNotDictLikeError(msg)
         if data:
-            await self._upsert(self._id(key), {"data": escape_value(data)})
+            key_id = self._id(key)
+            self._emptied.pop(key_id, None)
+            await self._upsert(key_id, {"data": escape_value(data)})
         else:
             await self._clear_field(key, "data")
 
@@ -162,8 +172,10 @@ class MongoStorage(BaseStorage):
         if not data:
             return await self.get_data(key)
         changes = {f"data.{escape_key(str(name))}": escape_value(value) for name, value in data.items()}
+        key_id = self._id(key)
+        self._emptied.pop(key_id, None)
         try:
-            document = await self._write_data((self._id(key), changes))
+            document = await self._write_data((key_id, changes))
         except OperationFailure as error:
             if error.code == _PATH_NOT_VIABLE:
                 msg = "stored FSM data is not a document, so it cannot be updated"
@@ -176,7 +188,7 @@ class MongoStorage(BaseStorage):
     def _id(self, key: StorageKey) -> str:
         return self.key_builder.build(key)
 
-    async def _find(self, ids: list[str], field: Literal["state", "data"]) -> list[Any]:
+    async def _find(self, ids: list[str], field: Field) -> list[Any]:
         """The documents of `ids` (None where there is none), with `_id` and `field` only."""
         if len(ids) == 1:
             return [await self.collection.find_one({"_id": ids[0]}, {field: 1})]
@@ -248,19 +260,30 @@ class MongoStorage(BaseStorage):
                     raise
         return None  # pragma: no cover
 
-    async def _clear_field(self, key: StorageKey, field: Literal["state", "data"]) -> None:
+    async def _clear_field(self, key: StorageKey, field: Field) -> None:
         """Empty `state` or `data`; the document goes when the other one is empty too."""
-        other = "data" if field == "state" else "state"
+        key_id = self._id(key)
+        other: Field = "data" if field == "state" else "state"
+        # `None` matches a missing field; `{"data": {}}` is misread as an operator by nx-27017.
+        if self._emptied.pop(key_id, None) == other:
+            deleted = await self.collection.delete_one({"_id": key_id, other: None})
+            if deleted.deleted_count:
+                return
         document = await self.collection.find_one_and_update(
-            {"_id": self._id(key)},
+            {"_id": key_id},
             {"$unset": {field: ""}, "$set": {"updated_at": datetime.now(UTC)}},
             projection=_ONLY_FIELDS,
             return_document=ReturnDocument.AFTER,
         )
-        if document is not None and not document.get(other):
-            # The filter re-checks both fields, so a write that lands in between keeps the document.
-            # (`None` matches a missing field; `{"data": {}}` is misread as an operator by nx-27017.)
-            await self.collection.delete_one({"_id": self._id(key), "state": None, "data": None})
+        if document is None:
+            return
+        if document.get(other):
+            self._emptied[key_id] = field
+            if len(self._emptied) > _MAX_HINTS:
+                self._emptied.popitem(last=False)
+            return
+        # The filter re-checks both fields, so a write that lands in between keeps the document.
+        await self.collection.delete_one({"_id": key_id, "state": None, "data": None})
 
 
 def _data_of(document: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -151,6 +151,24 @@ async def test_concurrent_update_data_from_two_processes_keeps_every_key(
         await other.close()
 
 
+async def test_emptying_a_key_keeps_what_another_process_wrote_meanwhile(
+    storage: BaseStorage, backend: Backend
+) -> None:
+    """This process last saw the state empty; another one has set it since: emptying data keeps the record."""
+    other = await backend.open()
+    try:
+        key = storage_key()
+        await storage.set_data(key, {"a": 1})
+        await storage.set_state(key, "Form:name")
+        await storage.set_state(key, None)
+        await other.set_state(key, "Form:age")
+        await storage.set_data(key, {})
+        assert await other.get_state(key) == "Form:age"
+        assert await other.get_data(key) == {}
+    finally:
+        await other.close()
+
+
 async def test_concurrent_first_writes_to_one_key_do_not_collide(storage: BaseStorage, backend: Backend) -> None:
     key = storage_key()
     await asyncio.gather(

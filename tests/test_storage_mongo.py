@@ -81,6 +81,23 @@ async def test_calls_arriving_together_share_commands(backend: Backend) -> None:
 
 
 @on_each_driver
+async def test_clearing_a_finished_questionnaire_takes_two_commands(backend: Backend) -> None:
+    log = CommandLog()
+    storage = MongoStorage.from_url(backend.url, backend.driver, db_name=backend.place, event_listeners=[log])
+    try:
+        key = storage_key()
+        await storage.set_state(key, "Form:colour")
+        await storage.update_data(key, {"name": "Ann", "age": 30})
+        log.names.clear()
+        await storage.set_state(key, None)  # FSMContext.clear()
+        await storage.set_data(key, {})
+        assert log.names == ["findAndModify", "delete"]
+        assert await backend.record_ids(storage) == []
+    finally:
+        await storage.close()
+
+
+@on_each_driver
 async def test_from_url_closes_the_client_it_created(backend: Backend) -> None:
     storage = MongoStorage.from_url(backend.url, backend.driver, db_name=backend.place)
     await storage.set_state(storage_key(), "s")

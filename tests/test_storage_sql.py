@@ -97,23 +97,6 @@ async def test_the_questionnaire_costs_at_most_three_statements_per_update(sql_s
     assert await sql_storage.get_state(key) is None
 
 
-@pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
-async def test_clearing_on_a_stale_hint_still_keeps_what_another_process_wrote(
-    sql_storage: SQLAlchemyStorage, backend: Backend
-) -> None:
-    other = await backend.open()
-    try:
-        key = storage_key()
-        await sql_storage.set_data(key, {"a": 1})
-        assert await sql_storage.get_state(key) is None  # this process now believes the state is empty
-        await other.set_state(key, "Form:age")
-        await sql_storage.set_data(key, {})  # must not delete the row: the state is no longer empty
-        assert await other.get_state(key) == "Form:age"
-        assert await other.get_data(key) == {}
-    finally:
-        await other.close()
-
-
 async def test_dialects_without_upsert_get_the_same_results(tmp_path: Path) -> None:
     """The UPDATE-else-INSERT path for dialects with no upsert, run here on SQLite."""
     storage = await SQLAlchemyStorage.from_url(f"sqlite+aiosqlite:///{tmp_path}/generic.db")
