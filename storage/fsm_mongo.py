@@ -4,9 +4,13 @@ One document per storage key: `{_id: key, state, data, updated_at}`, present
 only while the key has a state or data; an empty `state` or `data` is left
 out of the document rather than stored as null or {}. Every call is one round trip, plus a
 conditional delete when a write leaves the key empty. `update_data` is one
-atomic `findAndModify` with `$set` on `data.<key>`. Reads, and state writes,
-that arrive while others are at the server share one command (`find` with
-`$in`, one unordered `update`): see storage/batching.py.
+atomic `findAndModify` with `$set` on `data.<key>`.
+
+Calls that arrive while others are at the server share commands (see
+storage/batching.py): reads one `find` with `$in`, state writes one unordered
+`update`, and `update_data` calls one `update` and then one `find` that reads
+their data back (so a write another process makes in between shows in what
+they return, as it would in a `get_data` just after).
 
 Data keys are user data, not field paths: `.`, `$`, `%` and NUL in keys (at
 any depth) are stored percent-escaped, so `{"a.b": 1}` reads back as
