@@ -25,8 +25,22 @@ RunBatch = Callable[[list[T]], Awaitable[list[R | BaseException]]]
 
 
 class Batcher(Generic[T, R]):
-    def __init__(self, run: RunBatch[T, R], max_batch: int = MAX_BATCH) -> None:
+    """`time_bound()` gives the seconds a batch may take (None: no bound), read when the batch starts.
+
+    A call alone runs in its caller's task, under its caller's own time bound.
+    A shared batch runs in a task of its own: bounded here, so that a command
+    stuck on a dead connection fails its callers and the batches after it
+    still run.
+    """
+
+    def __init__(
+        self,
+        run: RunBatch[T, R],
+        time_bound: Callable[[], float | None] = lambda: None,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
         self._run = run
+        self._time_bound = time_bound
         self._max_batch = max_batch
         self._busy = False
         self._waiting: list[tuple[T, asyncio.Future[R], contextvars.Context]] = []
@@ -60,7 +74,8 @@ class Batcher(Generic[T, R]):
             while self._waiting:
                 batch, self._waiting = self._waiting[: self._max_batch], self._waiting[self._max_batch :]
                 try:
-                    results = await self._run([item for item, _, _ in batch])
+                    async with asyncio.timeout(self._time_bound()):
+                        results = await self._run([item for item, _, _ in batch])
                 except Exception as error:  # the whole batch failed: each of its callers hears it
                     results = [error] * len(batch)
                 for (_, future, _), result in zip(batch, results, strict=True):

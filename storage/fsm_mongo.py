@@ -99,10 +99,11 @@ class MongoStorage(BaseStorage):
         # Keys whose `state` or `data` this process emptied while the other one stayed: a hint that
         # emptying the other one can be a single conditional delete. Any write to the key drops it.
         self._emptied: OrderedDict[str, Field] = OrderedDict()
-        self._read_states = Batcher[str, Any](lambda ids: self._find(ids, "state"))
-        self._read_data = Batcher[str, Any](lambda ids: self._find(ids, "data"))
-        self._write_states = Batcher[tuple[str, dict[str, Any]], None](lambda w: self._upsert_many(w, False))
-        self._write_data = Batcher[tuple[str, dict[str, Any]], Any](lambda w: self._upsert_many(w, True))
+        bound = self._time_bound
+        self._read_states = Batcher[str, Any](lambda ids: self._find(ids, "state"), bound)
+        self._read_data = Batcher[str, Any](lambda ids: self._find(ids, "data"), bound)
+        self._write_states = Batcher[tuple[str, dict[str, Any]], None](lambda w: self._upsert_many(w, False), bound)
+        self._write_data = Batcher[tuple[str, dict[str, Any]], Any](lambda w: self._upsert_many(w, True), bound)
 
     @classmethod
     def from_url(
@@ -191,6 +192,9 @@ class MongoStorage(BaseStorage):
 
     def _id(self, key: StorageKey) -> str:
         return self.key_builder.build(key)
+
+    def _time_bound(self) -> float | None:
+        return self.timeout
 
     async def _find(self, ids: list[str], field: Field) -> list[Any]:
         """The documents of `ids` (None where there is none), with `_id` and `field` only."""

@@ -10,7 +10,7 @@ from storage.batching import Batcher
 
 
 class Recorder:
-    """A batch runner that records its batches; item "bad" fails alone, "all-bad" fails its whole batch."""
+    """Records its batches; "bad" fails alone, "all-bad" fails its whole batch, "hang" never returns."""
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
@@ -20,6 +20,8 @@ class Recorder:
     async def run(self, items: list[str]) -> list[str | BaseException]:
         self.batches.append(items)
         await self.release.wait()
+        if "hang" in items:  # a command on a connection that never answers
+            await asyncio.Event().wait()
         if "all-bad" in items:
             msg = "the server went away"
             raise ConnectionError(msg)
@@ -104,3 +106,18 @@ async def test_a_caller_that_gives_up_does_not_stop_the_others() -> None:
     assert await first == "A"
     assert await patient == "C"
     assert impatient.cancelled()
+
+
+async def test_a_shared_batch_that_outlives_its_time_bound_fails_and_the_next_one_runs() -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+    batcher = Batcher[str, str](recorder.run, time_bound=lambda: 0.05)
+    first = asyncio.create_task(batcher("a"))
+    await asyncio.sleep(0)
+    stuck = asyncio.create_task(batcher("hang"))
+    await asyncio.sleep(0)
+    recorder.release.set()
+    assert await first == "A"
+    with pytest.raises(TimeoutError):
+        await stuck
+    assert await batcher("c") == "C"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -31,3 +32,25 @@ async def test_a_stalled_call_gives_up(request: pytest.FixtureRequest, name: str
             proxy.up()
             await storage.close()
     await Backend(name, url, "time_bound").drop()
+
+
+@pytest.mark.parametrize("name", MONGO_BACKENDS)
+async def test_calls_sharing_a_stalled_command_give_up_and_the_storage_recovers(
+    request: pytest.FixtureRequest, name: str
+) -> None:
+    async with proxied(request.getfixturevalue("mongo_url"), 27017) as (proxy, through_proxy):
+        # connectTimeoutMS: motor's close() waits for a connection attempt the stall holds (20 s by default).
+        storage = await Backend(name, through_proxy, "time_bound_batch").open(timeout=1, connectTimeoutMS=2000)
+        try:
+            keys = [storage_key(user_id) for user_id in range(1, 6)]
+            await storage.set_state(keys[0], "s")
+            proxy.stall()
+            outcomes = await asyncio.gather(*(storage.get_state(key) for key in keys), return_exceptions=True)
+            assert all(isinstance(outcome, StorageUnavailableError) for outcome in outcomes), outcomes
+            proxy.up()
+            # The stalled command's connection never answers; new calls must not wait behind it.
+            assert await asyncio.gather(*(storage.get_state(key) for key in keys)) == ["s", None, None, None, None]
+        finally:
+            proxy.up()
+            await storage.close()
+    await Backend(name, request.getfixturevalue("mongo_url"), "time_bound_batch").drop()
