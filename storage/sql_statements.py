@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    Update,
     bindparam,
     delete,
     func,
@@ -78,7 +79,7 @@ class FsmStatements:
             .where(key, c.version == bindparam("expected"))
             .values(data=bindparam("new_data"), version=bindparam("new_version"), updated_at=func.now())
         )
-        self.clear_sql: dict[Field, Any] = {
+        self.clear_sql: dict[Field, Update] = {
             "state": update(table).where(key).values(state=None, updated_at=func.now()),
             "data": update(table).where(key).values(data=None, version=bindparam("new_version"), updated_at=func.now()),
         }
@@ -113,7 +114,7 @@ class FsmStatements:
         return version
 
     def clear_field(self, connection: Connection, key: str, field: Field, other_empty: bool) -> bool:
-        """Empty `state` or `data`; the row goes when both are empty. True if the row is still there.
+        """Empty `state` or `data`; the row goes when both are empty. False when the row is surely gone.
 
         `other_empty` is what the caller last saw of the other field: when it
         is right, this is one statement. Each statement checks the row itself,
