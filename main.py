@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 
@@ -39,9 +40,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     # Imported only now: aiogram takes seconds to import, and a settings
-    # mistake should be reported at once.
-    from bot.log import configure_logging
-    from bot.polling import StartupError, run_polling
+    # mistake should be reported at once. The import builds several hundred
+    # thousand objects and frees none, so the garbage collector is kept out of
+    # it (it would only scan them over and over) and then told to leave them be.
+    gc.disable()
+    try:
+        from bot.log import configure_logging
+        from bot.polling import StartupError, run_polling
+    finally:
+        gc.freeze()
+        gc.enable()
 
     # In the sandbox, INFO lines would bury the conversation.
     level = "WARNING" if args.sandbox and settings.log_level == "INFO" else settings.log_level
