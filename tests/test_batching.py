@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -28,6 +29,25 @@ class Recorder:
         return [ValueError(item) if item == "bad" else item.upper() for item in items]
 
 
+class Queued(NamedTuple):
+    recorder: Recorder
+    batcher: Batcher[str, str]
+    first: asyncio.Task[str]
+    waiting: list[asyncio.Task[str]]
+
+
+async def queued_behind_a_running_call(items: str | tuple[str, ...], **batcher_options: Any) -> Queued:
+    """A call to "a" at the database (held until `recorder.release` is set), and `items` waiting behind it."""
+    recorder = Recorder()
+    recorder.release.clear()
+    batcher = Batcher[str, str](recorder.run, **batcher_options)
+    first = asyncio.create_task(batcher("a"))
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(batcher(item)) for item in items]
+    await asyncio.sleep(0)
+    return Queued(recorder, batcher, first, waiting)
+
+
 async def test_a_call_alone_runs_at_once() -> None:
     recorder = Recorder()
     batcher = Batcher[str, str](recorder.run)
@@ -37,13 +57,7 @@ async def test_a_call_alone_runs_at_once() -> None:
 
 
 async def test_calls_that_arrive_while_one_runs_share_the_next_batch() -> None:
-    recorder = Recorder()
-    recorder.release.clear()
-    batcher = Batcher[str, str](recorder.run)
-    first = asyncio.create_task(batcher("a"))
-    await asyncio.sleep(0)
-    rest = [asyncio.create_task(batcher(item)) for item in "bcd"]
-    await asyncio.sleep(0)
+    recorder, _, first, rest = await queued_behind_a_running_call("bcd")
     recorder.release.set()
     assert await first == "A"
     assert await asyncio.gather(*rest) == ["B", "C", "D"]
@@ -62,13 +76,7 @@ async def test_batches_are_capped() -> None:
 
 
 async def test_an_item_that_fails_fails_only_its_own_caller() -> None:
-    recorder = Recorder()
-    recorder.release.clear()
-    batcher = Batcher[str, str](recorder.run)
-    first = asyncio.create_task(batcher("a"))
-    await asyncio.sleep(0)
-    good, bad = asyncio.create_task(batcher("b")), asyncio.create_task(batcher("bad"))
-    await asyncio.sleep(0)
+    recorder, _, first, (good, bad) = await queued_behind_a_running_call(("b", "bad"))
     recorder.release.set()
     assert await first == "A"
     assert await good == "B"
@@ -77,13 +85,7 @@ async def test_an_item_that_fails_fails_only_its_own_caller() -> None:
 
 
 async def test_a_batch_that_fails_fails_each_of_its_callers_and_the_next_batch_runs() -> None:
-    recorder = Recorder()
-    recorder.release.clear()
-    batcher = Batcher[str, str](recorder.run)
-    first = asyncio.create_task(batcher("a"))
-    await asyncio.sleep(0)
-    failing = [asyncio.create_task(batcher(item)) for item in ("b", "all-bad")]
-    await asyncio.sleep(0)
+    recorder, batcher, first, failing = await queued_behind_a_running_call(("b", "all-bad"))
     recorder.release.set()
     assert await first == "A"
     for call in failing:
@@ -93,14 +95,7 @@ async def test_a_batch_that_fails_fails_each_of_its_callers_and_the_next_batch_r
 
 
 async def test_a_caller_that_gives_up_does_not_stop_the_others() -> None:
-    recorder = Recorder()
-    recorder.release.clear()
-    batcher = Batcher[str, str](recorder.run)
-    first = asyncio.create_task(batcher("a"))
-    await asyncio.sleep(0)
-    impatient = asyncio.create_task(batcher("b"))
-    patient = asyncio.create_task(batcher("c"))
-    await asyncio.sleep(0)
+    recorder, _, first, (impatient, patient) = await queued_behind_a_running_call("bc")
     impatient.cancel()
     recorder.release.set()
     assert await first == "A"
@@ -109,13 +104,7 @@ async def test_a_caller_that_gives_up_does_not_stop_the_others() -> None:
 
 
 async def test_a_shared_batch_that_outlives_its_time_bound_fails_and_the_next_one_runs() -> None:
-    recorder = Recorder()
-    recorder.release.clear()
-    batcher = Batcher[str, str](recorder.run, time_bound=lambda: 0.05)
-    first = asyncio.create_task(batcher("a"))
-    await asyncio.sleep(0)
-    stuck = asyncio.create_task(batcher("hang"))
-    await asyncio.sleep(0)
+    recorder, batcher, first, (stuck,) = await queued_behind_a_running_call(("hang",), time_bound=lambda: 0.05)
     recorder.release.set()
     assert await first == "A"
     with pytest.raises(TimeoutError):

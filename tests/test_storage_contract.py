@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -137,36 +138,35 @@ async def test_many_users_at_once_each_keep_their_own_answers(storage: BaseStora
         assert data == {"answer0": "Ann", "answer1": user_id, "answer2": "Blue"}
 
 
-async def test_concurrent_update_data_from_two_processes_keeps_every_key(
-    storage: BaseStorage, backend: Backend
-) -> None:
-    """Two storages with their own connections stand for two bot processes on one database."""
+@pytest.fixture
+async def other_process(backend: Backend) -> AsyncIterator[BaseStorage]:
+    """A second storage with its own connections: another bot process on the same database."""
     other = await backend.open()
-    try:
-        key = storage_key()
-        writes = [(storage if i % 2 else other).update_data(key, {f"k{i}": i}) for i in range(20)]
-        await asyncio.gather(*writes)
-        assert await storage.get_data(key) == {f"k{i}": i for i in range(20)}
-    finally:
-        await other.close()
+    yield other
+    await other.close()
+
+
+async def test_concurrent_update_data_from_two_processes_keeps_every_key(
+    storage: BaseStorage, other_process: BaseStorage
+) -> None:
+    key = storage_key()
+    writes = [(storage if i % 2 else other_process).update_data(key, {f"k{i}": i}) for i in range(20)]
+    await asyncio.gather(*writes)
+    assert await storage.get_data(key) == {f"k{i}": i for i in range(20)}
 
 
 async def test_emptying_a_key_keeps_what_another_process_wrote_meanwhile(
-    storage: BaseStorage, backend: Backend
+    storage: BaseStorage, other_process: BaseStorage
 ) -> None:
     """This process last saw the state empty; another one has set it since: emptying data keeps the record."""
-    other = await backend.open()
-    try:
-        key = storage_key()
-        await storage.set_data(key, {"a": 1})
-        await storage.set_state(key, "Form:name")
-        await storage.set_state(key, None)
-        await other.set_state(key, "Form:age")
-        await storage.set_data(key, {})
-        assert await other.get_state(key) == "Form:age"
-        assert await other.get_data(key) == {}
-    finally:
-        await other.close()
+    key = storage_key()
+    await storage.set_data(key, {"a": 1})
+    await storage.set_state(key, "Form:name")
+    await storage.set_state(key, None)
+    await other_process.set_state(key, "Form:age")
+    await storage.set_data(key, {})
+    assert await other_process.get_state(key) == "Form:age"
+    assert await other_process.get_data(key) == {}
 
 
 async def test_concurrent_first_writes_to_one_key_do_not_collide(storage: BaseStorage, backend: Backend) -> None:
