@@ -112,7 +112,7 @@ def targets(results: list[Result]) -> list[tuple[str, bool]]:
 
 
 async def storages_benchmark(args: argparse.Namespace) -> tuple[list[Result], list[tuple[str, bool]]]:
-    from tests.mongo_server import WireProtocolServer
+    from tests.support.mongo_server import WireProtocolServer
 
     async with temporary_folder() as folder:
         server = None

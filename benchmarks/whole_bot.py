@@ -31,7 +31,7 @@ from bot.emulator import BotAPIEmulator, running_emulator
 from bot.setup import create_bot, create_dispatcher
 from config import Settings
 from storage import SQLAlchemyStorage, SQLResponseStore
-from tests.mocked_session import MockedSession
+from tests.support.mocked_session import MockedSession
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSWERS = ("/start", "Ann", "30", "Blue")

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 from storage.errors import CorruptDataError, StorageError, StorageUnavailableError
 from storage.factory import Storages, create_storages
-from storage.fsm_sql import SQLAlchemyStorage
-from storage.responses import CompletedResponse, ResponseStore, SQLResponseStore
+from storage.sql.fsm import SQLAlchemyStorage
+from storage.sql.responses import CompletedResponse, ResponseStore, SQLResponseStore
 
 if TYPE_CHECKING:
-    from storage.fsm_mongo import MongoStorage
-    from storage.responses_mongo import MongoResponseStore
+    from storage.mongo.fsm import MongoStorage
+    from storage.mongo.responses import MongoResponseStore
 
 __all__ = [
     "CompletedResponse",
@@ -32,11 +32,11 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "MongoStorage":
-        from storage.fsm_mongo import MongoStorage
+        from storage.mongo.fsm import MongoStorage
 
         return MongoStorage
     if name == "MongoResponseStore":
-        from storage.responses_mongo import MongoResponseStore
+        from storage.mongo.responses import MongoResponseStore
 
         return MongoResponseStore
     raise AttributeError(name)

@@ -10,8 +10,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from config import MongoDriver, Settings, StorageKind
 from storage.errors import StorageUnavailableError
-from storage.fsm_sql import SQLAlchemyStorage
-from storage.responses import ResponseStore, SQLResponseStore
+from storage.sql.fsm import SQLAlchemyStorage
+from storage.sql.responses import ResponseStore, SQLResponseStore
 
 
 @dataclass
@@ -54,8 +54,8 @@ async def create_mongo_storages(url: str, db_name: str, driver: MongoDriver = "p
     # Imported here: a bot on SQL never loads the Mongo driver (about 6 MB).
     from pymongo.errors import PyMongoError
 
-    from storage.fsm_mongo import MongoStorage
-    from storage.responses_mongo import MongoResponseStore
+    from storage.mongo.fsm import MongoStorage
+    from storage.mongo.responses import MongoResponseStore
 
     fsm = MongoStorage.from_url(url, driver, db_name=db_name)
     try:

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from tests.bot_process import ROOT, finish
+from tests.support.bot_process import ROOT, finish
 
 
 async def test_benchmark_runs_and_reports_every_storage(tmp_path: Path) -> None:

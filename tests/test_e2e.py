@@ -17,8 +17,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.emulator import BotAPIEmulator, running_emulator
-from tests.bot_process import BotProcess
-from tests.conftest import ALL_BACKENDS, MONGO_BACKENDS, SQL_URL_VARIABLES, Backend, make_backend
+from tests.support.backends import ALL_BACKENDS, MONGO_BACKENDS, SQL_URL_VARIABLES, Backend, make_backend
+from tests.support.bot_process import BotProcess
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

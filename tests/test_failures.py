@@ -6,7 +6,8 @@ import pytest
 
 from handlers.errors import START_OVER
 from states import Questionnaire
-from tests.conftest import MONGO_BACKENDS, ChatHarness
+from tests.support.backends import MONGO_BACKENDS
+from tests.support.chat import ChatHarness
 
 
 async def finish_questionnaire(chat: ChatHarness, user_id: int) -> None:

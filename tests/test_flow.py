@@ -8,7 +8,7 @@ import pytest
 from aiogram.types import ReplyKeyboardMarkup, ReplyKeyboardRemove
 
 from states import Questionnaire
-from tests.conftest import ChatHarness
+from tests.support.chat import ChatHarness
 
 
 async def answer_all(chat: ChatHarness, user_id: int = 1, name: str = "Ann") -> list[str]:

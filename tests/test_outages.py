@@ -16,9 +16,9 @@ import pytest_asyncio
 
 from bot.emulator import BotAPIEmulator, Fault, running_emulator
 from handlers.errors import SEND_AGAIN
-from tests.bot_process import BotProcess
-from tests.mongo_server import WireProtocolServer
-from tests.tcp_proxy import TcpProxy, proxied
+from tests.support.bot_process import BotProcess
+from tests.support.mongo_server import WireProtocolServer
+from tests.support.tcp_proxy import TcpProxy, proxied
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 FAILURE_LOG_LINE = "not saved, the user is asked to resend"

@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from tests.bot_process import ROOT, finish
+from tests.support.bot_process import ROOT, finish
 
 
 async def start_sandbox(folder: Path) -> asyncio.subprocess.Process:

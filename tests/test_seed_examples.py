@@ -13,7 +13,7 @@ from sqlalchemy.orm import declarative_base
 from sqlalchemy.pool import StaticPool
 
 from storage import SQLAlchemyStorage
-from tests.conftest import storage_key
+from tests.support.backends import storage_key
 
 
 @pytest.fixture

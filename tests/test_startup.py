@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from bot.emulator import BotAPIEmulator, running_emulator
-from tests.bot_process import ROOT, finish
-from tests.mongo_server import free_port
+from tests.support.bot_process import ROOT, finish
+from tests.support.mongo_server import free_port
 
 VALID_TOKEN = "123456789:AAHsecretsecretsecretsecretsecret12"
 

@@ -12,7 +12,7 @@ from aiogram.fsm.state import State, StatesGroup
 from aiogram.fsm.storage.base import BaseStorage, KeyBuilder, StorageKey
 from aiogram.fsm.storage.memory import MemoryStorage
 
-from tests.conftest import ALL_BACKENDS, Backend, storage_key
+from tests.support.backends import ALL_BACKENDS, Backend, storage_key
 
 pytestmark = pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 

@@ -11,9 +11,9 @@ from pymongo import monitoring
 
 from storage import MongoStorage, StorageUnavailableError
 from storage.factory import create_mongo_storages
-from storage.mongo_keys import escape_key, unescape_key
-from tests.conftest import MONGO_BACKENDS, Backend, storage_key
-from tests.mongo_server import free_port
+from storage.mongo.keys import escape_key, unescape_key
+from tests.support.backends import MONGO_BACKENDS, Backend, storage_key
+from tests.support.mongo_server import free_port
 
 on_each_driver = pytest.mark.parametrize("backend", MONGO_BACKENDS, indirect=True)
 

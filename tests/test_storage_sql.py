@@ -13,8 +13,8 @@ from sqlalchemy import String, event, inspect, select, text
 from sqlalchemy.pool import QueuePool, StaticPool
 
 from storage import SQLAlchemyStorage
-from storage.sql_statements import FsmStatements
-from tests.conftest import SQL_BACKENDS, Backend, storage_key
+from storage.sql.statements import FsmStatements
+from tests.support.backends import SQL_BACKENDS, Backend, storage_key
 
 
 @pytest.fixture

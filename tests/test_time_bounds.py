@@ -8,8 +8,8 @@ import os
 import pytest
 
 from storage import StorageUnavailableError
-from tests.conftest import MONGO_BACKENDS, Backend, storage_key
-from tests.tcp_proxy import proxied
+from tests.support.backends import MONGO_BACKENDS, Backend, storage_key
+from tests.support.tcp_proxy import proxied
 
 
 @pytest.mark.parametrize("name", ["postgresql", *MONGO_BACKENDS])

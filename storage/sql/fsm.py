@@ -27,9 +27,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
-from storage.sql_engine import SQL_OUTAGES, create_engine_for_url, create_table_if_missing
-from storage.sql_statements import Field, FsmStatements, fsm_table
-from storage.sqlite_worker import SQLiteWorker
+from storage.sql.engine import SQL_OUTAGES, create_engine_for_url, create_table_if_missing
+from storage.sql.sqlite_thread import SQLiteWorker
+from storage.sql.statements import Field, FsmStatements, fsm_table
 
 JsonDumps = Callable[[Any], str | bytes]
 JsonLoads = Callable[[str | bytes], Any]

@@ -41,7 +41,7 @@ from pymongo.errors import (
 from config import MongoDriver
 from storage.batching import Batcher
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
-from storage.mongo_keys import escape_key, escape_value, unescape_value
+from storage.mongo.keys import escape_key, escape_value, unescape_value
 
 SERVER_SELECTION_TIMEOUT_MS = 5_000
 # What a server that is down, restarting or unreachable raises through PyMongo (and motor).

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from storage.sql_engine import configure_sqlite
+from storage.sql.engine import configure_sqlite
 
 T = TypeVar("T")
 MAX_BATCH = 256

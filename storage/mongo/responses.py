@@ -6,9 +6,9 @@ from datetime import UTC
 from typing import Any
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, database_call
-from storage.fsm_mongo import MONGO_OUTAGES
-from storage.mongo_keys import escape_value, unescape_value
-from storage.responses import CompletedResponse, as_utc
+from storage.mongo.fsm import MONGO_OUTAGES
+from storage.mongo.keys import escape_value, unescape_value
+from storage.sql.responses import CompletedResponse, as_utc
 
 
 class MongoResponseStore:

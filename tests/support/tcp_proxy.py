@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
-from tests.mongo_server import free_port
+from tests.support.mongo_server import free_port
 
 
 class TcpProxy:

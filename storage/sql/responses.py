@@ -12,7 +12,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, database_call
-from storage.sql_engine import SQL_OUTAGES, create_table_if_missing
+from storage.sql.engine import SQL_OUTAGES, create_table_if_missing
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,85 @@
+"""The real Dispatcher and handlers, driven with a mocked Bot API session."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+
+from aiogram import Bot, Dispatcher
+from aiogram.methods import SendMessage
+from aiogram.types import Chat, Message, PhotoSize, Sticker, Update, User, Voice
+
+from bot.setup import create_bot, create_dispatcher
+from storage import Storages
+from tests.support.backends import Backend, release_routers, settings_for, storage_key
+from tests.support.mocked_session import MockedSession
+
+
+class ChatHarness:
+    """The real Dispatcher and handlers; users send updates, the bot's replies are recorded."""
+
+    def __init__(self, backend: Backend, storages: Storages) -> None:
+        self.backend = backend
+        self.storages = storages
+        self.session = MockedSession()
+        self.bot: Bot = create_bot(settings_for("sqlite:///unused.db"), session=self.session)
+        self.dispatcher: Dispatcher = create_dispatcher(storages.fsm, storages.responses)
+        self._ids = itertools.count(1)
+
+    def update(self, user_id: int, text: str | None = None, content: str = "text") -> Update:
+        message_id = next(self._ids)
+        photo = sticker = voice = None
+        if content == "photo":
+            photo = [PhotoSize(file_id="photo", file_unique_id="photo", width=90, height=90)]
+        elif content == "sticker":
+            sticker = Sticker(
+                file_id="sticker",
+                file_unique_id="sticker",
+                type="regular",
+                width=512,
+                height=512,
+                is_animated=False,
+                is_video=False,
+            )
+        elif content == "voice":
+            voice = Voice(file_id="voice", file_unique_id="voice", duration=2)
+        message = Message(
+            message_id=message_id,
+            date=datetime.now(UTC),
+            chat=Chat(id=user_id, type="private"),
+            from_user=User(id=user_id, is_bot=False, first_name=f"User {user_id}"),
+            text=text,
+            photo=photo,
+            sticker=sticker,
+            voice=voice,
+        )
+        return Update(update_id=message_id, message=message)
+
+    async def send(self, text: str | None = None, user_id: int = 1, content: str = "text") -> list[str]:
+        """Deliver one message and return the texts the bot answered with."""
+        before = len(self.session.sent_messages())
+        await self.dispatcher.feed_update(self.bot, self.update(user_id, text, content))
+        return [m.text for m in self.session.sent_messages()[before:] if m.chat_id == user_id]
+
+    def last_reply(self, user_id: int = 1) -> SendMessage:
+        return [m for m in self.session.sent_messages() if m.chat_id == user_id][-1]
+
+    def replies(self, user_id: int) -> list[str]:
+        return [m.text for m in self.session.sent_messages() if m.chat_id == user_id]
+
+    async def state(self, user_id: int = 1) -> str | None:
+        return await self.storages.fsm.get_state(storage_key(user_id))
+
+    async def data(self, user_id: int = 1) -> dict[str, object]:
+        return await self.storages.fsm.get_data(storage_key(user_id))
+
+    async def restart(self) -> None:
+        """Stop as the process would (storage closed), then build everything anew on the same database."""
+        await self.dispatcher.fsm.close()
+        await self.storages.close()
+        release_routers()
+        self.storages = await self.backend.open_storages()
+        self.dispatcher = create_dispatcher(self.storages.fsm, self.storages.responses)
+
+    async def close(self) -> None:
+        await self.storages.close()
