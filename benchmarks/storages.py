@@ -265,7 +265,7 @@ def redis(url: str) -> Candidate:
 def mongo(name: str, url: str, make: Callable[[Any, str], BaseStorage], driver: str) -> Candidate:
     @asynccontextmanager
     async def open_storage(counter: Counter) -> AsyncIterator[BaseStorage]:
-        from storage.mongo.fsm import close_client, create_client
+        from storage.mongo.client import close_client, create_client
 
         client = create_client(url, driver, event_listeners=[CommandCounter(counter)])  # type: ignore[arg-type]
         db_name = f"bench_{uuid.uuid4().hex[:10]}"

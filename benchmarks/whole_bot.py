@@ -74,14 +74,14 @@ async def dispatcher_throughput(storage: BaseStorage, responses: Any, users: int
 
 
 class NullResponses:
-    async def save(self, response: Any) -> None:
-        pass
+    async def save(self, response: Any) -> bool:
+        return True
 
 
 async def in_process(users: int, concurrency: int) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory() as folder:
         storage = await SQLAlchemyStorage.from_url(f"sqlite+aiosqlite:///{folder}/bot.db")
-        responses = SQLResponseStore(storage.sessionmaker, storage.metadata)
+        responses = SQLResponseStore(storage)
         await responses.create_table()
         sqlite = await dispatcher_throughput(storage, responses, users, concurrency)
         await storage.close()

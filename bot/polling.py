@@ -12,7 +12,7 @@ from aiogram.exceptions import TelegramNetworkError, TelegramServerError, Telegr
 from bot.setup import create_bot, create_dispatcher
 from config import Settings
 from handlers.common import COMMANDS
-from storage import StorageUnavailableError, create_storages
+from storage import SchemaError, StorageUnavailableError, create_storages
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ async def running_bot(settings: Settings) -> AsyncIterator[tuple[Bot, Dispatcher
     """Storages connected, token checked, commands published; everything closed on exit."""
     try:
         storages = await create_storages(settings)
-    except StorageUnavailableError as error:
+    except (StorageUnavailableError, SchemaError) as error:
         raise StartupError(str(error)) from None
     bot = create_bot(settings)
     try:

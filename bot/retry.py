@@ -18,10 +18,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+# Requests that change nothing a user sees: sending one twice is harmless.
+SAFE_TO_REPEAT = frozenset({"getMe", "setMyCommands", "deleteWebhook", "setWebhook", "getWebhookInfo"})
+
+
 class RetryRequests(BaseRequestMiddleware):
     """Up to `attempts` tries: wait `retry_after` on 429 (if at most `max_wait` s), back off on 5xx.
 
-    getUpdates is left alone: aiogram's polling loop has its own backoff.
+    Only what Telegram refused is sent again. A network error (a timeout) may
+    come after Telegram delivered the message, so a message is not resent
+    then: the user would see it twice. getUpdates is left alone: aiogram's
+    polling loop has its own backoff.
     """
 
     def __init__(self, attempts: int = 3, max_wait: float = 30.0, backoff: float = 0.5) -> None:
@@ -42,8 +49,9 @@ class RetryRequests(BaseRequestMiddleware):
                 if attempt == self.attempts or error.retry_after > self.max_wait:
                     raise
                 delay: float = error.retry_after
-            except (TelegramServerError, TelegramNetworkError):
-                if attempt == self.attempts:
+            except (TelegramServerError, TelegramNetworkError) as error:
+                refused = isinstance(error, TelegramServerError)
+                if attempt == self.attempts or not (refused or method.__api_method__ in SAFE_TO_REPEAT):
                     raise
                 delay = self.backoff * 2 ** (attempt - 1)
             logger.warning(

@@ -5,10 +5,11 @@ from __future__ import annotations
 from aiogram import Router
 from aiogram.filters import Command, CommandStart
 from aiogram.fsm.context import FSMContext
-from aiogram.types import BotCommand, Message, ReplyKeyboardRemove
+from aiogram.fsm.storage.base import BaseStorage
+from aiogram.types import BotCommand, Message, ReplyKeyboardRemove, User
 
 from handlers.questionnaire import start_questionnaire
-from storage import ResponseStore
+from storage import FsmStorage, ResponseStore
 
 router = Router(name=__name__)
 
@@ -52,10 +53,14 @@ async def cancel(message: Message, state: FSMContext, raw_state: str | None) -> 
 
 
 @router.message(Command("forget"))
-async def forget(message: Message, state: FSMContext, responses: ResponseStore) -> None:
-    user_id = message.from_user.id if message.from_user else message.chat.id
-    await state.clear()
-    deleted = await responses.delete_for_user(user_id)
+async def forget(
+    message: Message, state: FSMContext, event_from_user: User, fsm_storage: BaseStorage, responses: ResponseStore
+) -> None:
+    if isinstance(fsm_storage, FsmStorage):
+        await fsm_storage.delete_user(event_from_user.id)  # in every chat, not only this one
+    else:
+        await state.clear()  # a storage that cannot find a user's other chats (aiogram's own)
+    deleted = await responses.delete_for_user(event_from_user.id)
     await message.answer(
         f"Done: I deleted your answers in progress and {deleted} finished questionnaire(s).",
         reply_markup=ReplyKeyboardRemove(),

@@ -7,6 +7,7 @@ import logging
 from aiogram import Bot, Dispatcher, F, Router
 from aiogram.dispatcher.middlewares.user_context import EventContext
 from aiogram.filters import ExceptionTypeFilter
+from aiogram.fsm.context import FSMContext
 from aiogram.types import ErrorEvent, Message, ReplyKeyboardRemove
 
 from storage import CorruptDataError, StorageUnavailableError
@@ -32,16 +33,30 @@ async def corrupt_session(
 ) -> None:
     """Stored data this bot did not write: reset this user's session only."""
     logger.warning("Resetting the session of chat %s: %s", event_context.chat_id, event.exception)
-    if event_context.chat_id is not None and event_context.user_id is not None:
-        context = dispatcher.fsm.get_context(
-            bot,
-            chat_id=event_context.chat_id,
-            user_id=event_context.user_id,
-            thread_id=event_context.thread_id,
-            business_connection_id=event_context.business_connection_id,
-        )
-        await context.clear()
+    # The same key the FSM middleware used (its strategy decides, e.g. one key per user in a forum).
+    context = dispatcher.fsm.resolve_context(
+        bot,
+        chat_id=event_context.chat_id,
+        user_id=event_context.user_id,
+        thread_id=event_context.thread_id,
+        business_connection_id=event_context.business_connection_id,
+    )
+    if context is not None:
+        # Error handlers run after the user's turn has ended: take it again, and
+        # reset only if no later message (a /start) has already replaced the data.
+        async with dispatcher.fsm.events_isolation.lock(context.key):
+            if await is_corrupt(context):
+                await context.clear()
     await message.answer(START_OVER, reply_markup=ReplyKeyboardRemove())
+
+
+async def is_corrupt(context: FSMContext) -> bool:
+    try:
+        await context.get_state()
+        await context.get_data()
+    except CorruptDataError:
+        return True
+    return False
 
 
 @router.error(F.update.message.as_("message"))

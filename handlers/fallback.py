@@ -10,9 +10,12 @@ from aiogram.fsm.context import FSMContext
 from aiogram.types import Message, ReplyKeyboardRemove
 
 from handlers.errors import START_OVER
+from states import is_defined
 
 logger = logging.getLogger(__name__)
 router = Router(name=__name__)
+
+CANNOT_USE = "I can't use that here. Send /cancel to stop, or /help to learn more."
 
 
 @router.message(StateFilter(None))
@@ -22,7 +25,10 @@ async def outside_the_flow(message: Message) -> None:
 
 @router.message()
 async def unknown_state(message: Message, state: FSMContext, raw_state: str | None) -> None:
-    """A stored state from an older version of the bot, or written by hand: start clean."""
+    """A state of this bot that no handler took the message in; or one from an older version, or written by hand."""
+    if raw_state is not None and is_defined(raw_state):
+        await message.answer(CANNOT_USE)
+        return
     logger.warning("Resetting chat %s from unknown state %r", message.chat.id, raw_state)
     await state.clear()
     await message.answer(START_OVER, reply_markup=ReplyKeyboardRemove())

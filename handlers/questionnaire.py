@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import UTC, datetime
 
 from aiogram import F, Router, html
 from aiogram.filters import StateFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State
-from aiogram.types import KeyboardButton, Message, ReplyKeyboardMarkup, ReplyKeyboardRemove
+from aiogram.types import KeyboardButton, Message, ReplyKeyboardMarkup, ReplyKeyboardRemove, User
 
 from states import Questionnaire
 from storage import CompletedResponse, ResponseStore
 
 router = Router(name=__name__)
 
+RESPONSE_ID = "response_id"
 MAX_TEXT_LENGTH = 64
 MIN_AGE, MAX_AGE = 1, 120
 COLOURS = ("Red", "Orange", "Yellow", "Green", "Blue", "Purple")
@@ -46,7 +48,8 @@ async def ask(message: Message, question: State, preface: str = "") -> None:
 
 async def start_questionnaire(message: Message, state: FSMContext) -> None:
     await state.set_state(Questionnaire.name)
-    await state.set_data({})
+    # The id the completed response will be saved under: a resend after a failure cannot save it twice.
+    await state.set_data({RESPONSE_ID: uuid.uuid4().hex})
     await ask(message, Questionnaire.name, "Hi! Three quick questions. Send /cancel at any time to stop.")
 
 
@@ -86,18 +89,20 @@ async def take_age(message: Message, state: FSMContext) -> None:
 
 
 @router.message(Questionnaire.colour, F.text, ~F.text.startswith("/"))
-async def take_colour(message: Message, state: FSMContext, responses: ResponseStore) -> None:
+async def take_colour(message: Message, state: FSMContext, event_from_user: User, responses: ResponseStore) -> None:
     colour = (message.text or "").strip()
     if problem := short_text_problem(colour, "colour"):
         await ask(message, Questionnaire.colour, problem)
         return
-    answers = {**await state.get_data(), "colour": colour}
-    user_id = message.from_user.id if message.from_user else message.chat.id
-    # Kept before the state is cleared: a failure here leaves the user at the
-    # last question, where resending the colour finishes the questionnaire.
+    data = await state.get_data()
+    answers = {name: value for name, value in data.items() if name != RESPONSE_ID} | {"colour": colour}
+    # Saved before the state is cleared: a failure at either step leaves the user at
+    # the last question, and resending the colour finishes the questionnaire once.
     await responses.save(
         CompletedResponse(
-            user_id=user_id,
+            # Sessions started before response ids existed get one now.
+            response_id=data.get(RESPONSE_ID) or uuid.uuid4().hex,
+            user_id=event_from_user.id,
             chat_id=message.chat.id,
             answers=answers,
             completed_at=datetime.now(UTC),

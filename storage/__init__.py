@@ -1,15 +1,17 @@
 """FSM storages and completed-responses stores. Imports nothing from handlers/ or bot/.
 
-The Mongo classes load the Mongo driver, so they are imported on first use:
-a bot on SQL never pays for it.
+`storage.sql` and `storage.mongo` hold one backend each; the Mongo classes
+load the Mongo driver, so they are imported on first use: a bot on SQL never
+pays for it.
 """
 
 from typing import TYPE_CHECKING, Any
 
-from storage.errors import CorruptDataError, StorageError, StorageUnavailableError
+from storage.errors import CorruptDataError, SchemaError, StorageError, StorageUnavailableError
 from storage.factory import Storages, create_storages
+from storage.interface import CompletedResponse, FsmStorage, ResponseStore
 from storage.sql.fsm import SQLAlchemyStorage
-from storage.sql.responses import CompletedResponse, ResponseStore, SQLResponseStore
+from storage.sql.responses import SQLResponseStore
 
 if TYPE_CHECKING:
     from storage.mongo.fsm import MongoStorage
@@ -18,11 +20,13 @@ if TYPE_CHECKING:
 __all__ = [
     "CompletedResponse",
     "CorruptDataError",
+    "FsmStorage",
     "MongoResponseStore",
     "MongoStorage",
     "ResponseStore",
     "SQLAlchemyStorage",
     "SQLResponseStore",
+    "SchemaError",
     "StorageError",
     "StorageUnavailableError",
     "Storages",

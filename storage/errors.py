@@ -18,6 +18,10 @@ class StorageUnavailableError(StorageError):
     """The database did not answer (down, unreachable, too slow); retrying later may work."""
 
 
+class SchemaError(StorageError):
+    """A table or collection is not what the bot needs; the message says what to do. Raised at start-up."""
+
+
 class CorruptDataError(StorageError):
     """A stored record is not what this bot writes (bad JSON, wrong types); resetting the key fixes it."""
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
 
-from handlers.errors import START_OVER
+import pytest
+from aiogram.fsm.state import State, StatesGroup
+from aiogram.fsm.storage.base import StorageKey
+from aiogram.types import Chat, Message, Update, User
+
+from handlers.errors import SEND_AGAIN, START_OVER
 from states import Questionnaire
+from storage import StorageUnavailableError
 from tests.support.backends import MONGO_BACKENDS
 from tests.support.chat import ChatHarness
+
+FORUM_ID = -1001234
 
 
 async def finish_questionnaire(chat: ChatHarness, user_id: int) -> None:
@@ -29,11 +39,11 @@ async def test_corrupt_data_resets_only_that_user(chat: ChatHarness, sql_data: s
 
     assert await chat.send("30") == [START_OVER]
     assert await chat.state() is None
-    assert await chat.data() == {}
+    assert await chat.answers() == {}
     assert "What is your name?" in (await chat.send("/start"))[0]
 
     assert "favourite colour" in (await chat.send("41", user_id=2))[0]
-    assert await chat.data(2) == {"name": "Bob", "age": 41}
+    assert await chat.answers(2) == {"name": "Bob", "age": 41}
 
 
 async def test_state_not_in_the_states_group_resets_the_session(chat: ChatHarness) -> None:
@@ -60,6 +70,100 @@ async def test_forget_deletes_state_data_and_finished_questionnaires(chat: ChatH
 
     assert "1 finished questionnaire" in reply
     assert await chat.state() is None
-    assert await chat.data() == {}
+    assert await chat.answers() == {}
     assert await chat.storages.responses.for_user(1) == []
     assert len(await chat.storages.responses.for_user(2)) == 1
+
+
+def topic_message(chat: ChatHarness, text: str) -> Update:
+    """A message from user 1 in topic 5 of a forum supergroup."""
+    message = Message(
+        message_id=next(chat._ids),
+        date=datetime.now(UTC),
+        chat=Chat(id=FORUM_ID, type="supergroup", is_forum=True),
+        from_user=User(id=1, is_bot=False, first_name="User 1"),
+        message_thread_id=5,
+        is_topic_message=True,
+        text=text,
+    )
+    return Update(update_id=message.message_id, message=message)
+
+
+async def test_corrupt_session_in_a_forum_topic_is_reset_under_the_key_it_lives_at(chat: ChatHarness) -> None:
+    """The FSM strategy (one key per user in the chat) decides the key, not the topic."""
+    corrupt = ["not", "a", "dict"] if chat.backend.is_mongo else "[1, 2]"
+    await chat.backend.write_raw(chat.storages.fsm, f"fsm:{FORUM_ID}:1", Questionnaire.age.state, corrupt)
+
+    await chat.dispatcher.feed_update(chat.bot, topic_message(chat, "30"))
+    assert chat.last_reply(FORUM_ID).text == START_OVER
+    assert await chat.storages.fsm.get_state(StorageKey(bot_id=42, chat_id=FORUM_ID, user_id=1)) is None
+
+    await chat.dispatcher.feed_update(chat.bot, topic_message(chat, "30"))
+    assert chat.last_reply(FORUM_ID).text != START_OVER
+
+
+async def test_resetting_a_corrupt_session_never_wipes_the_users_next_message(chat: ChatHarness) -> None:
+    """The reset happens inside the user's turn: a /start right behind the broken answer survives it."""
+    for round_number in range(5):
+        user_id = 10 + round_number
+        await chat.backend.write_raw(chat.storages.fsm, f"fsm:{user_id}:{user_id}", Questionnaire.age.state, "[1]")
+        await asyncio.gather(
+            chat.dispatcher.feed_update(chat.bot, chat.update(user_id, "30")),
+            chat.dispatcher.feed_update(chat.bot, chat.update(user_id, "/start")),
+        )
+        assert await chat.state(user_id) == Questionnaire.name.state
+        assert "Nice to meet you" in (await chat.send("Ann", user_id))[0]
+
+
+class OtherFlow(StatesGroup):
+    waiting_for_photo = State()
+
+
+async def test_a_state_the_bot_defines_is_not_wiped_by_a_message_no_handler_takes(chat: ChatHarness) -> None:
+    key = StorageKey(bot_id=42, chat_id=1, user_id=1)
+    await chat.storages.fsm.set_state(key, OtherFlow.waiting_for_photo)
+    await chat.storages.fsm.set_data(key, {"kept": True})
+
+    [reply] = await chat.send("some text")
+
+    assert reply != START_OVER
+    assert await chat.state() == OtherFlow.waiting_for_photo.state
+    assert await chat.data() == {"kept": True}
+
+
+async def test_forget_deletes_the_users_sessions_in_every_chat(chat: ChatHarness) -> None:
+    in_group = StorageKey(bot_id=42, chat_id=-100, user_id=1)
+    someone_else = StorageKey(bot_id=42, chat_id=-100, user_id=2)
+    await chat.storages.fsm.set_state(in_group, Questionnaire.age)
+    await chat.storages.fsm.set_data(in_group, {"name": "Ann"})
+    await chat.storages.fsm.set_state(someone_else, Questionnaire.age)
+    await chat.send("/start")
+
+    await chat.send("/forget")
+
+    assert await chat.storages.fsm.get_state(in_group) is None
+    assert await chat.storages.fsm.get_data(in_group) == {}
+    assert await chat.state() is None
+    assert await chat.storages.fsm.get_state(someone_else) == Questionnaire.age.state
+
+
+async def test_finishing_twice_after_a_failure_keeps_one_response(
+    chat: ChatHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The response was saved but clearing the state failed: the resent answer must not save a second one."""
+    for text in ("/start", "Ann", "30"):
+        await chat.send(text)
+    fsm = chat.storages.fsm
+    real_set_state = fsm.set_state
+
+    async def fails_once(*args: Any, **kwargs: Any) -> None:
+        monkeypatch.setattr(fsm, "set_state", real_set_state)
+        raise StorageUnavailableError("the database went away")
+
+    monkeypatch.setattr(fsm, "set_state", fails_once)
+    assert await chat.send("Blue") == [SEND_AGAIN]
+
+    [summary] = await chat.send("Blue")
+    assert "Favourite colour: <b>Blue</b>" in summary
+    [response] = await chat.storages.responses.for_user(1)
+    assert response.answers == {"name": "Ann", "age": 30, "colour": "Blue"}

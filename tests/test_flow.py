@@ -25,13 +25,13 @@ async def test_full_flow_asks_three_questions_and_sums_up(chat: ChatHarness) -> 
     reply = (await chat.send("  Ann  "))[0]
     assert "Nice to meet you, Ann!" in reply
     assert "How old are you?" in reply
-    assert await chat.data() == {"name": "Ann"}
+    assert await chat.answers() == {"name": "Ann"}
 
     assert "favourite colour" in (await chat.send("30"))[0]
     keyboard = chat.last_reply().reply_markup
     assert isinstance(keyboard, ReplyKeyboardMarkup)
     assert "Blue" in [button.text for row in keyboard.keyboard for button in row]
-    assert await chat.data() == {"name": "Ann", "age": 30}
+    assert await chat.answers() == {"name": "Ann", "age": 30}
 
     summary = (await chat.send("Blue"))[0]
     assert "Ann" in summary
@@ -67,7 +67,7 @@ async def test_bad_name_is_refused_and_asked_again(chat: ChatHarness, answer: st
     assert reason in reply
     assert reply.endswith("What is your name?")
     assert await chat.state() == Questionnaire.name.state
-    assert await chat.data() == {}
+    assert await chat.answers() == {}
 
 
 @pytest.mark.parametrize(
@@ -89,7 +89,7 @@ async def test_bad_age_is_refused_and_asked_again(chat: ChatHarness, answer: str
     assert reason in reply
     assert reply.endswith("How old are you?")
     assert await chat.state() == Questionnaire.age.state
-    assert await chat.data() == {"name": "Ann"}
+    assert await chat.answers() == {"name": "Ann"}
 
 
 @pytest.mark.parametrize("content", ["photo", "sticker", "voice"])
@@ -130,7 +130,7 @@ async def test_user_text_is_html_escaped(chat: ChatHarness) -> None:
     assert "&lt;b&gt;Ann&lt;/b&gt;" in summary
     assert "&lt;script&gt;" in summary
     assert "<script>" not in summary
-    assert (await chat.data()) == {}
+    assert (await chat.answers()) == {}
     [response] = await chat.storages.responses.for_user(1)
     assert response.answers["name"] == name
 
@@ -142,7 +142,7 @@ async def test_cancel_in_the_middle_forgets_the_answers(chat: ChatHarness) -> No
     assert "Cancelled" in reply
     assert isinstance(chat.last_reply().reply_markup, ReplyKeyboardRemove)
     assert await chat.state() is None
-    assert await chat.data() == {}
+    assert await chat.answers() == {}
 
 
 async def test_cancel_with_nothing_to_cancel_says_so(chat: ChatHarness) -> None:
@@ -156,7 +156,7 @@ async def test_start_in_the_middle_starts_over(chat: ChatHarness) -> None:
     [reply] = await chat.send("/start")
     assert "What is your name?" in reply
     assert await chat.state() == Questionnaire.name.state
-    assert await chat.data() == {}
+    assert await chat.answers() == {}
 
 
 async def test_help_works_inside_the_flow_and_changes_nothing(chat: ChatHarness) -> None:
@@ -165,7 +165,7 @@ async def test_help_works_inside_the_flow_and_changes_nothing(chat: ChatHarness)
     [reply] = await chat.send("/help")
     assert "/cancel" in reply
     assert await chat.state() == Questionnaire.age.state
-    assert await chat.data() == {"name": "Ann"}
+    assert await chat.answers() == {"name": "Ann"}
 
 
 @pytest.mark.parametrize("content", ["text", "photo"])

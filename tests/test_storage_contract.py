@@ -202,3 +202,33 @@ async def test_custom_key_builder_names_the_records(backend: Backend) -> None:
         assert await backend.record_ids(storage) == ["custom_42_7_7"]
     finally:
         await storage.close()
+
+
+async def test_update_data_keeps_what_another_process_wrote_after_this_one_read(
+    storage: BaseStorage, other_process: BaseStorage
+) -> None:
+    """The FSM middleware reads first; another process writes; this one's update must merge into that write."""
+    key = storage_key()
+    await storage.set_data(key, {"x": 1})
+    await storage.get_state(key)
+    await storage.get_data(key)
+    await other_process.set_data(key, {"y": 2})
+
+    assert await storage.update_data(key, {"x": 1}) == {"y": 2, "x": 1}
+    assert await other_process.get_data(key) == {"y": 2, "x": 1}
+
+
+async def test_emptying_state_then_data_leaves_no_record_on_a_fresh_storage(
+    backend: Backend, other_process: BaseStorage
+) -> None:
+    """The sequence of issue 10, case 2, on a storage that has seen nothing of the key before each call."""
+    key = storage_key()
+    await other_process.set_state(key, "A:b")
+    await other_process.set_data(key, {"x": 1})
+    await other_process.set_state(key, None)
+    fresh = await backend.open()
+    try:
+        await fresh.set_data(key, {})
+        assert await backend.record_ids(fresh) == []
+    finally:
+        await fresh.close()

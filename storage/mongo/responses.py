@@ -5,14 +5,16 @@ from __future__ import annotations
 from datetime import UTC
 from typing import Any
 
+from pymongo.errors import DuplicateKeyError
+
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, database_call
-from storage.mongo.fsm import MONGO_OUTAGES
+from storage.interface import CompletedResponse, as_utc
+from storage.mongo.client import MONGO_OUTAGES
 from storage.mongo.keys import escape_value, unescape_value
-from storage.sql.responses import CompletedResponse, as_utc
 
 
 class MongoResponseStore:
-    """Completed responses in a `questionnaire_responses` collection beside the FSM one."""
+    """Completed responses in a `questionnaire_responses` collection, one document per response_id."""
 
     def __init__(
         self,
@@ -24,21 +26,27 @@ class MongoResponseStore:
         self.timeout = timeout
 
     @database_call(MONGO_OUTAGES)
-    async def save(self, response: CompletedResponse) -> None:
-        await self.collection.insert_one(
-            {
-                "user_id": response.user_id,
-                "chat_id": response.chat_id,
-                "answers": escape_value(response.answers),
-                "completed_at": response.completed_at.astimezone(UTC),
-            }
-        )
+    async def save(self, response: CompletedResponse) -> bool:
+        document = {
+            # The response's own id as _id: saving it twice keeps one.
+            "_id": response.response_id,
+            "user_id": response.user_id,
+            "chat_id": response.chat_id,
+            "answers": escape_value(response.answers),
+            "completed_at": response.completed_at.astimezone(UTC),
+        }
+        try:
+            await self.collection.insert_one(document)
+        except DuplicateKeyError:
+            return False
+        return True
 
     @database_call(MONGO_OUTAGES)
     async def for_user(self, user_id: int) -> list[CompletedResponse]:
-        cursor = self.collection.find({"user_id": user_id}).sort("_id", 1)
+        cursor = self.collection.find({"user_id": user_id}).sort("completed_at", 1)
         return [
             CompletedResponse(
+                response_id=str(document["_id"]),
                 user_id=document["user_id"],
                 chat_id=document["chat_id"],
                 answers=unescape_value(document["answers"]),

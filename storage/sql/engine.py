@@ -6,11 +6,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Table, event
+from sqlalchemy import Connection, Engine, Table, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from storage.errors import SchemaError
 
 # What a database that is down, restarting or unreachable raises through SQLAlchemy.
 SQL_OUTAGES: tuple[type[BaseException], ...] = (
@@ -44,9 +46,32 @@ def create_engine_for_url(url: str, **engine_kwargs: Any) -> AsyncEngine:
     return create_async_engine(url, **engine_kwargs)
 
 
-async def create_table_if_missing(sessionmaker: async_sessionmaker[AsyncSession], table: Table) -> None:
-    async with sessionmaker.begin() as session:
-        await session.run_sync(lambda sync_session: table.create(sync_session.connection(), checkfirst=True))
+def ensure_table(connection: Connection, table: Table, added_later: tuple[str, ...] = ()) -> None:
+    """Create `table` if it is missing, else check that it has every column the bot writes.
+
+    Columns named in `added_later` came with a newer version of the bot: an
+    older table gets them (nullable) instead of an error.
+    """
+    table.create(connection, checkfirst=True)
+    present = {column["name"] for column in inspect(connection).get_columns(table.name)}
+    for name in added_later:
+        if name not in present:
+            column = table.c[name]
+            column_type = column.type.compile(connection.dialect)
+            preparer = connection.dialect.identifier_preparer
+            connection.execute(
+                text(f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.quote(name)} {column_type}")
+            )
+            present.add(name)
+    for index in table.indexes:
+        index.create(connection, checkfirst=True)
+    missing = [column.name for column in table.columns if column.name not in present]
+    if missing:
+        msg = (
+            f"the table {table.name} has no column {', '.join(missing)}: it was made by another program "
+            "(aiogram-sqlalchemy-storage?); rename or drop it, or give the bot another database"
+        )
+        raise SchemaError(msg)
 
 
 def ensure_private_folder(path: Path) -> None:

@@ -1,56 +1,43 @@
 """SQLAlchemyStorage: aiogram FSM state and data in one SQL table.
 
 One row per storage key, present only while the key has a state or data.
-Writes are single upserts (by dialect). `update_data` is a compare-and-swap
-on a `version` column, so concurrent updates never lose a key, in one process
-or across several; the version read by the FSM middleware's `get_state` just
-before usually lets it be one statement.
+Every call is one transaction. Writes are single upserts (by dialect).
+`update_data` reads the row and writes it back only if its `version` is
+still the one it read (compare-and-swap), so concurrent updates never lose
+a key, in one process or across several.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import warnings
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
 from aiogram.exceptions import DataNotDictLikeError
 from aiogram.fsm.state import State
-from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder, KeyBuilder, StateType, StorageKey
+from aiogram.fsm.storage.base import DefaultKeyBuilder, KeyBuilder, StateType, StorageKey
 from sqlalchemy import Connection, Engine, MetaData
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
-from storage.sql.engine import SQL_OUTAGES, create_engine_for_url, create_table_if_missing
-from storage.sql.sqlite_thread import SQLiteWorker
+from storage.interface import FsmStorage, user_key_pattern
+from storage.sql.engine import SQL_OUTAGES, create_engine_for_url, ensure_table
+from storage.sql.sqlite_thread import SQLiteThread
 from storage.sql.statements import Field, FsmStatements, fsm_table
 
 JsonDumps = Callable[[Any], str | bytes]
 JsonLoads = Callable[[str | bytes], Any]
 T = TypeVar("T")
 
-# A compare-and-swap only fails when another process wrote the same key in
-# between; in-process writers queue on a lock first, so this is generous.
+# A compare-and-swap only fails when another writer changed the key between
+# its read and its write; fifty in a row means something is badly wrong.
 _MAX_CAS_ATTEMPTS = 50
-_MAX_HINTS = 10_000
 
 
-@dataclass(frozen=True)
-class _Row:
-    """A row as this process last read or wrote it: a hint, checked by the compare-and-swap."""
-
-    state: str | None
-    data: str | None
-    version: int | None  # None: there was no row
-
-
-class SQLAlchemyStorage(BaseStorage):
+class SQLAlchemyStorage(FsmStorage):
     """aiogram FSM storage on any SQLAlchemy async database (SQLite, PostgreSQL, MySQL...).
 
     Build it with `await SQLAlchemyStorage.from_url(url)`, which also creates
@@ -74,13 +61,11 @@ class SQLAlchemyStorage(BaseStorage):
         self.key_builder = key_builder or DefaultKeyBuilder()
         # Each call gives up after this many seconds, so a stuck database never freezes a user.
         self.timeout = timeout
-        self._json_dumps = json_dumps
-        self._json_loads = json_loads
+        self.json_dumps = json_dumps
+        self.json_loads = json_loads
         self._owned_engine: AsyncEngine | None = None
-        self._sqlite: SQLiteWorker | None = None
+        self._sqlite: SQLiteThread | None = None
         self._statements: dict[str, FsmStatements] = {}
-        self._seen: OrderedDict[str, _Row] = OrderedDict()
-        self._key_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     @classmethod
     async def from_url(
@@ -96,8 +81,8 @@ class SQLAlchemyStorage(BaseStorage):
     ) -> SQLAlchemyStorage:
         """Connect with sound defaults for the database, create the table, own the engine.
 
-        On a SQLite file the FSM calls run on one connection in one thread of
-        their own (see storage/sqlite_worker.py); `sessionmaker` stays async.
+        On a SQLite file every call runs on one connection in one thread of
+        its own (see storage/sql/sqlite_thread.py); `sessionmaker` stays async.
         """
         engine = create_engine_for_url(url, **engine_kwargs)
         storage = cls(
@@ -110,7 +95,7 @@ class SQLAlchemyStorage(BaseStorage):
         )
         storage._owned_engine = engine
         if make_url(url).get_backend_name() == "sqlite":
-            storage._sqlite = SQLiteWorker(url)
+            storage._sqlite = SQLiteThread(url)
         try:
             await storage.create_table()
         except BaseException:
@@ -120,8 +105,8 @@ class SQLAlchemyStorage(BaseStorage):
 
     @database_call(SQL_OUTAGES)
     async def create_table(self) -> None:
-        """Create the FSM table if it does not exist yet."""
-        await create_table_if_missing(self.sessionmaker, self.table)
+        """Create the FSM table if it does not exist yet; SchemaError if one exists without our columns."""
+        await self.run_in_transaction(lambda connection: ensure_table(connection, self.table))
 
     @property
     def engines(self) -> list[Engine]:
@@ -137,11 +122,25 @@ class SQLAlchemyStorage(BaseStorage):
         if self._owned_engine is not None:
             await self._owned_engine.dispose()
 
+    async def run_in_transaction(self, operation: Callable[[Connection], T]) -> T:
+        """Run `operation(connection)` in one transaction, where this storage runs its own statements.
+
+        On a SQLite file opened by `from_url` that is the storage's one
+        connection, so other tables in the same file (the completed responses)
+        are written by the same single writer.
+        """
+        if self._sqlite is not None:
+            return await self._sqlite.run(operation)
+        async with self.sessionmaker.begin() as session:
+            return await session.run_sync(lambda sync_session: operation(sync_session.connection()))
+
     # --- BaseStorage -------------------------------------------------------
 
     @database_call(SQL_OUTAGES)
     async def get_state(self, key: StorageKey) -> str | None:
-        return (await self._read(self._id(key))).state
+        key_id = self._id(key)
+        row = await self._run(lambda st, connection: st.fetch(connection, key_id))
+        return None if row is None else cast(str | None, row.state)
 
     @database_call(SQL_OUTAGES)
     async def set_state(self, key: StorageKey, state: StateType = None) -> None:
@@ -151,13 +150,12 @@ class SQLAlchemyStorage(BaseStorage):
             await self._clear(key_id, "state")
         else:
             await self._run(lambda st, connection: st.set_state(connection, key_id, value))
-            seen = self._seen.get(key_id)
-            if seen is not None and seen.version is not None:  # the upsert left data and version alone
-                self._remember(key_id, _Row(value, seen.data, seen.version))
 
     @database_call(SQL_OUTAGES)
     async def get_data(self, key: StorageKey) -> dict[str, Any]:
-        return self._loads((await self._read(self._id(key))).data)
+        key_id = self._id(key)
+        row = await self._run(lambda st, connection: st.fetch(connection, key_id))
+        return self._loads(None if row is None else row.data)
 
     @database_call(SQL_OUTAGES)
     async def set_data(self, key: StorageKey, data: Mapping[str, Any]) -> None:
@@ -166,7 +164,6 @@ class SQLAlchemyStorage(BaseStorage):
             raise DataNotDictLikeError(msg)
         key_id = self._id(key)
         if data:
-            self._seen.pop(key_id, None)
             text = self._dumps(data)
             await self._run(lambda st, connection: st.set_data(connection, key_id, text))
         else:
@@ -176,23 +173,35 @@ class SQLAlchemyStorage(BaseStorage):
     async def update_data(self, key: StorageKey, data: Mapping[str, Any]) -> dict[str, Any]:
         patch = dict(data)
         key_id = self._id(key)
-        async with self._key_lock(key_id):
-            seen = self._seen.pop(key_id, None)
-            for _ in range(_MAX_CAS_ATTEMPTS):
-                if seen is None:
-                    seen = await self._read(key_id)
-                current = self._loads(seen.data)
-                merged = current | patch
-                if merged == current:
-                    return merged
-                text = self._dumps(merged)
-                version = await self._write_if_unchanged(key_id, seen, text)
-                if version is not None:
-                    self._remember(key_id, _Row(seen.state, text, version))
-                    return merged
-                seen = None  # someone else wrote in between: read again
+
+        def merge(st: FsmStatements, connection: Connection) -> dict[str, Any] | None:
+            """The merged data, written; None if another writer changed the row after it was read."""
+            row = st.fetch(connection, key_id)
+            current = self._loads(None if row is None else row.data)
+            merged = current | patch
+            if merged == current:
+                return merged
+            text = self._dumps(merged)
+            if row is None:
+                st.insert_data(connection, key_id, text)  # IntegrityError if another writer inserted first
+                return merged
+            return merged if st.swap_data(connection, key_id, row.version, text) else None
+
+        for _ in range(_MAX_CAS_ATTEMPTS):
+            try:
+                merged = await self._run(merge)
+            except IntegrityError:
+                continue
+            if merged is not None:
+                return merged
         msg = f"update_data gave up after {_MAX_CAS_ATTEMPTS} concurrent writes to one key"
         raise RuntimeError(msg)
+
+    @database_call(SQL_OUTAGES)
+    async def delete_user(self, user_id: int) -> int:
+        """Delete the user's sessions in every chat (for /forget)."""
+        start, end = user_key_pattern(self.key_builder, user_id)
+        return await self._run(lambda st, connection: st.delete_like(connection, start, end))
 
     # --- running statements ----------------------------------------------------
 
@@ -200,77 +209,27 @@ class SQLAlchemyStorage(BaseStorage):
         # Custom builders written for aiogram-sqlalchemy-storage take no `part`.
         return self.key_builder.build(key)
 
-    async def _read(self, key_id: str) -> _Row:
-        found = await self._run(lambda st, connection: st.fetch(connection, key_id))
-        row = _Row(None, None, None) if found is None else _Row(found.state, found.data, found.version)
-        self._remember(key_id, row)
-        return row
-
     async def _clear(self, key_id: str, field: Field) -> None:
-        seen = self._seen.pop(key_id, None)
-        other_empty = seen is not None and (seen.data if field == "state" else seen.state) is None
-        kept = await self._run(lambda st, connection: st.clear_field(connection, key_id, field, other_empty))
-        if not kept:
-            self._remember(key_id, _Row(None, None, None))
-        elif field == "state" and seen is not None:
-            # Clearing the state leaves data and version as they were: still a good hint for update_data.
-            self._remember(key_id, _Row(None, seen.data, seen.version))
-
-    async def _write_if_unchanged(self, key_id: str, seen: _Row, text: str) -> int | None:
-        """Write `text` if the row is still as `seen`; the new version, or None if it changed."""
-        if seen.version is not None:
-            expected = seen.version
-            return await self._run(lambda st, connection: st.swap_data(connection, key_id, expected, text))
-        try:
-            return await self._run(lambda st, connection: st.insert_data(connection, key_id, text))
-        except IntegrityError:
-            return None
+        await self._run(lambda st, connection: st.clear_field(connection, key_id, field))
 
     async def _run(self, operation: Callable[[FsmStatements, Connection], T]) -> T:
-        """Run one operation in one transaction: on the SQLite thread, or in an async session."""
-        if self._sqlite is not None:
-            return await self._sqlite.run(lambda connection: operation(self._statements_for(connection), connection))
-        async with self.sessionmaker.begin() as session:
-            return await session.run_sync(
-                lambda sync_session: operation(
-                    self._statements_for(sync_session.connection()), sync_session.connection()
-                )
-            )
+        return await self.run_in_transaction(lambda connection: operation(self._statements_for(connection), connection))
 
     def _statements_for(self, connection: Connection) -> FsmStatements:
         dialect = connection.dialect.name
         if dialect not in self._statements:
-            self._statements[dialect] = FsmStatements(self.table, dialect, connection.dialect.update_returning)
+            self._statements[dialect] = FsmStatements(self.table, dialect)
         return self._statements[dialect]
 
-    def _remember(self, key_id: str, row: _Row) -> None:
-        self._seen[key_id] = row
-        self._seen.move_to_end(key_id)
-        if len(self._seen) > _MAX_HINTS:
-            self._seen.popitem(last=False)
-
-    @asynccontextmanager
-    async def _key_lock(self, key_id: str) -> AsyncIterator[None]:
-        """Serialise this process's read-modify-writes of one key; the CAS covers other processes."""
-        lock, users = self._key_locks.setdefault(key_id, (asyncio.Lock(), [0]))
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                del self._key_locks[key_id]
-
     def _dumps(self, data: Mapping[str, Any]) -> str:
-        dumped = self._json_dumps(data)
+        dumped = self.json_dumps(data)
         return dumped.decode() if isinstance(dumped, bytes) else dumped
 
     def _loads(self, text: str | None) -> dict[str, Any]:
         if text is None:
             return {}
         try:
-            loaded = self._json_loads(text)
+            loaded = self.json_loads(text)
         except ValueError as error:
             msg = f"stored FSM data is not JSON: {error}"
             raise CorruptDataError(msg) from None

@@ -1,43 +1,40 @@
-"""Completed questionnaires: what the bot keeps after the last answer."""
+"""Completed questionnaires in a SQL table beside the FSM table, written through the FSM storage's connection."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import UTC
+from typing import Any, cast
 
-from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, Table, Text, delete, insert, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    CursorResult,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    delete,
+    select,
+)
 from sqlalchemy.dialects import mysql
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.exc import IntegrityError
 
-from storage.errors import DEFAULT_TIMEOUT_SECONDS, database_call
-from storage.sql.engine import SQL_OUTAGES, create_table_if_missing
+from storage.errors import database_call
+from storage.interface import CompletedResponse, as_utc
+from storage.sql.engine import SQL_OUTAGES, ensure_table
+from storage.sql.fsm import SQLAlchemyStorage
 
-
-@dataclass(frozen=True)
-class CompletedResponse:
-    user_id: int
-    chat_id: int
-    answers: dict[str, Any]
-    completed_at: datetime
+RESPONSE_ID_LENGTH = 64
 
 
-class ResponseStore(Protocol):
-    """Where handlers put finished questionnaires; they never see which database it is."""
-
-    async def save(self, response: CompletedResponse) -> None: ...
-
-    async def for_user(self, user_id: int) -> list[CompletedResponse]: ...
-
-    async def delete_for_user(self, user_id: int) -> int: ...
-
-
-def responses_table(metadata: MetaData, table_name: str = "questionnaire_responses") -> Table:
-    return Table(
+def responses_table(storage: SQLAlchemyStorage, table_name: str = "questionnaire_responses") -> Table:
+    table = Table(
         table_name,
-        metadata,
+        storage.metadata,
         Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("response_id", String(RESPONSE_ID_LENGTH), nullable=True),
         Column("user_id", BigInteger, nullable=False, index=True),
         Column("chat_id", BigInteger, nullable=False),
         # JSON text, so changing the questions needs no migration.
@@ -45,55 +42,65 @@ def responses_table(metadata: MetaData, table_name: str = "questionnaire_respons
         # Naive UTC: the one form every dialect stores alike (MySQL's DATETIME has no zone).
         Column("completed_at", DateTime(), nullable=False),
         extend_existing=True,
+        mysql_charset="utf8mb4",
     )
+    # Saving a response twice (a resend after a failure) keeps one.
+    Index(f"uq_{table_name}_response_id", table.c.response_id, unique=True)
+    return table
 
 
 class SQLResponseStore:
-    """Completed responses in a SQL table beside the FSM table."""
+    """Completed responses, in the same database and through the same connection as `storage`."""
 
-    def __init__(
-        self,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        metadata: MetaData | None = None,
-        timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
-    ) -> None:
-        self.sessionmaker = sessionmaker
-        self.timeout = timeout
-        self.table = responses_table(metadata if metadata is not None else MetaData())
+    def __init__(self, storage: SQLAlchemyStorage, table_name: str = "questionnaire_responses") -> None:
+        self.storage = storage
+        self.table = responses_table(storage, table_name)
+        self.timeout = storage.timeout
 
     @database_call(SQL_OUTAGES)
     async def create_table(self) -> None:
-        await create_table_if_missing(self.sessionmaker, self.table)
+        # `response_id` came in a later version: an older table gets the column.
+        await self.storage.run_in_transaction(
+            lambda connection: ensure_table(connection, self.table, added_later=("response_id",))
+        )
 
-    async def save(self, response: CompletedResponse) -> None:
+    @database_call(SQL_OUTAGES)
+    async def save(self, response: CompletedResponse) -> bool:
         row = {
+            "response_id": response.response_id,
             "user_id": response.user_id,
             "chat_id": response.chat_id,
-            "answers": json.dumps(response.answers, ensure_ascii=False),
+            "answers": _as_text(self.storage.json_dumps(response.answers)),
             "completed_at": response.completed_at.astimezone(UTC).replace(tzinfo=None),
         }
-        async with self.sessionmaker.begin() as session:
-            await session.execute(insert(self.table).values(row))
+        statement = self.table.insert().values(row)
+        try:
+            await self.storage.run_in_transaction(lambda connection: connection.execute(statement))
+        except IntegrityError:  # the unique response_id: saved before
+            return False
+        return True
 
+    @database_call(SQL_OUTAGES)
     async def for_user(self, user_id: int) -> list[CompletedResponse]:
         statement = select(self.table).where(self.table.c.user_id == user_id).order_by(self.table.c.id)
-        async with self.sessionmaker() as session:
-            rows = (await session.execute(statement)).all()
+        rows = await self.storage.run_in_transaction(lambda connection: connection.execute(statement).all())
         return [
             CompletedResponse(
+                response_id=row.response_id or str(row.id),
                 user_id=row.user_id,
                 chat_id=row.chat_id,
-                answers=json.loads(row.answers),
+                answers=self.storage.json_loads(row.answers),
                 completed_at=as_utc(row.completed_at),
             )
             for row in rows
         ]
 
+    @database_call(SQL_OUTAGES)
     async def delete_for_user(self, user_id: int) -> int:
-        async with self.sessionmaker.begin() as session:
-            result = await session.execute(delete(self.table).where(self.table.c.user_id == user_id))
-        return int(getattr(result, "rowcount", 0))
+        statement = delete(self.table).where(self.table.c.user_id == user_id)
+        result = await self.storage.run_in_transaction(lambda connection: connection.execute(statement))
+        return cast(CursorResult[Any], result).rowcount
 
 
-def as_utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+def _as_text(dumped: str | bytes) -> str:
+    return dumped.decode() if isinstance(dumped, bytes) else dumped

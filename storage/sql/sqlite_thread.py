@@ -1,22 +1,27 @@
-"""One thread, one SQLite connection: how SQLAlchemyStorage talks to a SQLite file it opened itself.
+"""One thread, one SQLite connection: how the storages talk to a SQLite file the bot opened itself.
 
 SQLite has a single writer. Many connections writing at once only take turns
 through the busy handler's sleeps, and the async driver hops threads several
-times per statement. Here every storage call is one hop to one thread that
-owns one connection. Calls that arrive while it is busy are run together in
-one transaction with one commit (group commit); each call's future is settled
-only after that commit, so a call never returns before its data is committed.
+times per statement. Here each call is one hop to one thread that owns one
+connection and runs the call in one transaction of its own. The FSM storage
+and the completed-responses store share it, so a bot writes its file through
+one connection only.
+
+A call whose caller has given up (its time bound ran out) is never committed
+later: the user was told to send it again. Not started yet, it is dropped;
+already running (say, waiting for another process's write lock), it is
+rolled back instead of committed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
-import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import make_url
@@ -25,87 +30,61 @@ from sqlalchemy.pool import NullPool
 from storage.sql.engine import configure_sqlite
 
 T = TypeVar("T")
-MAX_BATCH = 256
 
 
-@dataclass
-class _Job(Generic[T]):
-    operation: Callable[[Connection], T]
-    context: contextvars.Context
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[T]
-
-    def settle(self, result: Any = None, error: BaseException | None = None) -> None:
-        self.loop.call_soon_threadsafe(_settle, self.future, result, error)
+class _CallerGaveUp(Exception):
+    """Nobody waits for this transaction's result any more: it is rolled back."""
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():  # the caller gave up (its time bound ran out)
-        return
-    if error is None:
-        future.set_result(result)
-    else:
-        future.set_exception(error)
-
-
-class SQLiteWorker:
+class SQLiteThread:
     def __init__(self, async_url: str) -> None:
         # The same file through the standard library's driver, used by one thread only.
         url = make_url(async_url).set(drivername="sqlite")
         self.engine: Engine = create_engine(url, poolclass=NullPool)
         configure_sqlite(self.engine)
-        self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, name="sqlite-fsm", daemon=True)
-        self._thread.start()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._connection: Connection | None = None
 
     async def run(self, operation: Callable[[Connection], T]) -> T:
-        """Run `operation` in a transaction; return once that transaction is committed."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
+        """Run `operation` in a transaction of its own; return once it is committed."""
         # The caller's context goes along, so its context variables (and SQLAlchemy events) see it.
-        self._jobs.put(_Job(operation, contextvars.copy_context(), loop, future))
-        return await future
+        context = contextvars.copy_context()
+        gave_up = threading.Event()
+        try:
+            # Cancelling the awaiting task cancels the job too, if the thread has not started it.
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, context.run, self._transaction, operation, gave_up
+            )
+        except asyncio.CancelledError:
+            gave_up.set()
+            raise
 
     async def close(self) -> None:
-        self._jobs.put(None)
-        await asyncio.to_thread(self._thread.join)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._disconnect)
+        self._executor.shutdown(wait=True)
+        self.engine.dispose()
 
-    def _serve(self) -> None:
-        connection = self.engine.connect()
+    def _transaction(self, operation: Callable[[Connection], T], gave_up: threading.Event) -> T:
+        connection = self._connection or self._connect()
         try:
-            while (job := self._jobs.get()) is not None:
-                batch = [job]
-                stop = False
-                while len(batch) < MAX_BATCH:
-                    try:
-                        waiting = self._jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                    if waiting is None:
-                        stop = True
-                        break
-                    batch.append(waiting)
-                self._run_batch(connection, batch)
-                if stop:
-                    break
-        finally:
-            connection.close()
-            self.engine.dispose()
-
-    def _run_batch(self, connection: Connection, batch: list[_Job[Any]]) -> None:
-        results = []
-        try:
-            for job in batch:
-                results.append(job.context.run(job.operation, connection))
+            result = operation(connection)
+            if gave_up.is_set():
+                raise _CallerGaveUp
             connection.commit()
-        except Exception as error:
-            connection.rollback()
-            if len(batch) == 1:
-                batch[0].settle(error=error)
-                return
-            # Run them one by one, so only the job that failed fails.
-            for job in batch:
-                self._run_batch(connection, [job])
-            return
-        for job, result in zip(batch, results, strict=True):
-            job.settle(result)
+        except BaseException:
+            try:
+                connection.rollback()
+            except Exception:  # the connection itself is broken: the next call opens a new one
+                self._disconnect()
+            raise
+        return result
+
+    def _connect(self) -> Connection:
+        self._connection = self.engine.connect()
+        return self._connection
+
+    def _disconnect(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):  # already broken: nothing left to release
+                connection.close()

@@ -1,9 +1,9 @@
 """The FSM table and the statements SQLAlchemyStorage runs on it, built once per dialect.
 
 Each operation is a plain function of a synchronous `Connection`, so the
-storage can run it in an async session (`run_sync`) or on its SQLite worker
-thread alike. Statements take bound parameters and are built once: SQLAlchemy
-then reuses their compiled form instead of rebuilding it on every call.
+storage can run it in an async session (`run_sync`) or on its SQLite thread
+alike. Statements take bound parameters and are built once: SQLAlchemy then
+reuses their compiled form instead of rebuilding it on every call.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 KEY_LENGTH = 255
 STATE_LENGTH = 255
 Field = Literal["state", "data"]
-_OTHER: dict[Field, Field] = {"state": "data", "data": "state"}
+FSM_COLUMNS = ("id", "state", "data", "version", "updated_at")
 
 
 def fsm_table(metadata: MetaData, table_name: str) -> Table:
@@ -54,6 +54,8 @@ def fsm_table(metadata: MetaData, table_name: str) -> Table:
         Column("version", BigInteger, nullable=False),
         Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         extend_existing=True,
+        # MySQL's older default character sets cannot hold every character a user types.
+        mysql_charset="utf8mb4",
     )
 
 
@@ -64,7 +66,7 @@ def new_version() -> int:
 class FsmStatements:
     """The storage's statements for one table on one dialect."""
 
-    def __init__(self, table: Table, dialect: str, update_returning: bool = False) -> None:
+    def __init__(self, table: Table, dialect: str) -> None:
         c = table.c
         key = c.id == bindparam("key")
         self.table = table
@@ -83,16 +85,8 @@ class FsmStatements:
             "state": update(table).where(key).values(state=None, updated_at=func.now()),
             "data": update(table).where(key).values(data=None, version=bindparam("new_version"), updated_at=func.now()),
         }
-        # Where UPDATE ... RETURNING exists, clearing a field also says whether the other one is empty.
-        self.clear_returning_sql: dict[Field, Executable] | None = (
-            {field: self.clear_sql[field].returning(c[_OTHER[field]].is_(None)) for field in _OTHER}
-            if update_returning
-            else None
-        )
         self.delete_if_empty_sql = delete(table).where(key, c.state.is_(None), c.data.is_(None))
-        self.delete_if_other_empty_sql: dict[Field, Executable] = {
-            field: delete(table).where(key, c[_OTHER[field]].is_(None)) for field in _OTHER
-        }
+        self.delete_like_sql = delete(table).where(c.id.like(bindparam("pattern"), escape="/"))
         self._plain_update: dict[tuple[str, ...], Executable] = {
             names: update(table)
             .where(key)
@@ -108,44 +102,32 @@ class FsmStatements:
     def set_state(self, connection: Connection, key: str, state: str) -> None:
         self._upsert(connection, self.write_state_sql, ("state",), key, new_state=state)
 
-    def set_data(self, connection: Connection, key: str, data: str) -> int:
-        version = new_version()
-        self._upsert(connection, self.write_data_sql, ("data", "version"), key, new_data=data, new_version=version)
-        return version
+    def set_data(self, connection: Connection, key: str, data: str) -> None:
+        self._upsert(connection, self.write_data_sql, ("data", "version"), key, new_data=data)
 
-    def clear_field(self, connection: Connection, key: str, field: Field, other_empty: bool) -> bool:
-        """Empty `state` or `data`; the row goes when both are empty. False when the row is surely gone.
+    def clear_field(self, connection: Connection, key: str, field: Field) -> None:
+        """Empty `state` or `data`; the row goes when both are empty.
 
-        `other_empty` is what the caller last saw of the other field: when it
-        is right, this is one statement. Each statement checks the row itself,
-        so a wrong guess costs a statement, never a wrong result.
+        The UPDATE locks the row first, so the other field cannot fill up
+        between the check and the DELETE, and whichever of two concurrent
+        clears runs second sees both fields empty.
         """
-        if other_empty and _changed(connection.execute(self.delete_if_other_empty_sql[field], {"key": key})):
-            return False
-        parameters = {"key": key, "new_version": new_version()}
-        if self.clear_returning_sql is not None:
-            # The UPDATE locks the row, so the other field cannot fill up before the DELETE.
-            cleared = connection.execute(self.clear_returning_sql[field], parameters).first()
-            if cleared is None:
-                return False
-            if not cleared[0]:
-                return True
-        else:
-            connection.execute(self.clear_sql[field], parameters)
-        return not _changed(connection.execute(self.delete_if_empty_sql, {"key": key}))
+        connection.execute(self.clear_sql[field], {"key": key, "new_version": new_version()})
+        connection.execute(self.delete_if_empty_sql, {"key": key})
 
-    def swap_data(self, connection: Connection, key: str, expected: int, data: str) -> int | None:
-        """Write `data` if the row is still at version `expected`; return the new version, or None."""
-        version = new_version()
-        parameters = {"key": key, "expected": expected, "new_data": data, "new_version": version}
-        result = cast(CursorResult[Any], connection.execute(self.swap_data_sql, parameters))
-        return version if result.rowcount == 1 else None
+    def swap_data(self, connection: Connection, key: str, expected: int, data: str) -> bool:
+        """Write `data` if the row is still at version `expected`; False if it changed."""
+        parameters = {"key": key, "expected": expected, "new_data": data, "new_version": new_version()}
+        return _changed(connection.execute(self.swap_data_sql, parameters))
 
-    def insert_data(self, connection: Connection, key: str, data: str) -> int:
+    def insert_data(self, connection: Connection, key: str, data: str) -> None:
         """Insert a new row holding `data`; IntegrityError if the key exists."""
-        version = new_version()
-        connection.execute(self.insert_data_sql, {"key": key, "new_data": data, "new_version": version})
-        return version
+        connection.execute(self.insert_data_sql, {"key": key, "new_data": data, "new_version": new_version()})
+
+    def delete_like(self, connection: Connection, start: str, end: str) -> int:
+        """Delete every row whose key starts with `start` and ends with `end`; how many."""
+        pattern = f"{_escape_like(start)}%{_escape_like(end)}"
+        return cast(CursorResult[Any], connection.execute(self.delete_like_sql, {"pattern": pattern})).rowcount
 
     def _upsert(
         self,
@@ -161,7 +143,7 @@ class FsmStatements:
             return
         # A dialect without an upsert: UPDATE, else INSERT, else UPDATE again.
         plain = self._plain_update[names]
-        if cast(CursorResult[Any], connection.execute(plain, parameters)).rowcount:
+        if _changed(connection.execute(plain, parameters)):
             return
         try:
             with connection.begin_nested():
@@ -179,6 +161,10 @@ class FsmStatements:
 
 def _changed(result: Any) -> bool:
     return bool(cast(CursorResult[Any], result).rowcount)
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("/", "//").replace("%", "/%").replace("_", "/_")
 
 
 def _upsert(table: Table, dialect: str, names: tuple[str, ...]) -> Executable | None:

@@ -22,7 +22,7 @@ from config import MongoDriver, Settings
 from handlers import get_routers
 from storage import MongoStorage, SQLAlchemyStorage, Storages
 from storage.factory import create_mongo_storages, create_sql_storages
-from storage.mongo.fsm import close_client, create_client
+from storage.mongo.client import close_client, create_client
 from tests.support.mocked_session import BOT_USER
 
 TOKEN = "42:TESTTOKEN0123456789abcdefghijklmnopq"
@@ -70,10 +70,10 @@ class Backend:
             return MongoStorage.from_url(self.url, self.driver, db_name=self.place, **options)
         return await SQLAlchemyStorage.from_url(self.url, table_name=self.place, **options)
 
-    async def open_storages(self) -> Storages:
+    async def open_storages(self, timeout: float | None = 10) -> Storages:  # noqa: ASYNC109 - per database call
         if self.is_mongo:
-            return await create_mongo_storages(self.url, self.place, self.driver)
-        return await create_sql_storages(self.url)
+            return await create_mongo_storages(self.url, self.place, self.driver, timeout=timeout)
+        return await create_sql_storages(self.url, timeout=timeout)
 
     async def record_ids(self, storage: BaseStorage) -> list[str]:
         """The ids of the records the storage keeps, sorted."""

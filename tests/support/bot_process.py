@@ -12,7 +12,7 @@ from typing import IO, Any
 
 from bot.emulator import BotAPIEmulator
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 START_SECONDS = 60
 REPLY_SECONDS = 20
 

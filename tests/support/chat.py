@@ -10,6 +10,7 @@ from aiogram.methods import SendMessage
 from aiogram.types import Chat, Message, PhotoSize, Sticker, Update, User, Voice
 
 from bot.setup import create_bot, create_dispatcher
+from handlers.questionnaire import RESPONSE_ID
 from storage import Storages
 from tests.support.backends import Backend, release_routers, settings_for, storage_key
 from tests.support.mocked_session import MockedSession
@@ -72,6 +73,10 @@ class ChatHarness:
 
     async def data(self, user_id: int = 1) -> dict[str, object]:
         return await self.storages.fsm.get_data(storage_key(user_id))
+
+    async def answers(self, user_id: int = 1) -> dict[str, object]:
+        """The answers kept so far: the FSM data without the response id /start puts there."""
+        return {name: value for name, value in (await self.data(user_id)).items() if name != RESPONSE_ID}
 
     async def restart(self) -> None:
         """Stop as the process would (storage closed), then build everything anew on the same database."""

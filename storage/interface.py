@@ -1,0 +1,56 @@
+"""What the bot asks of its storages, whatever the database: handlers and the factory see only this."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from aiogram.fsm.storage.base import BaseStorage, KeyBuilder, StorageKey
+
+
+@dataclass(frozen=True)
+class CompletedResponse:
+    # Made when the questionnaire starts: saving the same response twice keeps one.
+    response_id: str
+    user_id: int
+    chat_id: int
+    answers: dict[str, Any]
+    completed_at: datetime
+
+
+class ResponseStore(Protocol):
+    """Where handlers put finished questionnaires; they never see which database it is."""
+
+    async def save(self, response: CompletedResponse) -> bool:
+        """Keep `response`; False if one with its `response_id` was kept already (nothing changes then)."""
+        ...
+
+    async def for_user(self, user_id: int) -> list[CompletedResponse]: ...
+
+    async def delete_for_user(self, user_id: int) -> int: ...
+
+
+class FsmStorage(BaseStorage):
+    """An aiogram storage that can also delete every session of one user, in every chat (/forget)."""
+
+    @abstractmethod
+    async def delete_user(self, user_id: int) -> int:
+        """Delete every key of `user_id`; return how many there were."""
+
+
+def user_key_pattern(key_builder: KeyBuilder, user_id: int) -> tuple[str, str]:
+    """The (start, end) every key of `user_id` has, whatever its chat, topic or bot.
+
+    Built from two keys that differ only in bot and chat, so it follows the key
+    builder's own layout (prefix, separator, destiny) instead of guessing it.
+    """
+    one, two = (key_builder.build(StorageKey(bot_id=n, chat_id=n, user_id=user_id)) for n in (1, 2))
+    first = next(i for i, (a, b) in enumerate(zip(one, two, strict=True)) if a != b)
+    last = next(i for i, (a, b) in enumerate(zip(one[::-1], two[::-1], strict=True)) if a != b)
+    return one[:first], one[len(one) - last :]
+
+
+def as_utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
