@@ -39,9 +39,12 @@ unit: $(VENV)/.dev-deps
 
 test: lint unit
 
-# Not part of `make test`: minutes of load. REDIS_URL adds aiogram's RedisStorage as a reference.
+# Not part of `make test`: minutes of load, the whole bot on every storage in one run (README, Performance).
+# It creates and drops its own tables in the test databases; REDIS_URL adds aiogram's RedisStorage.
 bench: $(VENV)/.dev-deps
-	REDIS_URL=$${REDIS_URL-redis://127.0.0.1:6379} $(BIN)/python -m benchmarks --json benchmark-results.json
+	REDIS_URL=$${REDIS_URL-redis://127.0.0.1:6379} \
+	POSTGRES_BENCH_URL=$${POSTGRES_BENCH_URL-$(POSTGRES_TEST_URL)} MYSQL_BENCH_URL=$${MYSQL_BENCH_URL-$(MYSQL_TEST_URL)} \
+	$(BIN)/python -m benchmarks --json benchmark-results.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

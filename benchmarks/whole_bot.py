@@ -1,8 +1,9 @@
 """The whole bot: updates through the real Dispatcher and handlers, and `python main.py` as a process.
 
-In process: the project's dispatcher with a mocked Bot API session (no
-network), on its SQLite storage and on aiogram's MemoryStorage: updates/s and
-peak traced memory. As a process, beside a bare aiogram echo bot measured the
+In process: the project's dispatcher and handlers with a mocked Bot API
+session (no network), on each candidate storage (benchmarks/candidates.py):
+updates/s and the latency of each update, with users answering one at a time
+or many at once. As a process, beside a bare aiogram echo bot measured the
 same way: seconds from start to the first reply (the median of three starts),
 resident memory when idle and after 200 users have finished the questionnaire.
 """
@@ -16,25 +17,29 @@ import statistics
 import sys
 import tempfile
 import time
-import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiogram.fsm.storage.base import BaseStorage
-from aiogram.fsm.storage.memory import MemoryStorage
 from aiogram.types import Chat, Message, Update, User
 
+from benchmarks.candidates import Candidate
 from bot.emulator import BotAPIEmulator, running_emulator
 from bot.setup import create_bot, create_dispatcher
 from config import Settings
-from storage import SQLAlchemyStorage, SQLResponseStore
+from storage import ResponseStore
 from tests.support.mocked_session import MockedSession
 
 ROOT = Path(__file__).resolve().parent.parent
-ANSWERS = ("/start", "Ann", "30", "Blue")
+WARM_UP_USERS = 20
+
+
+def answers(user_id: int) -> tuple[str, ...]:
+    return ("/start", f"Ann{user_id}", "30", "Blue")
 
 
 def message_update(update_id: int, user_id: int, text: str) -> Update:
@@ -45,48 +50,87 @@ def message_update(update_id: int, user_id: int, text: str) -> Update:
     return Update(update_id=update_id, message=message)
 
 
-async def dispatcher_throughput(storage: BaseStorage, responses: Any, users: int, concurrency: int) -> dict[str, float]:
-    bot = create_bot(Settings(bot_token=BotAPIEmulator().token, _env_file=None), session=MockedSession())
+@dataclass
+class Throughput:
+    """One candidate at one level: the median of its rounds."""
+
+    name: str
+    users: int
+    concurrency: int
+    updates_per_second: float
+    p50_ms: float
+    p99_ms: float
+    failed_users: int  # users whose last reply is not their own summary, in any round
+    rounds: list[float] = field(default_factory=list)
+
+
+async def run_users(
+    storage: BaseStorage, responses: ResponseStore, first_user: int, users: int, concurrency: int
+) -> tuple[float, list[float], int]:
+    """`users` users through the questionnaire, `concurrency` at a time: seconds, latencies, failed users."""
+    session = MockedSession()
+    bot = create_bot(Settings(bot_token=BotAPIEmulator().token, _env_file=None), session=session)
     dispatcher = create_dispatcher(storage, responses)
     ids = itertools.count(1)
+    pending = iter(range(first_user, first_user + users))
+    latencies: list[float] = []
 
-    async def run_users(first: int) -> float:
-        pending = iter(range(first, first + users))
+    async def one_at_a_time() -> None:
+        for user_id in pending:
+            for text in answers(user_id):
+                started = time.perf_counter()
+                await dispatcher.feed_update(bot, message_update(next(ids), user_id, text))
+                latencies.append(time.perf_counter() - started)
 
-        async def worker() -> None:
-            for user_id in pending:
-                for text in ANSWERS:
-                    await dispatcher.feed_update(bot, message_update(next(ids), user_id, text))
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - started
-
-    seconds = await run_users(1)
-    # A second round for memory: tracing slows everything, so it is not timed.
-    tracemalloc.start()
-    await run_users(1 + users)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+    started = time.perf_counter()
+    await asyncio.gather(*(one_at_a_time() for _ in range(concurrency)))
+    seconds = time.perf_counter() - started
     for router in dispatcher.sub_routers:  # let the next dispatcher take the module-level routers
         router._parent_router = None
-    return {"updates_per_second": users * len(ANSWERS) / seconds, "peak_traced_mb": peak / 2**20}
+    last_reply = {int(sent.chat_id): sent.text for sent in session.sent_messages()}
+    failed = sum(
+        1
+        for user_id in range(first_user, first_user + users)
+        if not last_reply.get(user_id, "").startswith(f"Thank you, Ann{user_id}!")
+    )
+    return seconds, latencies, failed
 
 
-class NullResponses:
-    async def save(self, response: Any) -> bool:
-        return True
+async def measure(candidate: Candidate, users: int, concurrency: int) -> tuple[float, list[float], int]:
+    async with candidate.open() as (storage, responses):
+        _, _, failed = await run_users(storage, responses, 1, WARM_UP_USERS, min(concurrency, WARM_UP_USERS))
+        seconds, latencies, failed_timed = await run_users(storage, responses, 1_000, users, concurrency)
+    return users * 4 / seconds, latencies, failed + failed_timed
 
 
-async def in_process(users: int, concurrency: int) -> dict[str, dict[str, float]]:
-    with tempfile.TemporaryDirectory() as folder:
-        storage = await SQLAlchemyStorage.from_url(f"sqlite+aiosqlite:///{folder}/bot.db")
-        responses = SQLResponseStore(storage)
-        await responses.create_table()
-        sqlite = await dispatcher_throughput(storage, responses, users, concurrency)
-        await storage.close()
-    memory = await dispatcher_throughput(MemoryStorage(), NullResponses(), users, concurrency)
-    return {"SQLite (ours)": sqlite, "MemoryStorage": memory}
+async def throughput(
+    candidates: list[Candidate], levels: list[tuple[int, int]], rounds: int, progress: Callable[[Throughput], None]
+) -> list[Throughput]:
+    """Every candidate at every level, `rounds` times in alternating order so that none always goes first."""
+    results = []
+    for users, concurrency in levels:
+        here = [c for c in candidates if concurrency == 1 or not c.one_user_at_a_time_only]
+        measured: dict[str, list[tuple[float, list[float], int]]] = {c.name: [] for c in here}
+        for round_number in range(rounds):
+            for candidate in here if round_number % 2 == 0 else here[::-1]:
+                measured[candidate.name].append(await measure(candidate, users, concurrency))
+        for candidate in here:
+            samples = sorted(measured[candidate.name], key=lambda sample: sample[0])
+            speed, latencies, _ = samples[len(samples) // 2]
+            latencies.sort()
+            result = Throughput(
+                candidate.name,
+                users,
+                concurrency,
+                speed,
+                1000 * latencies[len(latencies) // 2],
+                1000 * latencies[int(len(latencies) * 0.99)],
+                sum(sample[2] for sample in samples),
+                [sample[0] for sample in measured[candidate.name]],
+            )
+            results.append(result)
+            progress(result)
+    return results
 
 
 def resident_mb(pid: int) -> float:
@@ -123,7 +167,7 @@ async def as_a_process(command: list[str], users: int, questionnaire: bool) -> d
         idle = resident_mb(pid)
 
         async def one_user(user_id: int) -> None:
-            texts = ANSWERS if questionnaire else ANSWERS[:1]
+            texts = answers(user_id) if questionnaire else ("/start",)
             for count, text in enumerate(texts, start=1):
                 await emulator.user_sends(user_id, {"text": text})
                 await emulator.bot_messages(user_id, count, wait=60)
@@ -133,9 +177,8 @@ async def as_a_process(command: list[str], users: int, questionnaire: bool) -> d
     return {"first_reply_samples": [first_reply], "idle_rss_mb": idle, "rss_after_users_mb": busy}
 
 
-async def whole_bot(quick: bool) -> dict[str, Any]:
+async def processes(quick: bool) -> dict[str, Any]:
     users = 10 if quick else 200
-    report: dict[str, Any] = {"dispatcher": await in_process(users, 5 if quick else 50)}
     bots = {
         "this bot": ([sys.executable, "main.py"], True),
         "bare aiogram echo bot": ([sys.executable, "-m", "benchmarks.echo_bot"], False),
@@ -150,24 +193,4 @@ async def whole_bot(quick: bool) -> dict[str, Any]:
                 process[name]["first_reply_samples"].append(first_reply)
     for numbers in process.values():
         numbers["first_reply_seconds"] = statistics.median(numbers["first_reply_samples"])
-    report["process"] = process
-    return report
-
-
-def run_whole_bot_benchmark(quick: bool = False) -> dict[str, Any]:
-    report = asyncio.run(whole_bot(quick))
-    print("\nThe whole bot, in process (real Dispatcher and handlers, mocked Bot API session)")
-    for name, numbers in report["dispatcher"].items():
-        print(f"  {name:16} {numbers['updates_per_second']:8.0f} updates/s  peak {numbers['peak_traced_mb']:.1f} MB")
-    print("\nThe whole bot as a process, against the emulator")
-    for name, numbers in report["process"].items():
-        print(
-            f"  {name:22} first reply after {numbers['first_reply_seconds']:.2f} s, "
-            f"RSS idle {numbers['idle_rss_mb']:.0f} MB, after the users {numbers['rss_after_users_mb']:.0f} MB"
-        )
-    ours, bare = report["process"]["this bot"], report["process"]["bare aiogram echo bot"]
-    print(
-        f"  difference: {ours['first_reply_seconds'] - bare['first_reply_seconds']:+.2f} s to the first reply "
-        f"(target <= 1), {ours['idle_rss_mb'] - bare['idle_rss_mb']:+.0f} MB idle (target <= 30)"
-    )
-    return report
+    return process

@@ -37,4 +37,6 @@ def unescape_value(value: Any) -> Any:
         return {unescape_key(key): unescape_value(item) for key, item in value.items()}
     if isinstance(value, list):
         return [unescape_value(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)  # PyMongo reads a 64-bit integer as bson.Int64: give back the plain int that was stored
     return value
