@@ -48,13 +48,17 @@ async def mongo_bot(
     folder = tmp_path_factory.mktemp("outage-mongo")
     server = WireProtocolServer(folder)
     server.start()
-    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
-        env = {"STORAGE": "mongo", "MONGO_URL": server.url, "MONGO_DB": "outage"}
-        bot = BotProcess(emulator, api_url, folder / "bot.log", env)
-        await bot.start()
-        yield bot, server
-        await bot.stop()
-    server.stop()
+    try:
+        async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
+            env = {"STORAGE": "mongo", "MONGO_URL": server.url, "MONGO_DB": "outage"}
+            bot = BotProcess(emulator, api_url, folder / "bot.log", env)
+            await bot.start()
+            try:
+                yield bot, server
+            finally:
+                await bot.stop()
+    finally:
+        server.stop()
 
 
 async def test_postgresql_goes_away_mid_questionnaire(postgres_bot: tuple[BotProcess, TcpProxy]) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from sqlalchemy import String, event, inspect, select, text
+import sqlalchemy.exc
+from sqlalchemy import Connection, String, event, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.pool import QueuePool, StaticPool
@@ -241,3 +242,32 @@ async def test_a_table_made_by_another_fsm_storage_is_a_start_up_error(tmp_path:
     await engine.dispose()
     with pytest.raises(SchemaError, match=r"aiogram_fsm_data has no column version, updated_at"):
         await create_sql_storages(url)
+
+
+class Escapes(BaseException):
+    """Not an Exception: what `except Exception` lets through."""
+
+
+def escape(connection: Connection) -> None:
+    raise Escapes
+
+
+def break_the_connection(connection: Connection) -> None:
+    connection.execute(text("SELECT 1"))
+    connection.connection.dbapi_connection.close()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("backend", backend_params("sqlite"), indirect=True)
+async def test_the_sqlite_thread_outlives_anything_a_call_raises(backend: Backend) -> None:
+    """Whatever one call raises, and even a connection that breaks under it, the next calls are served."""
+    storage = await backend.open(timeout=2)
+    assert isinstance(storage, SQLAlchemyStorage)
+    try:
+        with pytest.raises(Escapes):
+            await storage.run_in_transaction(escape)
+        with pytest.raises(sqlalchemy.exc.ProgrammingError):
+            await storage.run_in_transaction(break_the_connection)
+        await storage.set_state(storage_key(), "still served")
+        assert await storage.get_state(storage_key()) == "still served"
+    finally:
+        await storage.close()

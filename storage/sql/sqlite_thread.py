@@ -5,7 +5,9 @@ through the busy handler's sleeps, and the async driver hops threads several
 times per statement. Here each call is one hop to one thread that owns one
 connection and runs the call in one transaction of its own. The FSM storage
 and the completed-responses store share it, so a bot writes its file through
-one connection only.
+one connection only. Calls that arrive while the thread is busy are run one
+after another as soon as it is free, each in its own transaction, and their
+callers are woken together: one wake-up of the event loop for all of them.
 
 A call whose caller has given up (its time bound ran out) is never committed
 later: the user was told to send it again. Not started yet, it is dropped;
@@ -18,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import make_url
@@ -30,10 +33,21 @@ from sqlalchemy.pool import NullPool
 from storage.sql.engine import configure_sqlite
 
 T = TypeVar("T")
+# Callers woken together at most: the first of them waits for no more than this many transactions.
+MAX_BATCH = 64
 
 
 class _CallerGaveUp(Exception):
     """Nobody waits for this transaction's result any more: it is rolled back."""
+
+
+@dataclass
+class _Call(Generic[T]):
+    operation: Callable[[Connection], T]
+    context: contextvars.Context
+    future: asyncio.Future[T]
+    gave_up: bool = False  # set by the caller's task, read by the thread
+    outcome: tuple[Any, BaseException | None] = field(default=(None, None))
 
 
 class SQLiteThread:
@@ -42,49 +56,90 @@ class SQLiteThread:
         url = make_url(async_url).set(drivername="sqlite")
         self.engine: Engine = create_engine(url, poolclass=NullPool)
         configure_sqlite(self.engine)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
-        self._connection: Connection | None = None
+        self._calls: queue.SimpleQueue[_Call[Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="sqlite", daemon=True)
+        self._thread.start()
 
     async def run(self, operation: Callable[[Connection], T]) -> T:
         """Run `operation` in a transaction of its own; return once it is committed."""
         # The caller's context goes along, so its context variables (and SQLAlchemy events) see it.
-        context = contextvars.copy_context()
-        gave_up = threading.Event()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        call = _Call(operation, contextvars.copy_context(), future)
+        self._calls.put(call)
         try:
-            # Cancelling the awaiting task cancels the job too, if the thread has not started it.
-            return await asyncio.get_running_loop().run_in_executor(
-                self._executor, context.run, self._transaction, operation, gave_up
-            )
+            return await future
         except asyncio.CancelledError:
-            gave_up.set()
+            call.gave_up = True
             raise
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._disconnect)
-        self._executor.shutdown(wait=True)
+        self._calls.put(None)
+        await asyncio.to_thread(self._thread.join)
         self.engine.dispose()
 
-    def _transaction(self, operation: Callable[[Connection], T], gave_up: threading.Event) -> T:
-        connection = self._connection or self._connect()
+    def _serve(self) -> None:
+        connection: Connection | None = None
+        ran: list[_Call[Any]] = []  # run, their callers not woken yet
+        while True:
+            try:
+                call = self._calls.get_nowait() if ran else self._calls.get()
+            except queue.Empty:  # nothing else waiting: wake the callers of what ran
+                _wake(ran)
+                ran = []
+                continue
+            if call is None:
+                break
+            connection = self._transaction(connection, call)
+            ran.append(call)
+            if len(ran) == MAX_BATCH:
+                _wake(ran)
+                ran = []
+        _wake(ran)
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def _transaction(self, connection: Connection | None, call: _Call[Any]) -> Connection | None:
+        """Run one call; the connection to use next (None when this one broke: the next call opens another)."""
+        if call.gave_up:
+            call.outcome = (None, _CallerGaveUp())
+            return connection
         try:
-            result = operation(connection)
-            if gave_up.is_set():
+            connection = connection or self.engine.connect()
+            result = call.context.run(call.operation, connection)
+            if call.gave_up:
                 raise _CallerGaveUp
             connection.commit()
-        except BaseException:
+        except BaseException as error:  # whatever it is, it is the caller's: the thread goes on
+            call.outcome = (None, error)
             try:
-                connection.rollback()
-            except Exception:  # the connection itself is broken: the next call opens a new one
-                self._disconnect()
-            raise
-        return result
+                if connection is not None:
+                    connection.rollback()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    connection.close()  # type: ignore[union-attr]
+                return None
+            return connection
+        call.outcome = (result, None)
+        return connection
 
-    def _connect(self) -> Connection:
-        self._connection = self.engine.connect()
-        return self._connection
 
-    def _disconnect(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            with contextlib.suppress(Exception):  # already broken: nothing left to release
-                connection.close()
+def _wake(calls: list[_Call[Any]]) -> None:
+    """Settle the callers of `calls` on their event loops, one wake-up per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Call[Any]]] = {}
+    for call in calls:
+        by_loop.setdefault(call.future.get_loop(), []).append(call)
+    for loop, waiting in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there any more
+            loop.call_soon_threadsafe(_settle, waiting)
+
+
+def _settle(calls: list[_Call[Any]]) -> None:
+    for call in calls:
+        if call.future.done():  # its caller gave up
+            continue
+        result, error = call.outcome
+        if error is None:
+            call.future.set_result(result)
+        else:
+            call.future.set_exception(error)
