@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -77,3 +78,14 @@ async def test_bot_api_unreachable(tmp_path: Path) -> None:
     code, stderr = await run_bot(tmp_path, TELEGRAM_API_URL=f"http://127.0.0.1:{free_port()}")
     assert code == 2
     assert "cannot reach the Bot API" in the_one_error_line(stderr)
+
+
+async def test_a_table_another_fsm_storage_made(tmp_path: Path) -> None:
+    """aiogram-sqlalchemy-storage's table (no `version` column): refused at start-up, not failing every answer."""
+    with sqlite3.connect(tmp_path / "bot.db") as connection:
+        connection.execute("CREATE TABLE aiogram_fsm_data (id VARCHAR(255) PRIMARY KEY, state VARCHAR(255), data TEXT)")
+    code, stderr = await run_bot(tmp_path, DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/bot.db")
+    assert code == 2
+    line = the_one_error_line(stderr)
+    assert "the table aiogram_fsm_data has no column version, updated_at" in line
+    assert "rename or drop it" in line
