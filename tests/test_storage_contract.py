@@ -12,6 +12,7 @@ from aiogram.fsm.state import State, StatesGroup
 from aiogram.fsm.storage.base import BaseStorage, KeyBuilder, StorageKey
 from aiogram.fsm.storage.memory import MemoryStorage
 
+from storage import FsmStorage
 from tests.support.backends import ALL_BACKENDS, Backend, storage_key
 
 pytestmark = pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
@@ -232,3 +233,20 @@ async def test_emptying_state_then_data_leaves_no_record_on_a_fresh_storage(
         assert await backend.record_ids(fresh) == []
     finally:
         await fresh.close()
+
+
+async def test_delete_user_deletes_that_users_keys_in_every_chat_and_no_one_elses(
+    storage: BaseStorage, backend: Backend
+) -> None:
+    assert isinstance(storage, FsmStorage)
+    theirs = [StorageKey(bot_id=42, chat_id=chat, user_id=7) for chat in (7, -100, -1007)]
+    others = [StorageKey(bot_id=42, chat_id=7, user_id=user) for user in (17, 77, 71)]
+    topic = StorageKey(bot_id=42, chat_id=-100, user_id=7, thread_id=5)
+    for key in [*theirs, *others, topic]:
+        await storage.set_state(key, "Questionnaire:age")
+
+    assert await storage.delete_user(7) == 4
+
+    assert [await storage.get_state(key) for key in [*theirs, topic]] == [None] * 4
+    assert [await storage.get_state(key) for key in others] == ["Questionnaire:age"] * 3
+    assert len(await backend.record_ids(storage)) == 3
