@@ -12,12 +12,26 @@ from typing import cast
 
 import pytest
 import sqlalchemy.exc
-from sqlalchemy import Connection, String, event, inspect, select, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    event,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.pool import QueuePool, StaticPool
 
-from storage import CompletedResponse, SchemaError, SQLAlchemyStorage, StorageUnavailableError
+from storage import CompletedResponse, SchemaError, SQLAlchemyStorage, SQLResponseStore, StorageUnavailableError
 from storage.factory import create_sql_storages
 from storage.sql.statements import FsmStatements
 from tests.support.backends import SQL_BACKENDS, Backend, backend_params, storage_key
@@ -271,3 +285,32 @@ async def test_the_sqlite_thread_outlives_anything_a_call_raises(backend: Backen
         assert await storage.get_state(storage_key()) == "still served"
     finally:
         await storage.close()
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
+async def test_a_responses_table_from_before_response_ids_gets_the_column(sql_storage: SQLAlchemyStorage) -> None:
+    name = f"{sql_storage.table.name}_responses"
+    old_table = Table(
+        name,
+        MetaData(),
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("user_id", BigInteger, nullable=False),
+        Column("chat_id", BigInteger, nullable=False),
+        Column("answers", Text, nullable=False),
+        Column("completed_at", DateTime, nullable=False),
+    )
+    saved_before = {"user_id": 1, "chat_id": 1, "answers": '{"name": "Old"}', "completed_at": datetime(2026, 1, 1)}
+
+    def create_old(connection: Connection) -> None:
+        old_table.create(connection)
+        connection.execute(old_table.insert().values(saved_before))
+
+    await sql_storage.run_in_transaction(create_old)
+    try:
+        responses = SQLResponseStore(sql_storage, table_name=name)
+        await responses.create_table()
+        assert await responses.save(CompletedResponse("new", 1, 1, {"name": "New"}, datetime.now(UTC)))
+        assert not await responses.save(CompletedResponse("new", 1, 1, {"name": "New"}, datetime.now(UTC)))
+        assert [response.answers["name"] for response in await responses.for_user(1)] == ["Old", "New"]
+    finally:
+        await sql_storage.run_in_transaction(lambda connection: old_table.drop(connection))
