@@ -45,11 +45,18 @@ def user_key_pattern(key_builder: KeyBuilder, user_id: int) -> tuple[str, str]:
 
     Built from two keys that differ only in bot and chat, so it follows the key
     builder's own layout (prefix, separator, destiny) instead of guessing it.
+    ValueError when the builder does not end its keys with the user (the
+    pattern would match other users' keys too).
     """
     one, two = (key_builder.build(StorageKey(bot_id=n, chat_id=n, user_id=user_id)) for n in (1, 2))
     first = next(i for i, (a, b) in enumerate(zip(one, two, strict=True)) if a != b)
     last = next(i for i, (a, b) in enumerate(zip(one[::-1], two[::-1], strict=True)) if a != b)
-    return one[:first], one[len(one) - last :]
+    start, end = one[:first], one[len(one) - last :]
+    someone_else = key_builder.build(StorageKey(bot_id=1, chat_id=1, user_id=user_id + 1))
+    if not end or (someone_else.startswith(start) and someone_else.endswith(end)):
+        msg = f"{type(key_builder).__name__} does not end its keys with the user: their keys cannot be told apart"
+        raise ValueError(msg)
+    return start, end
 
 
 def as_utc(moment: datetime) -> datetime:

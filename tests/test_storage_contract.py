@@ -250,3 +250,26 @@ async def test_delete_user_deletes_that_users_keys_in_every_chat_and_no_one_else
     assert [await storage.get_state(key) for key in [*theirs, topic]] == [None] * 4
     assert [await storage.get_state(key) for key in others] == ["Questionnaire:age"] * 3
     assert len(await backend.record_ids(storage)) == 3
+
+
+async def test_delete_user_refuses_a_key_builder_that_hides_the_user(backend: Backend) -> None:
+    """Keys ending with the chat cannot be told apart by user: /forget must not delete everybody's."""
+
+    class ChatLast(KeyBuilder):
+        def build(self, key: StorageKey, part: str | None = None) -> str:
+            return f"k:{key.bot_id}:{key.user_id}:{key.chat_id}"
+
+    storage = await backend.open(key_builder=ChatLast())
+    try:
+        assert isinstance(storage, FsmStorage)
+        await storage.set_state(storage_key(8), "kept")
+        with pytest.raises(ValueError, match="does not end its keys with the user"):
+            await storage.delete_user(7)
+        assert await storage.get_state(storage_key(8)) == "kept"
+    finally:
+        await storage.close()
+
+
+async def test_update_data_with_nothing_leaves_no_record(storage: BaseStorage, backend: Backend) -> None:
+    assert await storage.update_data(storage_key(), {}) == {}
+    assert await backend.record_ids(storage) == []

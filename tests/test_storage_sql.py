@@ -33,6 +33,7 @@ from sqlalchemy.pool import QueuePool, StaticPool
 
 from storage import CompletedResponse, SchemaError, SQLAlchemyStorage, SQLResponseStore, StorageUnavailableError
 from storage.factory import create_sql_storages
+from storage.sql.sqlite_thread import ClosedError
 from storage.sql.statements import FsmStatements
 from tests.support.backends import SQL_BACKENDS, Backend, backend_params, storage_key
 
@@ -314,3 +315,21 @@ async def test_a_responses_table_from_before_response_ids_gets_the_column(sql_st
         assert [response.answers["name"] for response in await responses.for_user(1)] == ["Old", "New"]
     finally:
         await sql_storage.run_in_transaction(lambda connection: old_table.drop(connection))
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
+async def test_update_data_keeps_the_type_of_what_it_is_given(sql_storage: SQLAlchemyStorage) -> None:
+    """True equals 1 and 1.0 in Python, but a stored True must not stay 1. (nx-27017 cannot show this for Mongo.)"""
+    key = storage_key()
+    await sql_storage.set_data(key, {"flag": 1, "number": 1, "nested": {"x": 1}})
+    await sql_storage.update_data(key, {"flag": True, "number": 1.0, "nested": {"x": True}})
+    data = await sql_storage.get_data(key)
+    assert (type(data["flag"]), type(data["number"]), type(data["nested"]["x"])) == (bool, float, bool)
+
+
+@pytest.mark.parametrize("backend", backend_params("sqlite"), indirect=True)
+async def test_a_closed_storage_refuses_calls_instead_of_writing_another_way(backend: Backend) -> None:
+    storage = await backend.open()
+    await storage.close()
+    with pytest.raises(ClosedError):
+        await storage.set_state(storage_key(), "s")

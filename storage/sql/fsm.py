@@ -117,8 +117,7 @@ class SQLAlchemyStorage(FsmStorage):
 
     async def close(self) -> None:
         if self._sqlite is not None:
-            await self._sqlite.close()
-            self._sqlite = None
+            await self._sqlite.close()  # later calls raise instead of reaching the file another way
         if self._owned_engine is not None:
             await self._owned_engine.dispose()
 
@@ -178,9 +177,9 @@ class SQLAlchemyStorage(FsmStorage):
             """The merged data, written; None if another writer changed the row after it was read."""
             row = st.fetch(connection, key_id)
             current = self._loads(None if row is None else row.data)
+            if not patch:  # nothing to write (and an empty key must stay without a row)
+                return current
             merged = current | patch
-            if merged == current:
-                return merged
             text = self._dumps(merged)
             if row is None:
                 st.insert_data(connection, key_id, text)  # IntegrityError if another writer inserted first

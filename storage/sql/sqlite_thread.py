@@ -5,9 +5,10 @@ through the busy handler's sleeps, and the async driver hops threads several
 times per statement. Here each call is one hop to one thread that owns one
 connection and runs the call in one transaction of its own. The FSM storage
 and the completed-responses store share it, so a bot writes its file through
-one connection only. Calls that arrive while the thread is busy are run one
-after another as soon as it is free, each in its own transaction, and their
-callers are woken together: one wake-up of the event loop for all of them.
+one connection only. Calls that arrive while the thread is busy run one
+after another, each in its own transaction. A finished call's caller is woken
+at once, but while the event loop has not yet taken one wake-up, the calls
+finishing meanwhile join it: one wake-up for all of them, not one each.
 
 A call whose caller has given up (its time bound ran out) is never committed
 later: the user was told to send it again. Not started yet, it is dropped;
@@ -33,12 +34,14 @@ from sqlalchemy.pool import NullPool
 from storage.sql.engine import configure_sqlite
 
 T = TypeVar("T")
-# Callers woken together at most: the first of them waits for no more than this many transactions.
-MAX_BATCH = 64
 
 
 class _CallerGaveUp(Exception):
     """Nobody waits for this transaction's result any more: it is rolled back."""
+
+
+class ClosedError(RuntimeError):
+    """The storage was closed: nothing more runs on its SQLite thread."""
 
 
 @dataclass
@@ -57,11 +60,17 @@ class SQLiteThread:
         self.engine: Engine = create_engine(url, poolclass=NullPool)
         configure_sqlite(self.engine)
         self._calls: queue.SimpleQueue[_Call[Any] | None] = queue.SimpleQueue()
+        self._closed = False
+        # Finished calls whose callers are still to be woken, by event loop; guarded by the lock.
+        self._finished: dict[asyncio.AbstractEventLoop, list[_Call[Any]]] = {}
+        self._finished_lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name="sqlite", daemon=True)
         self._thread.start()
 
     async def run(self, operation: Callable[[Connection], T]) -> T:
         """Run `operation` in a transaction of its own; return once it is committed."""
+        if self._closed:
+            raise ClosedError("the storage is closed")
         # The caller's context goes along, so its context variables (and SQLAlchemy events) see it.
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         call = _Call(operation, contextvars.copy_context(), future)
@@ -73,31 +82,47 @@ class SQLiteThread:
             raise
 
     async def close(self) -> None:
+        self._closed = True
         self._calls.put(None)
         await asyncio.to_thread(self._thread.join)
         self.engine.dispose()
 
     def _serve(self) -> None:
         connection: Connection | None = None
-        ran: list[_Call[Any]] = []  # run, their callers not woken yet
-        while True:
-            try:
-                call = self._calls.get_nowait() if ran else self._calls.get()
-            except queue.Empty:  # nothing else waiting: wake the callers of what ran
-                _wake(ran)
-                ran = []
-                continue
-            if call is None:
-                break
+        while (call := self._calls.get()) is not None:
             connection = self._transaction(connection, call)
-            ran.append(call)
-            if len(ran) == MAX_BATCH:
-                _wake(ran)
-                ran = []
-        _wake(ran)
+            self._wake(call)
         if connection is not None:
             with contextlib.suppress(Exception):
                 connection.close()
+        # Anything queued behind the stop: its callers must not wait out their time bounds.
+        with contextlib.suppress(queue.Empty):
+            while (left := self._calls.get_nowait()) is not None:
+                left.outcome = (None, ClosedError("the storage was closed"))
+                self._wake(left)
+
+    def _wake(self, call: _Call[Any]) -> None:
+        """Settle `call` on its event loop, with the calls that finish before that loop gets to it."""
+        loop = call.future.get_loop()
+        with self._finished_lock:
+            waiting = self._finished.setdefault(loop, [])
+            waiting.append(call)
+            if len(waiting) > 1:  # a wake-up is already on its way
+                return
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there any more
+            loop.call_soon_threadsafe(self._settle, loop)
+
+    def _settle(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._finished_lock:
+            calls = self._finished.pop(loop, [])
+        for call in calls:
+            if call.future.done():  # its caller gave up
+                continue
+            result, error = call.outcome
+            if error is None:
+                call.future.set_result(result)
+            else:
+                call.future.set_exception(error)
 
     def _transaction(self, connection: Connection | None, call: _Call[Any]) -> Connection | None:
         """Run one call; the connection to use next (None when this one broke: the next call opens another)."""
@@ -122,24 +147,3 @@ class SQLiteThread:
             return connection
         call.outcome = (result, None)
         return connection
-
-
-def _wake(calls: list[_Call[Any]]) -> None:
-    """Settle the callers of `calls` on their event loops, one wake-up per loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[_Call[Any]]] = {}
-    for call in calls:
-        by_loop.setdefault(call.future.get_loop(), []).append(call)
-    for loop, waiting in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there any more
-            loop.call_soon_threadsafe(_settle, waiting)
-
-
-def _settle(calls: list[_Call[Any]]) -> None:
-    for call in calls:
-        if call.future.done():  # its caller gave up
-            continue
-        result, error = call.outcome
-        if error is None:
-            call.future.set_result(result)
-        else:
-            call.future.set_exception(error)
