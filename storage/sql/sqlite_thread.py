@@ -6,9 +6,9 @@ times per statement. Here each call is one hop to one thread that owns one
 connection and runs the call in one transaction of its own. The FSM storage
 and the completed-responses store share it, so a bot writes its file through
 one connection only. Calls that arrive while the thread is busy run one
-after another, each in its own transaction. A finished call's caller is woken
-at once, but while the event loop has not yet taken one wake-up, the calls
-finishing meanwhile join it: one wake-up for all of them, not one each.
+after another, each in its own transaction, and their callers are woken
+together when the queue is empty, or at the latest a millisecond after the
+first of them finished: one wake-up of the event loop for many calls.
 
 A call whose caller has given up (its time bound ran out) is never committed
 later: the user was told to send it again. Not started yet, it is dropped;
@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -34,6 +35,8 @@ from sqlalchemy.pool import NullPool
 from storage.sql.engine import configure_sqlite
 
 T = TypeVar("T")
+# Callers of finished calls are woken together, but never later than this after the first finished.
+MAX_WAKE_DELAY = 0.001
 
 
 class _CallerGaveUp(Exception):
@@ -89,28 +92,47 @@ class SQLiteThread:
 
     def _serve(self) -> None:
         connection: Connection | None = None
-        while (call := self._calls.get()) is not None:
+        finished: list[_Call[Any]] = []  # callers not woken yet
+        first_finished_at = 0.0
+        while True:
+            try:
+                call = self._calls.get_nowait() if finished else self._calls.get()
+            except queue.Empty:  # nothing else waiting: wake the callers of what ran
+                self._wake(finished)
+                finished = []
+                continue
+            if call is None:
+                break
+            if finished and time.monotonic() - first_finished_at > MAX_WAKE_DELAY:
+                self._wake(finished)  # a long queue (or a call stuck on a lock) must not hold them
+                finished = []
             connection = self._transaction(connection, call)
-            self._wake(call)
+            if not finished:
+                first_finished_at = time.monotonic()
+            finished.append(call)
+        self._wake(finished)
         if connection is not None:
             with contextlib.suppress(Exception):
                 connection.close()
         # Anything queued behind the stop: its callers must not wait out their time bounds.
+        left = []
         with contextlib.suppress(queue.Empty):
-            while (left := self._calls.get_nowait()) is not None:
-                left.outcome = (None, ClosedError("the storage was closed"))
-                self._wake(left)
+            while (call := self._calls.get_nowait()) is not None:
+                call.outcome = (None, ClosedError("the storage was closed"))
+                left.append(call)
+        self._wake(left)
 
-    def _wake(self, call: _Call[Any]) -> None:
-        """Settle `call` on its event loop, with the calls that finish before that loop gets to it."""
-        loop = call.future.get_loop()
-        with self._finished_lock:
-            waiting = self._finished.setdefault(loop, [])
-            waiting.append(call)
-            if len(waiting) > 1:  # a wake-up is already on its way
-                return
-        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there any more
-            loop.call_soon_threadsafe(self._settle, loop)
+    def _wake(self, calls: list[_Call[Any]]) -> None:
+        """Settle `calls` on their event loops: one wake-up per loop, joined by calls finishing before it runs."""
+        for call in calls:
+            loop = call.future.get_loop()
+            with self._finished_lock:
+                waiting = self._finished.setdefault(loop, [])
+                waiting.append(call)
+                if len(waiting) > 1:  # a wake-up is already on its way
+                    continue
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there any more
+                loop.call_soon_threadsafe(self._settle, loop)
 
     def _settle(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._finished_lock:
