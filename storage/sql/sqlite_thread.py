@@ -64,9 +64,6 @@ class SQLiteThread:
         configure_sqlite(self.engine)
         self._calls: queue.SimpleQueue[_Call[Any] | None] = queue.SimpleQueue()
         self._closed = False
-        # Finished calls whose callers are still to be woken, by event loop; guarded by the lock.
-        self._finished: dict[asyncio.AbstractEventLoop, list[_Call[Any]]] = {}
-        self._finished_lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name="sqlite", daemon=True)
         self._thread.start()
 
@@ -123,28 +120,13 @@ class SQLiteThread:
         self._wake(left)
 
     def _wake(self, calls: list[_Call[Any]]) -> None:
-        """Settle `calls` on their event loops: one wake-up per loop, joined by calls finishing before it runs."""
+        """Settle `calls` on their event loops: one wake-up per loop for all of them."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Call[Any]]] = {}
         for call in calls:
-            loop = call.future.get_loop()
-            with self._finished_lock:
-                waiting = self._finished.setdefault(loop, [])
-                waiting.append(call)
-                if len(waiting) > 1:  # a wake-up is already on its way
-                    continue
+            by_loop.setdefault(call.future.get_loop(), []).append(call)
+        for loop, waiting in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there any more
-                loop.call_soon_threadsafe(self._settle, loop)
-
-    def _settle(self, loop: asyncio.AbstractEventLoop) -> None:
-        with self._finished_lock:
-            calls = self._finished.pop(loop, [])
-        for call in calls:
-            if call.future.done():  # its caller gave up
-                continue
-            result, error = call.outcome
-            if error is None:
-                call.future.set_result(result)
-            else:
-                call.future.set_exception(error)
+                loop.call_soon_threadsafe(_settle, waiting)
 
     def _transaction(self, connection: Connection | None, call: _Call[Any]) -> Connection | None:
         """Run one call; the connection to use next (None when this one broke: the next call opens another)."""
@@ -169,3 +151,14 @@ class SQLiteThread:
             return connection
         call.outcome = (result, None)
         return connection
+
+
+def _settle(calls: list[_Call[Any]]) -> None:
+    for call in calls:
+        if call.future.done():  # its caller gave up
+            continue
+        result, error = call.outcome
+        if error is None:
+            call.future.set_result(result)
+        else:
+            call.future.set_exception(error)
