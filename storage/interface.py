@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from aiogram.fsm.storage.base import BaseStorage, KeyBuilder, StorageKey
+from aiogram.fsm.storage.base import BaseStorage, KeyBuilder, StateType, StorageKey
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,12 @@ class ResponseStore(Protocol):
 
 
 class FsmStorage(BaseStorage):
-    """An aiogram storage that can also delete every session of one user, in every chat (/forget)."""
+    """An aiogram storage that can also replace a key's state and data in one atomic write,
+    and delete every session of one user, in every chat (/forget)."""
+
+    @abstractmethod
+    async def set_state_and_data(self, key: StorageKey, state: StateType, data: Mapping[str, Any]) -> None:
+        """Replace the key's state and data at once: a reader sees both old or both new, never a mix."""
 
     @abstractmethod
     async def delete_user(self, user_id: int) -> int:

@@ -61,6 +61,7 @@ def calls_with(patches: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[
         st.tuples(st.just("set_state"), key_index, states),
         st.tuples(st.just("set_data"), key_index, dicts_of(leaves)),
         st.tuples(st.just("update_data"), key_index, patches),
+        st.tuples(st.just("set_state_and_data"), key_index, st.tuples(states, dicts_of(leaves))),
     )
 
 
@@ -76,6 +77,13 @@ async def apply(storage: BaseStorage, keys: list[StorageKey], call: Call) -> Any
     method, index, argument = call
     if method in ("get_state", "get_data"):
         return await getattr(storage, method)(keys[index])
+    if method == "set_state_and_data" and isinstance(storage, MemoryStorage):
+        # The oracle has no such call; its calls never interleave, so two in a row are one write.
+        state, data = argument
+        await storage.set_state(keys[index], state)
+        return await storage.set_data(keys[index], data)
+    if method == "set_state_and_data":
+        return await storage.set_state_and_data(keys[index], *argument)  # type: ignore[attr-defined]
     return await getattr(storage, method)(keys[index], argument)
 
 

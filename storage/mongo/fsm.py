@@ -135,6 +135,21 @@ class MongoStorage(FsmStorage):
         return _data_of(document)
 
     @database_call(MONGO_OUTAGES)
+    async def set_state_and_data(self, key: StorageKey, state: StateType, data: Mapping[str, Any]) -> None:
+        value = state.state if isinstance(state, State) else state
+        key_id = self._id(key)
+        if value is None and not data:
+            await self.collection.delete_one({"_id": key_id})
+            return
+        present = {"state": value, "data": escape_value(dict(data)) if data else None}
+        update: dict[str, Any] = {
+            "$set": {**{name: v for name, v in present.items() if v is not None}, "updated_at": datetime.now(UTC)}
+        }
+        if absent := {name: "" for name, v in present.items() if v is None}:
+            update["$unset"] = absent
+        await self.collection.update_one({"_id": key_id}, update, upsert=True)
+
+    @database_call(MONGO_OUTAGES)
     async def delete_user(self, user_id: int) -> int:
         """Delete the user's sessions in every chat (for /forget)."""
         start, end = user_key_pattern(self.key_builder, user_id)

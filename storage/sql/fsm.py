@@ -197,6 +197,13 @@ class SQLAlchemyStorage(FsmStorage):
         raise RuntimeError(msg)
 
     @database_call(SQL_OUTAGES)
+    async def set_state_and_data(self, key: StorageKey, state: StateType, data: Mapping[str, Any]) -> None:
+        value = state.state if isinstance(state, State) else state
+        key_id = self._id(key)
+        text = self._dumps(data) if data else None
+        await self._run(lambda st, connection: st.set_both(connection, key_id, value, text))
+
+    @database_call(SQL_OUTAGES)
     async def delete_user(self, user_id: int) -> int:
         """Delete the user's sessions in every chat (for /forget)."""
         start, end = user_key_pattern(self.key_builder, user_id)

@@ -73,6 +73,7 @@ class FsmStatements:
         self.read_sql = select(c.state, c.data, c.version).where(key)
         self.write_state_sql = _upsert(table, dialect, ("state",))
         self.write_data_sql = _upsert(table, dialect, ("data", "version"))
+        self.write_both_sql = _upsert(table, dialect, ("state", "data", "version"))
         self.insert_data_sql = insert(table).values(
             id=bindparam("key"), data=bindparam("new_data"), version=bindparam("new_version")
         )
@@ -86,12 +87,13 @@ class FsmStatements:
             "data": update(table).where(key).values(data=None, version=bindparam("new_version"), updated_at=func.now()),
         }
         self.delete_if_empty_sql = delete(table).where(key, c.state.is_(None), c.data.is_(None))
+        self.delete_sql = delete(table).where(key)
         self.delete_like_sql = delete(table).where(c.id.like(bindparam("pattern"), escape="/"))
         self._plain_update: dict[tuple[str, ...], Executable] = {
             names: update(table)
             .where(key)
             .values({**{name: bindparam(f"new_{name}") for name in names}, "updated_at": func.now()})
-            for names in (("state",), ("data", "version"))
+            for names in (("state",), ("data", "version"), ("state", "data", "version"))
         }
 
     # --- operations: each is one call's work, in one transaction ---------------
@@ -104,6 +106,14 @@ class FsmStatements:
 
     def set_data(self, connection: Connection, key: str, data: str) -> None:
         self._upsert(connection, self.write_data_sql, ("data", "version"), key, new_data=data)
+
+    def set_both(self, connection: Connection, key: str, state: str | None, data: str | None) -> None:
+        """Replace state and data in one statement; the row goes when both are empty."""
+        if state is None and data is None:
+            connection.execute(self.delete_sql, {"key": key})
+            return
+        names = ("state", "data", "version")
+        self._upsert(connection, self.write_both_sql, names, key, new_state=state, new_data=data)
 
     def clear_field(self, connection: Connection, key: str, field: Field) -> None:
         """Empty `state` or `data`; the row goes when both are empty.
