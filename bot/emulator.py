@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import json
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -94,7 +95,9 @@ class BotAPIEmulator:
         self.faults: list[Fault] = []
         self.webhook_url = ""
         self.webhook_secret: str | None = None
-        self._update_ids = itertools.count(1)
+        # Telegram numbers a bot's updates from a random start (and starts again at a random
+        # value after a week without updates), never from 1.
+        self._update_ids = itertools.count(random.randrange(1, 2**30))
         self._user_message_ids = itertools.count(1)
         self._new_update = asyncio.Condition()
         self._poller = 0

@@ -11,6 +11,7 @@ from aiogram.enums import ParseMode
 from aiogram.fsm.storage.base import BaseStorage
 from aiogram.fsm.storage.memory import SimpleEventIsolation
 
+from bot.apply_once import ApplyOnce
 from bot.retry import RetryRequests
 from config import Settings
 from handlers import get_routers
@@ -35,5 +36,7 @@ def create_dispatcher(storage: BaseStorage, responses: ResponseStore) -> Dispatc
     # One user's updates are handled one at a time, so a burst of answers
     # cannot interleave its reads and writes of that user's state.
     dispatcher = Dispatcher(storage=storage, events_isolation=SimpleEventIsolation(), responses=responses)
+    # Registered after the Dispatcher's own middlewares, so it runs inside the user's lock.
+    dispatcher.update.outer_middleware(ApplyOnce())
     dispatcher.include_routers(*get_routers())
     return dispatcher

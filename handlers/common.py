@@ -6,6 +6,7 @@ from aiogram import Router
 from aiogram.filters import Command, CommandStart
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.storage.base import BaseStorage
+from aiogram.methods import SendMessage
 from aiogram.types import BotCommand, Message, ReplyKeyboardRemove, User
 
 from handlers.questionnaire import start_questionnaire
@@ -31,22 +32,21 @@ HELP = (
 
 
 @router.message(CommandStart())
-async def start(message: Message, state: FSMContext) -> None:
-    await start_questionnaire(message, state)
+async def start(message: Message, state: FSMContext) -> SendMessage:
+    return await start_questionnaire(message, state)
 
 
 @router.message(Command("help"))
-async def show_help(message: Message) -> None:
-    await message.answer(HELP)
+async def show_help(message: Message) -> SendMessage:
+    return message.answer(HELP)
 
 
 @router.message(Command("cancel"))
-async def cancel(message: Message, state: FSMContext, raw_state: str | None) -> None:
+async def cancel(message: Message, state: FSMContext, raw_state: str | None) -> SendMessage:
     if raw_state is None:
-        await message.answer("Nothing to cancel. Send /start to begin the questionnaire.")
-        return
+        return message.answer("Nothing to cancel. Send /start to begin the questionnaire.")
     await state.clear()
-    await message.answer(
+    return message.answer(
         "Cancelled, and your answers so far are forgotten. Send /start to begin again.",
         reply_markup=ReplyKeyboardRemove(),
     )
@@ -55,13 +55,13 @@ async def cancel(message: Message, state: FSMContext, raw_state: str | None) -> 
 @router.message(Command("forget"))
 async def forget(
     message: Message, state: FSMContext, event_from_user: User, fsm_storage: BaseStorage, responses: ResponseStore
-) -> None:
+) -> SendMessage:
     if isinstance(fsm_storage, FsmStorage):
         await fsm_storage.delete_user(event_from_user.id)  # in every chat, not only this one
     else:
         await state.clear()  # a storage that cannot find a user's other chats (aiogram's own)
     deleted = await responses.delete_for_user(event_from_user.id)
-    await message.answer(
+    return message.answer(
         f"Done: I deleted your answers in progress and {deleted} finished questionnaire(s).",
         reply_markup=ReplyKeyboardRemove(),
     )

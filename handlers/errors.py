@@ -6,6 +6,7 @@ import logging
 
 from aiogram import Bot, Dispatcher, F, Router
 from aiogram.dispatcher.middlewares.user_context import EventContext
+from aiogram.exceptions import TelegramNetworkError, TelegramServerError
 from aiogram.filters import ExceptionTypeFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.types import ErrorEvent, Message, ReplyKeyboardRemove
@@ -59,7 +60,9 @@ async def is_corrupt(context: FSMContext) -> bool:
     return False
 
 
-@router.error(F.update.message.as_("message"))
+# Telegram unreachable: an answer would fail as well. The update stays unconfirmed
+# and Telegram delivers it again (bot/polling.py), so nothing is said now.
+@router.error(~ExceptionTypeFilter(TelegramNetworkError, TelegramServerError), F.update.message.as_("message"))
 async def unexpected_error(event: ErrorEvent, message: Message) -> None:
     logger.error("Update %s failed", event.update.update_id, exc_info=event.exception)
     await message.answer(SOMETHING_WENT_WRONG)

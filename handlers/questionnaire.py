@@ -1,4 +1,9 @@
-"""The questionnaire: name, age, favourite colour. Each answer is saved as soon as it is accepted."""
+"""The questionnaire: name, age, favourite colour.
+
+Handlers return their reply instead of sending it: bot/apply_once.py saves
+the state change first, then sends the reply, so a user is told an answer
+was taken only once it is saved.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from aiogram import F, Router, html
 from aiogram.filters import StateFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State
+from aiogram.methods import SendMessage
 from aiogram.types import KeyboardButton, Message, ReplyKeyboardMarkup, ReplyKeyboardRemove, User
 
 from states import Questionnaire
@@ -39,18 +45,18 @@ def colour_keyboard() -> ReplyKeyboardMarkup:
     )
 
 
-async def ask(message: Message, question: State, preface: str = "") -> None:
-    """Send the question for `question`, after an optional reason or greeting."""
+def ask(message: Message, question: State, preface: str = "") -> SendMessage:
+    """The question for `question`, after an optional reason or greeting."""
     keyboard = colour_keyboard() if question == Questionnaire.colour else ReplyKeyboardRemove()
     text = f"{preface}\n\n{QUESTIONS[question]}" if preface else QUESTIONS[question]
-    await message.answer(text, reply_markup=keyboard)
+    return message.answer(text, reply_markup=keyboard)
 
 
-async def start_questionnaire(message: Message, state: FSMContext) -> None:
+async def start_questionnaire(message: Message, state: FSMContext) -> SendMessage:
     await state.set_state(Questionnaire.name)
     # The id the completed response will be saved under: a resend after a failure cannot save it twice.
     await state.set_data({RESPONSE_ID: uuid.uuid4().hex})
-    await ask(message, Questionnaire.name, "Hi! Three quick questions. Send /cancel at any time to stop.")
+    return ask(message, Questionnaire.name, "Hi! Three quick questions. Send /cancel at any time to stop.")
 
 
 def short_text_problem(text: str, what: str) -> str | None:
@@ -63,41 +69,39 @@ def short_text_problem(text: str, what: str) -> str | None:
 
 
 @router.message(Questionnaire.name, F.text, ~F.text.startswith("/"))
-async def take_name(message: Message, state: FSMContext) -> None:
+async def take_name(message: Message, state: FSMContext) -> SendMessage:
     name = (message.text or "").strip()
     if problem := short_text_problem(name, "name"):
-        await ask(message, Questionnaire.name, problem)
-        return
+        return ask(message, Questionnaire.name, problem)
     await state.update_data(name=name)
     await state.set_state(Questionnaire.age)
-    await ask(message, Questionnaire.age, f"Nice to meet you, {html.quote(name)}!")
+    return ask(message, Questionnaire.age, f"Nice to meet you, {html.quote(name)}!")
 
 
 @router.message(Questionnaire.age, F.text, ~F.text.startswith("/"))
-async def take_age(message: Message, state: FSMContext) -> None:
+async def take_age(message: Message, state: FSMContext) -> SendMessage:
     text = (message.text or "").strip()
     if not re.fullmatch(r"\d{1,3}", text, flags=re.ASCII):
-        await ask(message, Questionnaire.age, "Please send your age as a whole number, like 30.")
-        return
+        return ask(message, Questionnaire.age, "Please send your age as a whole number, like 30.")
     age = int(text)
     if not MIN_AGE <= age <= MAX_AGE:
-        await ask(message, Questionnaire.age, f"The age must be between {MIN_AGE} and {MAX_AGE}.")
-        return
+        return ask(message, Questionnaire.age, f"The age must be between {MIN_AGE} and {MAX_AGE}.")
     await state.update_data(age=age)
     await state.set_state(Questionnaire.colour)
-    await ask(message, Questionnaire.colour)
+    return ask(message, Questionnaire.colour)
 
 
 @router.message(Questionnaire.colour, F.text, ~F.text.startswith("/"))
-async def take_colour(message: Message, state: FSMContext, event_from_user: User, responses: ResponseStore) -> None:
+async def take_colour(
+    message: Message, state: FSMContext, event_from_user: User, responses: ResponseStore
+) -> SendMessage:
     colour = (message.text or "").strip()
     if problem := short_text_problem(colour, "colour"):
-        await ask(message, Questionnaire.colour, problem)
-        return
+        return ask(message, Questionnaire.colour, problem)
     data = await state.get_data()
     answers = {name: value for name, value in data.items() if name != RESPONSE_ID} | {"colour": colour}
-    # Saved before the state is cleared: a failure at either step leaves the user at
-    # the last question, and resending the colour finishes the questionnaire once.
+    # Saved before the cleared state is written (after this returns): a failure in between
+    # leaves the user at the last question, and the colour again saves under the same id, once.
     await responses.save(
         CompletedResponse(
             # Sessions started before response ids existed get one now.
@@ -109,7 +113,7 @@ async def take_colour(message: Message, state: FSMContext, event_from_user: User
         )
     )
     await state.clear()
-    await message.answer(summary(answers), reply_markup=ReplyKeyboardRemove())
+    return message.answer(summary(answers), reply_markup=ReplyKeyboardRemove())
 
 
 def summary(answers: dict[str, object]) -> str:
@@ -124,11 +128,11 @@ def summary(answers: dict[str, object]) -> str:
 
 
 @router.message(StateFilter(Questionnaire))
-async def reprompt(message: Message, raw_state: str | None) -> None:
+async def reprompt(message: Message, raw_state: str | None) -> SendMessage:
     """Anything the current question can't use: a photo, a sticker, an unknown command."""
     question = next(state for state in QUESTIONS if state.state == raw_state)
     if message.text:
         reason = f"I don't know the command {html.quote(message.text.split()[0])}. Send /cancel to stop."
     else:
         reason = "I can only read text here."
-    await ask(message, question, reason)
+    return ask(message, question, reason)

@@ -154,13 +154,13 @@ async def test_finishing_twice_after_a_failure_keeps_one_response(
     for text in ("/start", "Ann", "30"):
         await chat.send(text)
     fsm = chat.storages.fsm
-    real_set_state = fsm.set_state
+    real_write = fsm.set_state_and_data
 
     async def fails_once(*args: Any, **kwargs: Any) -> None:
-        monkeypatch.setattr(fsm, "set_state", real_set_state)
+        monkeypatch.setattr(fsm, "set_state_and_data", real_write)
         raise StorageUnavailableError("the database went away")
 
-    monkeypatch.setattr(fsm, "set_state", fails_once)
+    monkeypatch.setattr(fsm, "set_state_and_data", fails_once)
     assert await chat.send("Blue") == [SEND_AGAIN]
 
     [summary] = await chat.send("Blue")

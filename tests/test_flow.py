@@ -39,7 +39,7 @@ async def test_full_flow_asks_three_questions_and_sums_up(chat: ChatHarness) -> 
     assert "Blue" in summary
     assert isinstance(chat.last_reply().reply_markup, ReplyKeyboardRemove)
     assert await chat.state() is None
-    assert await chat.data() == {}
+    assert await chat.answers() == {}
 
     [response] = await chat.storages.responses.for_user(1)
     assert response.answers == {"name": "Ann", "age": 30, "colour": "Blue"}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import random
 from datetime import UTC, datetime
 
 from aiogram import Bot, Dispatcher
 from aiogram.methods import SendMessage
 from aiogram.types import Chat, Message, PhotoSize, Sticker, Update, User, Voice
 
+from bot.apply_once import APPLIED
 from bot.setup import create_bot, create_dispatcher
 from handlers.questionnaire import RESPONSE_ID
 from storage import Storages
@@ -25,7 +27,8 @@ class ChatHarness:
         self.session = MockedSession()
         self.bot: Bot = create_bot(settings_for("sqlite:///unused.db"), session=self.session)
         self.dispatcher: Dispatcher = create_dispatcher(storages.fsm, storages.responses)
-        self._ids = itertools.count(1)
+        # Telegram numbers a bot's updates from a random start, so two harnesses never share ids.
+        self._ids = itertools.count(random.randrange(1, 2**30))
 
     def update(self, user_id: int, text: str | None = None, content: str = "text") -> Update:
         message_id = next(self._ids)
@@ -76,7 +79,8 @@ class ChatHarness:
 
     async def answers(self, user_id: int = 1) -> dict[str, object]:
         """The answers kept so far: the FSM data without the response id /start puts there."""
-        return {name: value for name, value in (await self.data(user_id)).items() if name != RESPONSE_ID}
+        kept = await self.data(user_id)
+        return {name: value for name, value in kept.items() if name not in (RESPONSE_ID, APPLIED)}
 
     async def restart(self) -> None:
         """Stop as the process would (storage closed), then build everything anew on the same database."""
