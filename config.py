@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     mongo_driver: MongoDriver = "pymongo"
     telegram_api_url: str | None = None
     log_level: str = "INFO"
+    # On SIGTERM or SIGINT, how long the updates in progress may take to finish;
+    # what is still running then is left for Telegram to deliver again.
+    shutdown_timeout: float = Field(20.0, ge=0, le=600)
 
     @field_validator("bot_token")
     @classmethod

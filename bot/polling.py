@@ -1,15 +1,38 @@
-"""Run the bot by long polling until SIGINT or SIGTERM."""
+"""Run the bot by long polling until SIGINT or SIGTERM, confirming only the updates it has finished.
+
+aiogram's own `start_polling` confirms an update as soon as it starts
+handling it, and a stop does not wait for the handlers still running: a
+crash or a deploy then loses the messages in flight. `Poller` keeps them:
+getUpdates' offset passes an update only once its handling has finished
+(bot/update_ledger.py), so after a crash Telegram delivers the unfinished
+ones again (and bot/apply_once.py keeps one that was already applied from
+being applied twice). On SIGINT or SIGTERM it stops fetching, gives the
+running handlers up to `shutdown_timeout` seconds, confirms what finished,
+and only then lets the session and the storage close.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from aiogram import Bot, Dispatcher
-from aiogram.exceptions import TelegramNetworkError, TelegramServerError, TelegramUnauthorizedError
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramNetworkError,
+    TelegramServerError,
+    TelegramUnauthorizedError,
+)
+from aiogram.types import Update
+from aiogram.utils.backoff import Backoff, BackoffConfig
 
 from bot.setup import create_bot, create_dispatcher
+from bot.update_ledger import UpdateLedger
 from config import Settings
 from handlers.common import COMMANDS
 from storage import SchemaError, StorageUnavailableError, create_storages
@@ -21,14 +44,153 @@ class StartupError(Exception):
     """The bot cannot start; the message says why and what to change."""
 
 
+POLL_SECONDS = 30
+# When getUpdates returns only updates already running, wait this long at most for one
+# of them to finish before asking again (it answers at once while any is unconfirmed).
+IDLE_WAIT_SECONDS = 0.5
+# Telegram unreachable or a second instance polling: retry, more slowly each time.
+FETCH_BACKOFF = BackoffConfig(min_delay=1.0, max_delay=30.0, factor=1.5, jitter=0.1)
+# Failures after which an update is worth delivering again rather than answering.
+TELEGRAM_OUTAGES = (TelegramNetworkError, TelegramServerError)
+
+
 async def run_polling(settings: Settings) -> None:
     async with running_bot(settings) as (bot, dispatcher):
-        await start_polling(bot, dispatcher)
+        await Poller(bot, dispatcher, settings.shutdown_timeout).run()
 
 
-async def start_polling(bot: Bot, dispatcher: Dispatcher) -> None:
-    """Poll until SIGINT, SIGTERM or `dispatcher.stop_polling()`."""
-    await dispatcher.start_polling(bot, allowed_updates=dispatcher.resolve_used_update_types())
+class Poller:
+    """Fetch updates and handle them concurrently; confirm each only once it is finished."""
+
+    def __init__(self, bot: Bot, dispatcher: Dispatcher, shutdown_timeout: float) -> None:
+        self.bot = bot
+        self.dispatcher = dispatcher
+        self.shutdown_timeout = shutdown_timeout
+        self.ledger = UpdateLedger()
+        self.workflow_data: dict[str, Any] = {"bots": [bot]}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._progress = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._forced = asyncio.Event()
+        self._confirmed = 0
+
+    def stop(self) -> None:
+        """Stop fetching and finish what is running; called a second time, stop waiting for it."""
+        if self._stopping.is_set():
+            self._forced.set()
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Poll until `stop()`, SIGINT or SIGTERM; then finish, confirm and run the shutdown hooks."""
+        await self.dispatcher.emit_startup(bot=self.bot, **self.workflow_data)
+        logger.info("Polling for updates")
+        try:
+            with self._stop_on_signals():
+                await self._poll()
+                await self._finish_running()
+        finally:
+            await self.dispatcher.emit_shutdown(bot=self.bot, **self.workflow_data)
+
+    async def _poll(self) -> None:
+        backoff = Backoff(FETCH_BACKOFF)
+        allowed_updates = self.dispatcher.resolve_used_update_types()
+        while not self._stopping.is_set():
+            self._progress.clear()  # before fetching, so a handler finishing meanwhile is not missed
+            try:
+                updates = await self._until_stopped(
+                    self.bot.get_updates(offset=self._offset(), timeout=POLL_SECONDS, allowed_updates=allowed_updates)
+                )
+            except TelegramAPIError as error:  # unreachable, 5xx, or 409: another instance polls
+                if isinstance(error, TelegramUnauthorizedError):
+                    raise
+                logger.warning("getUpdates failed (%s); trying again in %.1f s", error, backoff.next_delay)
+                await self._until_stopped(backoff.asleep())
+                continue
+            if updates is None:
+                return
+            backoff.reset()
+            started = self.ledger.take(update.update_id for update in updates)
+            by_id = {update.update_id: update for update in updates}
+            for update_id in started:
+                self._tasks[update_id] = asyncio.create_task(self._handle(by_id[update_id]))
+            if updates and not started:
+                # Telegram answered at once with updates already running: wait for one to finish.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._progress.wait(), IDLE_WAIT_SECONDS)
+
+    def _offset(self) -> int:
+        self._confirmed = self.ledger.offset
+        return self._confirmed
+
+    async def _until_stopped(self, call: Any) -> Any:
+        """Await `call` unless a stop comes first (then cancel it and return None)."""
+        task = asyncio.ensure_future(call)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return None
+        return task.result()
+
+    async def _handle(self, update: Update) -> None:
+        retry = False
+        try:
+            await self.dispatcher.feed_update(self.bot, update, **self.workflow_data)
+        except TELEGRAM_OUTAGES as error:
+            retry = True
+            logger.warning("Update %s left for Telegram to deliver again: %s", update.update_id, error)
+        except Exception:
+            logger.exception("Update %s failed", update.update_id)
+        finally:
+            del self._tasks[update.update_id]
+        if not self.ledger.finish(update.update_id, retry=retry):
+            logger.error("Update %s failed too many times; it is dropped", update.update_id)
+        self._progress.set()
+
+    async def _finish_running(self) -> None:
+        """Give running handlers up to `shutdown_timeout` s, confirm what finished, cancel the rest."""
+        running = set(self._tasks.values())
+        if running:
+            logger.info(
+                "Stopping: waiting up to %s s for %d update(s) in progress", self.shutdown_timeout, len(running)
+            )
+            forced = asyncio.ensure_future(self._forced.wait())
+            await asyncio.wait(running | {forced}, timeout=self.shutdown_timeout, return_when=asyncio.ALL_COMPLETED)
+            forced.cancel()
+        unfinished = [task for task in running if not task.done()]
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
+        if unfinished:
+            logger.warning("%d update(s) did not finish; Telegram will deliver them again", len(unfinished))
+        await self._confirm()
+
+    async def _confirm(self) -> None:
+        """Tell Telegram which updates are done: a getUpdates whose offset passes them."""
+        if self.ledger.offset == self._confirmed:
+            return
+        try:
+            await self.bot.get_updates(offset=self._offset(), limit=1, timeout=0)
+        except TelegramAPIError as error:
+            logger.warning("Could not confirm the last updates (%s); Telegram will deliver them again", error)
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Any:
+        loop = asyncio.get_running_loop()
+        signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+        try:
+            for sig in signals:
+                loop.add_signal_handler(sig, self.stop)
+        except (NotImplementedError, RuntimeError):  # not on Windows, not outside the main thread
+            signals = ()
+        try:
+            yield
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
 
 
 @asynccontextmanager

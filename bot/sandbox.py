@@ -13,10 +13,8 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from aiogram import Dispatcher
-
 from bot.emulator import BotAPIEmulator, running_emulator
-from bot.polling import running_bot, start_polling
+from bot.polling import Poller, running_bot
 from config import Settings
 
 SANDBOX_USER_ID = 100_000_001
@@ -36,14 +34,15 @@ async def run_sandbox(settings: Settings, stdin: TextIO = sys.stdin, stdout: Tex
         async with running_bot(bot_settings) as (bot, dispatcher):
             stdout.write(HELP.format(user=SANDBOX_USER_ID, where=describe_storage(settings)))
             stdout.flush()
-            chat = asyncio.create_task(terminal_chat(emulator, dispatcher, stdin, stdout))
+            poller = Poller(bot, dispatcher, settings.shutdown_timeout)
+            chat = asyncio.create_task(terminal_chat(emulator, poller, stdin, stdout))
             try:
-                await start_polling(bot, dispatcher)
+                await poller.run()
             finally:
                 chat.cancel()
 
 
-async def terminal_chat(emulator: BotAPIEmulator, dispatcher: Dispatcher, stdin: TextIO, stdout: TextIO) -> None:
+async def terminal_chat(emulator: BotAPIEmulator, poller: Poller, stdin: TextIO, stdout: TextIO) -> None:
     """Read lines as the user's messages and print the bot's answers, until end of input."""
     lines = read_lines_in_background(stdin)
     seen = 0
@@ -59,7 +58,7 @@ async def terminal_chat(emulator: BotAPIEmulator, dispatcher: Dispatcher, stdin:
         if keyboard := emulator.keyboard(SANDBOX_USER_ID):
             stdout.write(format_keyboard(keyboard))
         stdout.flush()
-    await dispatcher.stop_polling()
+    poller.stop()
 
 
 def message_for(text: str, keyboard: list[list[str]] | None) -> dict[str, Any]:

@@ -96,7 +96,7 @@ async def test_polling_backs_off_on_502_and_recovers(postgres_bot: tuple[BotProc
     while fault.count:  # noqa: ASYNC110 - the bot process is what changes it
         await asyncio.sleep(0.1)
     assert "What is your name?" in (await bot.say(3, "/start"))[0]
-    assert "Failed to fetch updates" in bot.output()
+    assert "getUpdates failed (Telegram server says - Bad Gateway); trying again in" in bot.output()
 
 
 async def test_sending_waits_out_429_and_retries(postgres_bot: tuple[BotProcess, TcpProxy]) -> None:

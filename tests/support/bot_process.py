@@ -80,6 +80,18 @@ class BotProcess:
         """A user sends `texts` (in one getUpdates batch); return the bot's new replies."""
         return await self.send(user_id, *({"text": text} for text in texts), replies=replies)
 
+    async def wait_for(self, user_id: int, part: str, wait: float = REPLY_SECONDS) -> list[str]:
+        """The bot's messages to `user_id`, once one contains `part` (after a restart a reply may come twice)."""
+        deadline = time.monotonic() + wait
+        while True:
+            texts = [str(message["text"]) for message in await self.emulator.bot_messages(user_id)]
+            if any(part in text for text in texts):
+                return texts
+            if time.monotonic() > deadline:
+                msg = f"no message with {part!r} in {texts}:\n{self.output()[-3000:]}"
+                raise AssertionError(msg)
+            await self.emulator.bot_messages(user_id, len(texts) + 1, wait=deadline - time.monotonic())
+
     async def send(self, user_id: int, *contents: dict[str, Any], replies: int | None = None) -> list[str]:
         before = len(await self.emulator.bot_messages(user_id))
         await self.emulator.user_sends(user_id, *contents)
