@@ -157,8 +157,10 @@ class Poller:
             logger.info(
                 "Stopping: waiting up to %s s for %d update(s) in progress", self.shutdown_timeout, len(running)
             )
+            all_done = asyncio.ensure_future(asyncio.wait(running))
             forced = asyncio.ensure_future(self._forced.wait())
-            await asyncio.wait(running | {forced}, timeout=self.shutdown_timeout, return_when=asyncio.ALL_COMPLETED)
+            await asyncio.wait({all_done, forced}, timeout=self.shutdown_timeout, return_when=asyncio.FIRST_COMPLETED)
+            all_done.cancel()  # only the waiting: the handlers themselves are cancelled below
             forced.cancel()
         unfinished = [task for task in running if not task.done()]
         for task in unfinished:
