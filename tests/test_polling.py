@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest_asyncio
 from aiogram import Bot, Dispatcher, F, Router
@@ -45,9 +45,10 @@ async def emulated() -> AsyncIterator[tuple[BotAPIEmulator, Bot]]:
         await session.close()
 
 
-async def eventually(condition: object, seconds: float = 10) -> None:
+async def eventually(condition: Callable[[], bool], seconds: float = 10) -> None:
+    """Wait until `condition()` holds; the handlers and the emulator change it as they run."""
     async with asyncio.timeout(seconds):
-        while not condition():  # type: ignore[operator]
+        while not condition():  # noqa: ASYNC110 - several objects change it, no one event
             await asyncio.sleep(0.02)
 
 
