@@ -9,40 +9,15 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.emulator import BotAPIEmulator, running_emulator
-from tests.support.backends import ALL_BACKENDS, MONGO_BACKENDS, SQL_URL_VARIABLES, Backend, make_backend
-from tests.support.bot_process import BotProcess
+from tests.support.backends import ALL_BACKENDS, MONGO_BACKENDS, SQL_URL_VARIABLES, make_backend
+from tests.support.bot_process import BotProcess, bot_environment, drop_bot_tables
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-async def drop_bot_tables(database_url: str) -> None:
-    engine = create_async_engine(database_url)
-    async with engine.begin() as connection:
-        for table in ("aiogram_fsm_data", "questionnaire_responses"):
-            await connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
-    await engine.dispose()
-
-
-def bot_environment(backend: Backend, folder: Path) -> dict[str, str]:
-    """The settings that point a bot process at `backend`."""
-    if backend.is_mongo:
-        return {
-            "STORAGE": "mongo",
-            "MONGO_URL": backend.url,
-            "MONGO_DB": backend.place,
-            "MONGO_DRIVER": backend.driver,
-        }
-    if backend.name == "sqlite":
-        return {"DATABASE_URL": f"sqlite+aiosqlite:///{folder / 'data' / 'bot.db'}"}
-    return {"DATABASE_URL": backend.url}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=ALL_BACKENDS)

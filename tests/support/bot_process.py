@@ -10,11 +10,37 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
 from bot.emulator import BotAPIEmulator
+from tests.support.backends import Backend
 
 ROOT = Path(__file__).resolve().parents[2]
 START_SECONDS = 60
 REPLY_SECONDS = 20
+
+
+async def drop_bot_tables(database_url: str) -> None:
+    engine = create_async_engine(database_url)
+    async with engine.begin() as connection:
+        for table in ("aiogram_fsm_data", "questionnaire_responses"):
+            await connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+    await engine.dispose()
+
+
+def bot_environment(backend: Backend, folder: Path) -> dict[str, str]:
+    """The settings that point a bot process at `backend`."""
+    if backend.is_mongo:
+        return {
+            "STORAGE": "mongo",
+            "MONGO_URL": backend.url,
+            "MONGO_DB": backend.place,
+            "MONGO_DRIVER": backend.driver,
+        }
+    if backend.name == "sqlite":
+        return {"DATABASE_URL": f"sqlite+aiosqlite:///{folder / 'data' / 'bot.db'}"}
+    return {"DATABASE_URL": backend.url}
 
 
 class BotProcess:

@@ -1,0 +1,147 @@
+"""No message lost across kill -9 and deploys: the real `python main.py`, many users, restarts at random moments.
+
+Sixty users fill in the questionnaire again and again, each waiting for the
+bot's answer before the next message, as people do (and never sending
+anything twice). Meanwhile the bot process is killed with SIGKILL several
+times at random moments, then stopped with SIGTERM several times, and
+started again each time; users keep writing while it is down. Every message
+must get its answer, no answer may be filed under the wrong question, and
+every summary (and every saved response) must hold exactly that user's
+answers. A reply may arrive twice after a restart (README: Delivery
+guarantees); nothing else may.
+
+One long scenario per backend: SQLite, PostgreSQL, MongoDB (PyMongo).
+`STORM_SEED` replays one run's random choices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from bot.emulator import BotAPIEmulator, running_emulator
+from storage import Storages
+from tests.support.backends import SQL_URL_VARIABLES, backend_params, make_backend
+from tests.support.bot_process import BotProcess, bot_environment, drop_bot_tables
+
+USERS = 60
+KILLS = 3
+TERMS = 3
+# A missing answer is a lost message; a restart takes a few seconds, so this is generous.
+REPLY_SECONDS = 60
+GREETING = "Hi! Three quick questions. Send /cancel at any time to stop.\n\nWhat is your name?"
+COLOUR_QUESTION = "What is your favourite colour? Pick one below or type your own."
+
+
+@dataclass
+class Person:
+    """One user: sends a message, waits for the answer to it, thinks a moment, goes on."""
+
+    user_id: int
+    rng: random.Random
+    rounds: list[dict[str, object]] = field(default_factory=list)
+    expected: set[str] = field(default_factory=set)
+
+    def script(self, round_number: int) -> list[tuple[str, str]]:
+        """(message, the answer it must get) for one questionnaire."""
+        name = f"U{self.user_id}r{round_number}"
+        age = self.rng.randint(1, 120)
+        colour = self.rng.choice(["Red", "Blue", f"Teal {self.user_id}", 'Ochre, with "quotes"'])
+        self.rounds.append({"name": name, "age": age, "colour": colour})
+        summary = (
+            f"Thank you, {name}! Here is what I saved:\n"
+            f"• Name: {name}\n• Age: {age}\n• Favourite colour: {colour}\n\n"
+            "Send /start to fill it in again."
+        )
+        steps = [
+            ("/start", GREETING),
+            (name, f"Nice to meet you, {name}!\n\nHow old are you?"),
+            (str(age), COLOUR_QUESTION),
+            (colour, summary),
+        ]
+        self.expected.update(answer for _, answer in steps)
+        return steps
+
+    async def talk(self, emulator: BotAPIEmulator, storm_over: asyncio.Event) -> None:
+        round_number = 0
+        while True:
+            for message, answer in self.script(round_number):
+                seen = len(await emulator.bot_messages(self.user_id))
+                await emulator.user_sends(self.user_id, {"text": message})
+                await self.wait_for(emulator, seen, answer, message)
+                await asyncio.sleep(self.rng.uniform(0.05, 0.6))
+            round_number += 1
+            if storm_over.is_set():
+                return
+
+    async def wait_for(self, emulator: BotAPIEmulator, seen: int, answer: str, message: str) -> None:
+        try:
+            async with asyncio.timeout(REPLY_SECONDS):
+                while True:
+                    texts = [m["text"] for m in await emulator.bot_messages(self.user_id)]
+                    if answer in texts[seen:]:
+                        return
+                    await emulator.bot_messages(self.user_id, len(texts) + 1, wait=REPLY_SECONDS)
+        except TimeoutError:
+            msg = f"user {self.user_id} got no answer to {message!r} in {REPLY_SECONDS} s: the message was lost"
+            raise AssertionError(msg) from None
+
+
+async def storm(bot: BotProcess, rng: random.Random) -> None:
+    """Kill the bot at random moments, then stop it gracefully; start it again each time."""
+    for sig in [signal.SIGKILL] * KILLS + [signal.SIGTERM] * TERMS:
+        await asyncio.sleep(rng.uniform(0.5, 3.0))
+        code = await bot.stop(sig, wait=60)
+        assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), bot.output()[-3000:]
+        await asyncio.sleep(rng.uniform(0, 1.0))  # users keep writing while it is down
+        await bot.start()
+
+
+@pytest.mark.parametrize("backend_name", backend_params("sqlite", "postgresql", "mongo-pymongo"))
+async def test_no_message_is_lost_or_misfiled_across_kills_and_deploys(
+    backend_name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    seed = int(os.environ.get("STORM_SEED", random.randrange(2**32)))
+    rng = random.Random(seed)
+    mongo = request.getfixturevalue("mongo_url") if backend_name.startswith("mongo") else None
+    backend = make_backend(backend_name, tmp_path, mongo)
+    if backend.name in SQL_URL_VARIABLES:
+        await drop_bot_tables(backend.url)
+    people = [Person(user_id, random.Random(rng.random())) for user_id in range(5000, 5000 + USERS)]
+    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
+        environment = bot_environment(backend, tmp_path)
+        if backend.name == "sqlite":
+            environment["DATABASE_URL"] = backend.url  # the file the test reads the responses from
+        bot = BotProcess(emulator, api_url, tmp_path / "bot.log", environment)
+        await bot.start()
+        storm_over = asyncio.Event()
+        users = asyncio.gather(*(person.talk(emulator, storm_over) for person in people))
+        try:
+            await storm(bot, rng)
+            storm_over.set()
+            await users
+        except BaseException as error:
+            users.cancel()
+            error.add_note(f"STORM_SEED={seed}; bot log: {bot.log_path}")
+            raise
+        finally:
+            await bot.stop()
+
+    for person in people:
+        texts = {m["text"] for m in await emulator.bot_messages(person.user_id)}
+        assert texts <= person.expected, f"STORM_SEED={seed}: user {person.user_id} was told {texts - person.expected}"
+    storages: Storages = await backend.open_storages()
+    try:
+        for person in people:
+            saved = await storages.responses.for_user(person.user_id)
+            kept = sorted((r.answers for r in saved), key=lambda answers: str(answers["name"]))
+            assert kept == sorted(person.rounds, key=lambda answers: str(answers["name"])), f"STORM_SEED={seed}"
+    finally:
+        await storages.close()
+        await backend.drop()
