@@ -72,7 +72,7 @@ class Poller:
         self._progress = asyncio.Event()
         self._stopping = asyncio.Event()
         self._forced = asyncio.Event()
-        self._confirmed = 0
+        self._confirmed = 0  # the offset of the last getUpdates that answered
 
     def stop(self) -> None:
         """Stop fetching and finish what is running; called a second time, stop waiting for it."""
@@ -97,8 +97,9 @@ class Poller:
         while not self._stopping.is_set():
             self._progress.clear()  # before fetching, so a handler finishing meanwhile is not missed
             try:
+                offset = self.ledger.offset
                 updates = await self._until_stopped(
-                    self.bot.get_updates(offset=self._offset(), timeout=POLL_SECONDS, allowed_updates=allowed_updates)
+                    self.bot.get_updates(offset=offset, timeout=POLL_SECONDS, allowed_updates=allowed_updates)
                 )
             except TelegramAPIError as error:  # unreachable, 5xx, or 409: another instance polls
                 if isinstance(error, TelegramUnauthorizedError):
@@ -108,6 +109,7 @@ class Poller:
                 continue
             if updates is None:
                 return
+            self._confirmed = offset
             backoff.reset()
             started = self.ledger.take(update.update_id for update in updates)
             by_id = {update.update_id: update for update in updates}
@@ -117,10 +119,6 @@ class Poller:
                 # Telegram answered at once with updates already running: wait for one to finish.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._progress.wait(), IDLE_WAIT_SECONDS)
-
-    def _offset(self) -> int:
-        self._confirmed = self.ledger.offset
-        return self._confirmed
 
     async def _until_stopped(self, call: Any) -> Any:
         """Await `call` unless a stop comes first (then cancel it and return None)."""
@@ -175,7 +173,7 @@ class Poller:
         if self.ledger.offset == self._confirmed:
             return
         try:
-            await self.bot.get_updates(offset=self._offset(), limit=1, timeout=0)
+            await self.bot.get_updates(offset=self.ledger.offset, limit=1, timeout=0)
         except TelegramAPIError as error:
             logger.warning("Could not confirm the last updates (%s); Telegram will deliver them again", error)
 

@@ -45,6 +45,16 @@ async def emulated() -> AsyncIterator[tuple[BotAPIEmulator, Bot]]:
         await session.close()
 
 
+def poll(bot: Bot, slow: SlowBot, shutdown_timeout: float) -> tuple[Poller, asyncio.Task[None]]:
+    poller = Poller(bot, slow.dispatcher, shutdown_timeout=shutdown_timeout)
+    return poller, asyncio.create_task(poller.run())
+
+
+async def a_slow_update_running(emulator: BotAPIEmulator, slow: SlowBot) -> None:
+    await emulator.user_sends(1, {"text": "slow"})
+    await eventually(lambda: slow.started["slow"] == 1)
+
+
 async def eventually(condition: Callable[[], bool], seconds: float = 10) -> None:
     """Wait until `condition()` holds; the handlers and the emulator change it as they run."""
     async with asyncio.timeout(seconds):
@@ -57,10 +67,8 @@ async def test_a_slow_update_is_started_once_and_holds_back_only_the_confirmatio
 ) -> None:
     emulator, bot = emulated
     slow = SlowBot()
-    poller = Poller(bot, slow.dispatcher, shutdown_timeout=5)
-    polling = asyncio.create_task(poller.run())
-    await emulator.user_sends(1, {"text": "slow"})
-    await eventually(lambda: slow.started["slow"] == 1)
+    poller, polling = poll(bot, slow, shutdown_timeout=5)
+    await a_slow_update_running(emulator, slow)
     for n in range(3):
         await emulator.user_sends(2, {"text": f"fast {n}"})
     await eventually(lambda: len(slow.finished) == 3)
@@ -77,10 +85,8 @@ async def test_a_slow_update_is_started_once_and_holds_back_only_the_confirmatio
 async def test_a_stop_waits_for_running_handlers_and_confirms_them(emulated: tuple[BotAPIEmulator, Bot]) -> None:
     emulator, bot = emulated
     slow = SlowBot()
-    poller = Poller(bot, slow.dispatcher, shutdown_timeout=10)
-    polling = asyncio.create_task(poller.run())
-    await emulator.user_sends(1, {"text": "slow"})
-    await eventually(lambda: slow.started["slow"] == 1)
+    poller, polling = poll(bot, slow, shutdown_timeout=10)
+    await a_slow_update_running(emulator, slow)
 
     poller.stop()
     await asyncio.sleep(0.2)
@@ -95,8 +101,7 @@ async def test_a_stop_waits_for_running_handlers_and_confirms_them(emulated: tup
 async def test_what_does_not_finish_in_time_is_left_for_the_next_start(emulated: tuple[BotAPIEmulator, Bot]) -> None:
     emulator, bot = emulated
     slow = SlowBot()
-    poller = Poller(bot, slow.dispatcher, shutdown_timeout=0.2)
-    polling = asyncio.create_task(poller.run())
+    poller, polling = poll(bot, slow, shutdown_timeout=0.2)
     await emulator.user_sends(1, {"text": "slow"}, {"text": "after"})
     await eventually(lambda: slow.finished == ["after"])
 
@@ -107,8 +112,7 @@ async def test_what_does_not_finish_in_time_is_left_for_the_next_start(emulated:
     slow.release.set()
     again = SlowBot()
     again.release.set()
-    poller = Poller(bot, again.dispatcher, shutdown_timeout=5)
-    polling = asyncio.create_task(poller.run())
+    poller, polling = poll(bot, again, shutdown_timeout=5)
     await eventually(lambda: "slow" in again.finished)
     poller.stop()
     await polling
@@ -118,10 +122,8 @@ async def test_what_does_not_finish_in_time_is_left_for_the_next_start(emulated:
 async def test_a_second_stop_does_not_wait(emulated: tuple[BotAPIEmulator, Bot]) -> None:
     emulator, bot = emulated
     slow = SlowBot()
-    poller = Poller(bot, slow.dispatcher, shutdown_timeout=60)
-    polling = asyncio.create_task(poller.run())
-    await emulator.user_sends(1, {"text": "slow"})
-    await eventually(lambda: slow.started["slow"] == 1)
+    poller, polling = poll(bot, slow, shutdown_timeout=60)
+    await a_slow_update_running(emulator, slow)
 
     poller.stop()
     await asyncio.sleep(0.1)
