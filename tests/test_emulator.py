@@ -132,6 +132,15 @@ async def test_get_updates_offset_limit_and_long_polling(served: tuple[BotAPIEmu
     assert update.message.entities[0].type == "bot_command"
 
 
+async def test_an_update_stays_until_a_higher_offset_confirms_it(served: tuple[BotAPIEmulator, str], bot: Bot) -> None:
+    emulator, _ = served
+    await emulator.user_sends(7, {"text": "one"}, {"text": "two"})
+    first = await bot.get_updates()
+    assert [u.update_id for u in await bot.get_updates(offset=first[0].update_id)] == [u.update_id for u in first]
+    await bot.get_updates(offset=first[0].update_id + 1)
+    assert [update["update_id"] for update in emulator.updates] == [first[1].update_id]
+
+
 async def test_allowed_updates_filters_and_persists(served: tuple[BotAPIEmulator, str], bot: Bot) -> None:
     emulator, _ = served
     await emulator.user_sends(7, {"text": "hello"})
