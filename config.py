@@ -10,14 +10,16 @@ import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 # @BotFather hands out "<bot id>:<35 characters>".
 _TOKEN_PATTERN = re.compile(r"^\d{1,20}:[A-Za-z0-9_-]{30,}$")
+_SECRET_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 # A plain `postgresql://` URL (as hosting panels print them) means "the usual
 # async driver for this database"; anything explicitly synchronous is an error.
@@ -69,6 +71,11 @@ class Settings(BaseSettings):
     # On SIGTERM or SIGINT, how long the updates in progress may take to finish;
     # what is still running then is left for Telegram to deliver again.
     shutdown_timeout: float = Field(20.0, ge=0, le=600)
+    # Setting WEBHOOK_URL switches from long polling to a webhook (see README: Scale out).
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    web_server_host: str = "0.0.0.0"
+    web_server_port: int = Field(8080, ge=1, le=65535)
 
     @field_validator("bot_token")
     @classmethod
@@ -93,6 +100,38 @@ class Settings(BaseSettings):
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("TELEGRAM_API_URL must be the base URL of a Bot API server, like http://localhost:8081")
         return value.rstrip("/")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url_is_http(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", value.strip()):
+            raise ValueError(
+                "WEBHOOK_URL must be the public URL Telegram posts to, like https://bot.example.com/webhook"
+            )
+        return value.strip()
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret_is_telegrams_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _SECRET_PATTERN.fullmatch(value.get_secret_value()):
+            raise ValueError("WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_has_a_secret(self) -> Settings:
+        if self.webhook_url and self.webhook_secret is None:
+            raise ValueError(
+                "WEBHOOK_SECRET is not set: a webhook needs one so that only Telegram can post updates "
+                "(1-256 characters of A-Z, a-z, 0-9, _ and -; for example from `openssl rand -hex 32`)"
+            )
+        return self
+
+    @property
+    def webhook_path(self) -> str:
+        """The path the webhook server answers on: WEBHOOK_URL's."""
+        return urlsplit(self.webhook_url or "").path or "/"
 
     @field_validator("log_level")
     @classmethod

@@ -46,19 +46,26 @@ def main(argv: list[str] | None = None) -> int:
     gc.disable()
     try:
         from bot.log import configure_logging
-        from bot.polling import StartupError, run_polling
+        from bot.polling import run_polling
+        from bot.running import StartupError
+        from bot.webhook import run_webhook
     finally:
         gc.freeze()
         gc.enable()
 
     # In the sandbox, INFO lines would bury the conversation.
     level = "WARNING" if args.sandbox and settings.log_level == "INFO" else settings.log_level
-    configure_logging(level, secrets=[settings.bot_token.get_secret_value()])
+    secrets = [settings.bot_token.get_secret_value()]
+    if settings.webhook_secret is not None:
+        secrets.append(settings.webhook_secret.get_secret_value())
+    configure_logging(level, secrets=secrets)
     try:
         if args.sandbox:
             from bot.sandbox import run_sandbox
 
             asyncio.run(run_sandbox(settings))
+        elif settings.webhook_url:
+            asyncio.run(run_webhook(settings))
         else:
             asyncio.run(run_polling(settings))
     except StartupError as error:

@@ -19,7 +19,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_LENGTH = 4096
 MAX_LONG_POLL_SECONDS = 50
+# Telegram gives up on a webhook request after about a minute and sends the update again.
+WEBHOOK_TIMEOUT_SECONDS = 60
 EMULATOR_BOT_TOKEN = "123456789:EMULATORTOKEN-emulator-token-000000"
 UPDATE_TYPES = ("message", "edited_message", "callback_query")
 
@@ -95,6 +97,7 @@ class BotAPIEmulator:
         self.faults: list[Fault] = []
         self.webhook_url = ""
         self.webhook_secret: str | None = None
+        self.webhook_targets: list[str] = []
         # Telegram numbers a bot's updates from a random start (and starts again at a random
         # value after a week without updates), never from 1.
         self._update_ids = itertools.count(random.randrange(1, 2**30))
@@ -127,6 +130,7 @@ class BotAPIEmulator:
         app.router.add_post("/_emulator/users/{user_id}/send", self._control_send)
         app.router.add_get("/_emulator/chats/{chat_id}", self._control_chat)
         app.router.add_post("/_emulator/faults", self._control_fault)
+        app.router.add_post("/_emulator/webhook_targets", self._control_webhook_targets)
         app.router.add_get("/_emulator/status", self._control_status)
         app.on_shutdown.append(self._end_long_polls)
         app.on_cleanup.append(self._stop_webhook)
@@ -391,6 +395,12 @@ class BotAPIEmulator:
         )
         return web.json_response({"ok": True})
 
+    async def _control_webhook_targets(self, request: web.Request) -> web.Response:
+        """Deliver webhooks round-robin to these addresses (replicas) instead of the webhook URL; [] undoes it."""
+        body = await request.json()
+        self.webhook_targets = [str(url) for url in body.get("urls", [])]
+        return web.json_response({"ok": True, "webhook_targets": self.webhook_targets})
+
     async def _control_status(self, _: web.Request) -> web.Response:
         return web.json_response(
             {
@@ -405,24 +415,81 @@ class BotAPIEmulator:
     # --- webhook delivery ----------------------------------------------------
 
     async def _deliver_by_webhook(self) -> None:
+        """Post updates as Telegram does: in order per chat, one in flight per chat, each until a 2xx.
+
+        A failed or timed-out delivery is retried later, with a growing delay;
+        chats do not wait for each other. With `webhook_targets` set (the
+        control API), deliveries go round-robin over those addresses instead
+        of the webhook URL, as a load balancer in front of replicas would.
+        """
         headers = {"X-Telegram-Bot-Api-Secret-Token": self.webhook_secret} if self.webhook_secret else {}
-        async with ClientSession(timeout=ClientTimeout(total=30)) as session:
-            while self.webhook_url:
-                async with self._new_update:
-                    if not self.updates:
-                        await self._new_update.wait()
-                    update = self.updates[0] if self.updates else None
-                if update is None:
-                    continue
-                try:
-                    async with session.post(self.webhook_url, json=update, headers=headers) as response:
-                        delivered = response.status == 200
-                except ClientError:
-                    delivered = False
+        busy_chats: set[int] = set()
+        attempts: dict[int, int] = {}
+        retry_at: dict[int, float] = {}
+        targets = itertools.count()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def deliver(session: ClientSession, update: dict[str, Any], chat: int) -> None:
+            update_id = update["update_id"]
+            addresses = self.webhook_targets or [self.webhook_url]
+            url = addresses[next(targets) % len(addresses)]
+            try:
+                async with session.post(url, json=update, headers=headers) as response:
+                    delivered = 200 <= response.status < 300
+            except (ClientError, TimeoutError):
+                delivered = False
+            async with self._new_update:
                 if delivered:
-                    self.updates.remove(update)
+                    self.updates = [kept for kept in self.updates if kept["update_id"] != update_id]
+                    attempts.pop(update_id, None)
+                    retry_at.pop(update_id, None)
                 else:
-                    await asyncio.sleep(1)  # Telegram retries a failed delivery later
+                    attempts[update_id] = attempts.get(update_id, 0) + 1
+                    retry_at[update_id] = time.monotonic() + min(0.2 * 2 ** attempts[update_id], 5.0)
+                busy_chats.discard(chat)
+                self._new_update.notify_all()
+
+        def ready() -> list[tuple[dict[str, Any], int]]:
+            """The first waiting update of each chat that has none in flight, if its retry time has come."""
+            now, seen, found = time.monotonic(), set(), []
+            for update in self.updates:
+                chat = _chat_of(update)
+                if chat in seen:
+                    continue
+                seen.add(chat)
+                if chat not in busy_chats and retry_at.get(update["update_id"], now) <= now:
+                    found.append((update, chat))
+            return found
+
+        async with ClientSession(timeout=ClientTimeout(total=WEBHOOK_TIMEOUT_SECONDS)) as session:
+            try:
+                await self._webhook_rounds(ready, deliver, session, busy_chats, tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _webhook_rounds(
+        self,
+        ready: Callable[[], list[tuple[dict[str, Any], int]]],
+        deliver: Callable[[ClientSession, dict[str, Any], int], Coroutine[Any, Any, None]],
+        session: ClientSession,
+        busy_chats: set[int],
+        tasks: set[asyncio.Task[None]],
+    ) -> None:
+        """Start a delivery for every chat that has an update ready, until the webhook is removed."""
+        while self.webhook_url:
+            async with self._new_update:
+                waiting = ready()
+                if not waiting:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._new_update.wait(), 0.1)
+                    continue
+                for update, chat in waiting:
+                    busy_chats.add(chat)
+                    task = asyncio.create_task(deliver(session, update, chat))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
 
     async def _stop_webhook(self, _app: web.Application | None = None) -> None:
         if self._webhook_task is not None:
@@ -464,6 +531,16 @@ def _message_content(content: dict[str, Any]) -> dict[str, Any]:
         return {"voice": {**file, "duration": 2, "mime_type": "audio/ogg"}}
     msg = f"unknown message kind {kind!r}: use text, photo, sticker or voice"
     raise ValueError(msg)
+
+
+def _chat_of(update: dict[str, Any]) -> int:
+    """The chat an update belongs to: Telegram keeps each chat's updates in order."""
+    for kind in ("message", "edited_message"):
+        if kind in update:
+            return int(update[kind]["chat"]["id"])
+    if "callback_query" in update:
+        return int(update["callback_query"]["from"]["id"])
+    return 0
 
 
 def _button_text(button: Any) -> str:

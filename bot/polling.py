@@ -16,9 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from aiogram import Bot, Dispatcher
@@ -31,17 +28,11 @@ from aiogram.exceptions import (
 from aiogram.types import Update
 from aiogram.utils.backoff import Backoff, BackoffConfig
 
-from bot.setup import create_bot, create_dispatcher
+from bot.running import running_bot, stop_on_signals
 from bot.update_ledger import UpdateLedger
 from config import Settings
-from handlers.common import COMMANDS
-from storage import SchemaError, StorageUnavailableError, create_storages
 
 logger = logging.getLogger(__name__)
-
-
-class StartupError(Exception):
-    """The bot cannot start; the message says why and what to change."""
 
 
 POLL_SECONDS = 30
@@ -85,7 +76,7 @@ class Poller:
         await self.dispatcher.emit_startup(bot=self.bot, **self.workflow_data)
         logger.info("Polling for updates")
         try:
-            with self._stop_on_signals():
+            with stop_on_signals(self.stop):
                 await self._poll()
                 await self._finish_running()
         finally:
@@ -176,52 +167,3 @@ class Poller:
             await self.bot.get_updates(offset=self.ledger.offset, limit=1, timeout=0)
         except TelegramAPIError as error:
             logger.warning("Could not confirm the last updates (%s); Telegram will deliver them again", error)
-
-    @contextlib.contextmanager
-    def _stop_on_signals(self) -> Any:
-        loop = asyncio.get_running_loop()
-        signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
-        try:
-            for sig in signals:
-                loop.add_signal_handler(sig, self.stop)
-        except (NotImplementedError, RuntimeError):  # not on Windows, not outside the main thread
-            signals = ()
-        try:
-            yield
-        finally:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
-
-
-@asynccontextmanager
-async def running_bot(settings: Settings) -> AsyncIterator[tuple[Bot, Dispatcher]]:
-    """Storages connected, token checked, commands published; everything closed on exit."""
-    try:
-        storages = await create_storages(settings)
-    except (StorageUnavailableError, SchemaError) as error:
-        raise StartupError(str(error)) from None
-    bot = create_bot(settings)
-    try:
-        await introduce(bot)
-        yield bot, create_dispatcher(storages.fsm, storages.responses)
-    finally:
-        await bot.session.close()
-        await storages.close()
-
-
-async def introduce(bot: Bot) -> None:
-    """Check the token, switch to polling and publish the command menu."""
-    try:
-        me = await bot.get_me()
-    except TelegramUnauthorizedError:
-        msg = "Telegram rejected BOT_TOKEN (401 Unauthorized): copy the token from @BotFather again"
-        raise StartupError(msg) from None
-    except (TelegramNetworkError, TelegramServerError) as error:
-        server = bot.session.api.base.split("/bot")[0]
-        reason = type(error).__name__
-        msg = f"cannot reach the Bot API at {server} ({reason}): check the network or TELEGRAM_API_URL"
-        raise StartupError(msg) from None
-    # Updates sent while the bot was down are answered, not dropped.
-    await bot.delete_webhook(drop_pending_updates=False)
-    await bot.set_my_commands(COMMANDS)
-    logger.info("Bot @%s (id %s) is starting", me.username, me.id)

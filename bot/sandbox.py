@@ -14,7 +14,8 @@ import threading
 from typing import Any, TextIO
 
 from bot.emulator import BotAPIEmulator, running_emulator
-from bot.polling import Poller, running_bot
+from bot.polling import Poller
+from bot.running import running_bot
 from config import Settings
 
 SANDBOX_USER_ID = 100_000_001
@@ -30,7 +31,7 @@ SPECIAL_MESSAGES = {":photo": {"kind": "photo"}, ":sticker": {"kind": "sticker"}
 async def run_sandbox(settings: Settings, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
     emulator = BotAPIEmulator(settings.bot_token.get_secret_value())
     async with running_emulator(emulator) as (_, api_url):
-        bot_settings = settings.model_copy(update={"telegram_api_url": api_url})
+        bot_settings = settings.model_copy(update={"telegram_api_url": api_url, "webhook_url": None})
         async with running_bot(bot_settings) as (bot, dispatcher):
             stdout.write(HELP.format(user=SANDBOX_USER_ID, where=describe_storage(settings)))
             stdout.flush()

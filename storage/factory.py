@@ -71,8 +71,9 @@ async def create_mongo_storages(
     fsm = MongoStorage.from_url(url, driver, db_name=db_name, timeout=timeout)
     try:
         await fsm.ping()
-    except PyMongoError as error:
+    except (StorageUnavailableError, PyMongoError) as error:  # unreachable, or refused (authentication)
         await fsm.close()
-        msg = f"cannot reach MongoDB ({type(error).__name__}): check MONGO_URL and that the server runs"
+        reason = type(error.__cause__ or error).__name__
+        msg = f"cannot reach MongoDB ({reason}): check MONGO_URL and that the server runs"
         raise StorageUnavailableError(msg) from error
     return Storages(fsm=fsm, responses=MongoResponseStore(fsm.database, timeout=timeout))

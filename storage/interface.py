@@ -42,6 +42,10 @@ class FsmStorage(BaseStorage):
         """Replace the key's state and data at once: a reader sees both old or both new, never a mix."""
 
     @abstractmethod
+    async def ping(self) -> None:
+        """Return once the database answers; StorageUnavailableError if it does not (for health checks)."""
+
+    @abstractmethod
     async def delete_user(self, user_id: int) -> int:
         """Delete every key of `user_id`; return how many there were."""
 

@@ -79,8 +79,9 @@ class MongoStorage(FsmStorage):
         storage._owns_client = True
         return storage
 
+    @database_call(MONGO_OUTAGES)
     async def ping(self) -> None:
-        """Raise a PyMongoError unless the server answers (within serverSelectionTimeoutMS)."""
+        """Raise StorageUnavailableError unless the server answers (within serverSelectionTimeoutMS)."""
         await self.database.command("ping")
 
     async def close(self) -> None:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar, cast
 from aiogram.exceptions import DataNotDictLikeError
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import DefaultKeyBuilder, KeyBuilder, StateType, StorageKey
-from sqlalchemy import Connection, Engine, MetaData
+from sqlalchemy import Connection, Engine, MetaData, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -132,6 +132,11 @@ class SQLAlchemyStorage(FsmStorage):
             return await self._sqlite.run(operation)
         async with self.sessionmaker.begin() as session:
             return await session.run_sync(lambda sync_session: operation(sync_session.connection()))
+
+    @database_call(SQL_OUTAGES)
+    async def ping(self) -> None:
+        """Raise StorageUnavailableError unless the database answers."""
+        await self.run_in_transaction(lambda connection: connection.execute(text("SELECT 1")))
 
     # --- BaseStorage -------------------------------------------------------
 

@@ -1,0 +1,84 @@
+"""Start and stop the bot, whichever way updates arrive: storages, token check, commands, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+from aiogram import Bot, Dispatcher
+from aiogram.exceptions import TelegramNetworkError, TelegramServerError, TelegramUnauthorizedError
+
+from bot.setup import create_bot, create_dispatcher
+from config import Settings
+from handlers.common import COMMANDS
+from storage import SchemaError, StorageUnavailableError, create_storages
+
+logger = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The bot cannot start; the message says why and what to change."""
+
+
+@asynccontextmanager
+async def running_bot(settings: Settings) -> AsyncIterator[tuple[Bot, Dispatcher]]:
+    """Storages connected, token checked, commands published; everything closed on exit."""
+    try:
+        storages = await create_storages(settings)
+    except (StorageUnavailableError, SchemaError) as error:
+        raise StartupError(str(error)) from None
+    bot = create_bot(settings)
+    try:
+        dispatcher = create_dispatcher(storages.fsm, storages.responses)
+        await introduce(bot, dispatcher, settings)
+        yield bot, dispatcher
+    finally:
+        await bot.session.close()
+        await storages.close()
+
+
+async def introduce(bot: Bot, dispatcher: Dispatcher, settings: Settings) -> None:
+    """Check the token, switch to polling or to the webhook, and publish the command menu."""
+    try:
+        me = await bot.get_me()
+    except TelegramUnauthorizedError:
+        msg = "Telegram rejected BOT_TOKEN (401 Unauthorized): copy the token from @BotFather again"
+        raise StartupError(msg) from None
+    except (TelegramNetworkError, TelegramServerError) as error:
+        server = bot.session.api.base.split("/bot")[0]
+        reason = type(error).__name__
+        msg = f"cannot reach the Bot API at {server} ({reason}): check the network or TELEGRAM_API_URL"
+        raise StartupError(msg) from None
+    # Updates sent while the bot was down are answered, not dropped.
+    if settings.webhook_url and settings.webhook_secret:
+        # Every replica sets it: the same URL and secret, so the last one changes nothing.
+        await bot.set_webhook(
+            settings.webhook_url,
+            secret_token=settings.webhook_secret.get_secret_value(),
+            allowed_updates=dispatcher.resolve_used_update_types(),
+            drop_pending_updates=False,
+        )
+    else:
+        await bot.delete_webhook(drop_pending_updates=False)
+    await bot.set_my_commands(COMMANDS)
+    logger.info("Bot @%s (id %s) is starting", me.username, me.id)
+
+
+@contextmanager
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """Call `stop` on SIGINT and SIGTERM while inside (where the platform allows it)."""
+    loop = asyncio.get_running_loop()
+    signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+    try:
+        for sig in signals:
+            loop.add_signal_handler(sig, stop)
+    except (NotImplementedError, RuntimeError):  # not on Windows, not outside the main thread
+        signals = ()
+    try:
+        yield
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
