@@ -122,9 +122,9 @@ class ApplyOnce(BaseMiddleware):
     ) -> Any:
         if update.update_id != applied[-1] or reply is None:
             # A later message of this user was handled after it: that one's reply is the one that counts.
-            logger.info("Update %s was applied before a restart; not applied again", update.update_id)
+            logger.info("Update %s was applied already (delivered again); not applied again", update.update_id)
             return None
-        logger.info("Update %s was applied before a restart; sending its reply again", update.update_id)
+        logger.info("Update %s was applied already (delivered again); sending its reply again", update.update_id)
         return await send_reply(bot, load_reply(reply))
 
 

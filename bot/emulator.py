@@ -482,8 +482,12 @@ class BotAPIEmulator:
             async with self._new_update:
                 waiting = ready()
                 if not waiting:
+                    # Woken by a new update or a finished delivery; or soon, for a retry that comes due.
+                    # (asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+                    # cancellation that deleteWebhook and shutdown use to end this loop.)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._new_update.wait(), 0.1)
+                        async with asyncio.timeout(0.1):
+                            await self._new_update.wait()
                     continue
                 for update, chat in waiting:
                     busy_chats.add(chat)

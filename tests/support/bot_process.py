@@ -59,9 +59,9 @@ class BotProcess:
         self.process: asyncio.subprocess.Process | None = None
         self._log: IO[bytes] | None = None
 
-    async def start(self) -> None:
-        """Start the bot and wait until it polls."""
-        polls_before = self.emulator.calls.count("getUpdates")
+    async def start(self, ready_on: str = "getUpdates") -> None:
+        """Start the bot and wait until it calls `ready_on` (getUpdates: it polls)."""
+        polls_before = self.emulator.calls.count(ready_on)
         self._log = self.log_path.open("ab")
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -74,12 +74,12 @@ class BotProcess:
             stderr=asyncio.subprocess.STDOUT,
         )
         deadline = time.monotonic() + START_SECONDS
-        while self.emulator.calls.count("getUpdates") == polls_before:
+        while self.emulator.calls.count(ready_on) == polls_before:
             if self.process.returncode is not None:
                 msg = f"the bot exited with {self.process.returncode}:\n{self.output()}"
                 raise AssertionError(msg)
             if time.monotonic() > deadline:
-                msg = f"the bot did not poll within {START_SECONDS} s:\n{self.output()}"
+                msg = f"the bot did not call {ready_on} within {START_SECONDS} s:\n{self.output()}"
                 raise AssertionError(msg)
             await asyncio.sleep(0.05)
 

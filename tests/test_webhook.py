@@ -1,0 +1,143 @@
+"""Webhook mode: the real `python main.py` with WEBHOOK_URL, the emulator posting updates to it as Telegram does."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from aiohttp import ClientSession
+from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
+
+from bot.emulator import BotAPIEmulator, Fault, running_emulator
+from bot.setup import create_bot, create_dispatcher
+from bot.webhook import webhook_app
+from storage import create_storages
+from tests.support.backends import settings_for
+from tests.support.bot_process import BotProcess
+from tests.support.tcp_proxy import proxied
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+SECRET = "test-secret_0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def replica(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[BotProcess, str]]:
+    folder = tmp_path_factory.mktemp("webhook")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
+        process = BotProcess(
+            emulator,
+            api_url,
+            folder / "bot.log",
+            {
+                "DATABASE_URL": f"sqlite+aiosqlite:///{folder / 'bot.db'}",
+                "WEBHOOK_URL": f"{base}/telegram/updates",
+                "WEBHOOK_SECRET": SECRET,
+                "WEB_SERVER_HOST": "127.0.0.1",
+                "WEB_SERVER_PORT": str(port),
+            },
+        )
+        await process.start(ready_on="setWebhook")
+        await until_healthy(base)
+        yield process, base
+        assert await process.stop(signal.SIGTERM) == 0
+        assert SECRET not in process.output()
+
+
+async def until_healthy(base: str) -> None:
+    async with ClientSession() as session, asyncio.timeout(30):
+        while True:
+            try:
+                async with session.get(f"{base}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            await asyncio.sleep(0.05)
+
+
+async def test_the_questionnaire_runs_by_webhook(replica: tuple[BotProcess, str]) -> None:
+    bot, _ = replica
+    assert bot.emulator.webhook_url.endswith("/telegram/updates")
+    assert bot.emulator.webhook_secret == SECRET
+    assert "getUpdates" not in bot.emulator.calls
+    assert "deleteWebhook" not in bot.emulator.calls
+    assert "What is your name?" in (await bot.say(1, "/start"))[0]
+    assert "How old are you?" in (await bot.say(1, "Ann"))[0]
+    assert "favourite colour" in (await bot.say(1, "30"))[0]
+    [summary] = await bot.say(1, "Blue")
+    assert "Name: Ann" in summary
+    assert "Age: 30" in summary
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-Telegram-Bot-Api-Secret-Token": "wrong"}], ids=["missing", "wrong"])
+async def test_a_request_without_the_secret_gets_401_and_changes_nothing(
+    replica: tuple[BotProcess, str], headers: dict[str, str]
+) -> None:
+    bot, base = replica
+    await bot.say(2, "/start")
+    before = await bot.emulator.bot_messages(2)
+    forged = {
+        "update_id": 1,
+        "message": {
+            "message_id": 1,
+            "date": 0,
+            "chat": {"id": 2, "type": "private"},
+            "from": {"id": 2, "is_bot": False, "first_name": "Mallory"},
+            "text": "Mallory",
+        },
+    }
+    async with ClientSession() as session, session.post(f"{base}/telegram/updates", json=forged, headers=headers) as r:
+        assert r.status == 401
+    assert "How old are you?" in (await bot.say(2, "Ann"))[0]  # still at the first question
+    assert len(await bot.emulator.bot_messages(2)) == len(before) + 1
+
+
+async def test_an_update_whose_reply_failed_is_posted_again_and_answered(replica: tuple[BotProcess, str]) -> None:
+    """sendMessage fails past the retries: the webhook answers 500, the emulator (as Telegram) posts it again."""
+    bot, _ = replica
+    await bot.say(3, "/start")
+    bot.emulator.faults.append(Fault(method="sendMessage", status=502, count=3))
+    [reply] = await bot.say(3, "Ann")
+    assert "How old are you?" in reply
+    assert "Update" in bot.output()
+    assert "favourite colour" in (await bot.say(3, "30"))[0]
+
+
+async def test_healthz_answers_503_while_the_database_does_not() -> None:
+    """The webhook app on PostgreSQL through a proxy the test cuts, as a load balancer would probe it."""
+    url = os.environ.get("POSTGRES_TEST_URL")
+    if not url:
+        pytest.skip("POSTGRES_TEST_URL is not set")
+    async with proxied(url, 5432) as (proxy, through_proxy):
+        settings = settings_for(through_proxy).model_copy(
+            update={"webhook_url": "https://bot.example/hook", "webhook_secret": SecretStr(SECRET)}
+        )
+        storages = await create_storages(settings)
+        storages.fsm.timeout = 2  # type: ignore[attr-defined]
+        bot = create_bot(settings)
+        app = webhook_app(bot, create_dispatcher(storages.fsm, storages.responses), settings)
+        try:
+            async with TestClient(TestServer(app)) as client:
+                assert (await client.get("/healthz")).status == 200
+                proxy.down()
+                assert (await client.get("/healthz")).status == 503
+                proxy.up()
+                assert (await client.get("/healthz")).status == 200
+        finally:
+            await bot.session.close()
+            await storages.close()
