@@ -1,0 +1,129 @@
+"""One handler per FSM key at a time across processes, with the SQL server's own locks.
+
+aiogram's `SimpleEventIsolation` orders one user's updates inside one
+process. Webhook replicas behind a load balancer are several processes:
+this isolation takes a lock in the database as well, around the FSM
+middleware's read, for as long as the handler runs.
+
+- PostgreSQL: `pg_advisory_xact_lock` on a 64-bit hash of the key, in a
+  transaction of its own (released by its COMMIT or ROLLBACK, so never left
+  behind on a pooled connection), bounded by `lock_timeout`.
+- MySQL / MariaDB: `GET_LOCK` on a 44-character name made from the key
+  (names may be at most 64 characters), released by `RELEASE_LOCK`; the
+  server frees it too if the connection drops.
+
+The locks run on an engine of their own, so handlers holding a lock never
+take the connections the storage needs. Within a process an asyncio lock per
+key comes first: one connection per key waits, not one per update.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiogram.fsm.storage.base import BaseEventIsolation, DefaultKeyBuilder, KeyBuilder, StorageKey
+from aiogram.fsm.storage.memory import SimpleEventIsolation
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from storage.errors import DEFAULT_TIMEOUT_SECONDS, LockTimeoutError, database_call
+from storage.sql.engine import SQL_OUTAGES
+
+# Held connections: one per user whose update is being handled in this process.
+POOL_SIZE, MAX_OVERFLOW = 5, 45
+POSTGRES_LOCK_NOT_AVAILABLE = "55P03"
+
+
+class SQLEventIsolation(BaseEventIsolation):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        key_builder: KeyBuilder | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
+    ) -> None:
+        dialect = engine.dialect.name
+        if dialect not in ("postgresql", "mysql", "mariadb"):
+            msg = f"no cross-process locks on {dialect}: use aiogram's SimpleEventIsolation"
+            raise ValueError(msg)
+        self.engine = engine
+        self.key_builder = key_builder or DefaultKeyBuilder()
+        self.timeout = timeout
+        self.local = SimpleEventIsolation()
+        self._owned = False
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> SQLEventIsolation:
+        engine = create_async_engine(url, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW, pool_pre_ping=True)
+        isolation = cls(engine, **kwargs)
+        isolation._owned = True
+        return isolation
+
+    @asynccontextmanager
+    async def lock(self, key: StorageKey) -> AsyncIterator[None]:
+        name = self.key_builder.build(key, "lock")
+        async with self.local.lock(key):
+            connection = await self._locked(name)
+            try:
+                yield
+            finally:
+                await self._unlock(connection, name)
+
+    @database_call(SQL_OUTAGES)
+    async def _locked(self, name: str) -> AsyncConnection:
+        """A connection that holds the lock on `name`; LockTimeoutError if another process keeps it."""
+        connection = await self.engine.connect()
+        try:
+            # The database's own wait ends first, so a timeout is reported as the lock's.
+            wait = None if self.timeout is None else max(self.timeout - 0.5, 0.1)
+            if self.engine.dialect.name == "postgresql":
+                await connection.begin()
+                milliseconds = 0 if wait is None else int(wait * 1000)  # 0: wait for ever
+                await connection.execute(
+                    text("SELECT set_config('lock_timeout', :ms, true)"), {"ms": str(milliseconds)}
+                )
+                await connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": postgres_lock_id(name)})
+                return connection
+            seconds = -1 if wait is None else wait
+            got = await connection.scalar(
+                text("SELECT GET_LOCK(:name, :seconds)"), {"name": mysql_lock_name(name), "seconds": seconds}
+            )
+            if got != 1:
+                raise LockTimeoutError(lock_timeout_message(name, self.timeout))
+            return connection
+        except DBAPIError as error:
+            await connection.close()
+            if getattr(error.orig, "sqlstate", None) == POSTGRES_LOCK_NOT_AVAILABLE:
+                raise LockTimeoutError(lock_timeout_message(name, self.timeout)) from None
+            raise
+        except BaseException:
+            await connection.close()
+            raise
+
+    async def _unlock(self, connection: AsyncConnection, name: str) -> None:
+        try:
+            if self.engine.dialect.name == "postgresql":
+                await connection.commit()  # ends the transaction, and with it the lock
+            else:
+                await connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": mysql_lock_name(name)})
+        finally:
+            await connection.close()
+
+    async def close(self) -> None:
+        if self._owned:
+            await self.engine.dispose()
+
+
+def postgres_lock_id(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def mysql_lock_name(name: str) -> str:
+    return "fsm:" + hashlib.sha1(name.encode(), usedforsecurity=False).hexdigest()
+
+
+def lock_timeout_message(name: str, timeout: float | None) -> str:
+    return f"another process held the lock of {name} for more than {timeout} s"

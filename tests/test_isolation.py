@@ -1,0 +1,98 @@
+"""Cross-process event isolation: two isolations on one database play two replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiogram.fsm.storage.base import BaseEventIsolation
+
+from storage.errors import LockTimeoutError
+from storage.mongo.client import close_client, create_client
+from storage.mongo.isolation import MongoEventIsolation, epoch_ms
+from storage.sql.isolation import SQLEventIsolation
+from tests.support.backends import MONGO_BACKENDS, Backend, backend_params, storage_key
+
+TIMEOUT = 1.5
+
+
+async def replicas(backend: Backend, **options: Any) -> AsyncIterator[Sequence[BaseEventIsolation]]:
+    if backend.is_mongo:
+        client = create_client(backend.url, backend.driver)
+        yield [MongoEventIsolation(client[backend.place], timeout=TIMEOUT, **options) for _ in range(2)]
+        await close_client(client)
+        return
+    isolations = [SQLEventIsolation.from_url(backend.url, timeout=TIMEOUT) for _ in range(2)]
+    yield isolations
+    for isolation in isolations:
+        await isolation.close()
+
+
+@pytest_asyncio.fixture
+async def two(backend: Backend) -> AsyncIterator[Sequence[BaseEventIsolation]]:
+    async for isolations in replicas(backend):
+        yield isolations
+
+
+SHARED = backend_params("postgresql", "mysql", *MONGO_BACKENDS)
+
+
+@pytest.mark.parametrize("backend", SHARED, indirect=True)
+async def test_one_key_is_handled_by_one_replica_at_a_time(two: Sequence[BaseEventIsolation]) -> None:
+    inside: list[int] = []
+    overlaps: list[tuple[int, ...]] = []
+
+    async def handle(replica: int) -> None:
+        async with two[replica].lock(storage_key(7)):
+            inside.append(replica)
+            if len(inside) > 1:
+                overlaps.append(tuple(inside))
+            await asyncio.sleep(0.05)
+            inside.remove(replica)
+
+    await asyncio.gather(*(handle(n % 2) for n in range(8)))
+    assert overlaps == []
+
+
+@pytest.mark.parametrize("backend", SHARED, indirect=True)
+async def test_other_keys_do_not_wait(two: Sequence[BaseEventIsolation]) -> None:
+    async with two[0].lock(storage_key(1)):
+        started = time.monotonic()
+        async with two[1].lock(storage_key(2)):
+            assert time.monotonic() - started < TIMEOUT / 2
+
+
+@pytest.mark.parametrize("backend", SHARED, indirect=True)
+async def test_a_wait_too_long_gives_up_and_leaves_nothing_behind(two: Sequence[BaseEventIsolation]) -> None:
+    async with two[0].lock(storage_key(3)):
+        with pytest.raises(LockTimeoutError):
+            async with two[1].lock(storage_key(3)):
+                pytest.fail("entered a key another replica holds")
+    async with asyncio.timeout(TIMEOUT), two[1].lock(storage_key(3)):
+        pass
+
+
+@pytest.mark.parametrize("backend", backend_params(*MONGO_BACKENDS), indirect=True)
+async def test_a_dead_replicas_lease_frees_within_seconds(backend: Backend) -> None:
+    async for isolation, _ in replicas(backend):
+        assert isinstance(isolation, MongoEventIsolation)
+        name = isolation.key_builder.build(storage_key(4), "lock")
+        expires = epoch_ms() + 500
+        await isolation.collection.insert_one({"_id": name, "owner": "a dead replica", "expires_at": expires})
+        started = time.monotonic()
+        async with isolation.lock(storage_key(4)):
+            assert 0.3 < time.monotonic() - started < TIMEOUT
+
+
+@pytest.mark.parametrize("backend", backend_params(*MONGO_BACKENDS), indirect=True)
+async def test_a_lease_is_renewed_while_its_handler_runs(backend: Backend) -> None:
+    async for first, second in replicas(backend, lease_seconds=0.6):
+        async with first.lock(storage_key(5)):
+            await asyncio.sleep(1.2)  # two leases long
+            with pytest.raises(LockTimeoutError):
+                async with second.lock(storage_key(5)):
+                    pytest.fail("took a lease still being renewed")
