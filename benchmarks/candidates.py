@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder
+from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage, DefaultKeyBuilder
 from aiogram.fsm.storage.memory import MemoryStorage
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -23,7 +23,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from storage import CompletedResponse, ResponseStore
 from storage.factory import create_mongo_storages, create_sql_storages
 
-Opened = tuple[BaseStorage, ResponseStore]
+# The FSM storage, the responses store and the event isolation (None: aiogram's in-process one).
+Opened = tuple[BaseStorage, ResponseStore, BaseEventIsolation | None]
 
 
 @dataclass
@@ -53,7 +54,7 @@ class ResponsesInMemory:
 def memory() -> Candidate:
     @asynccontextmanager
     async def opened() -> AsyncIterator[Opened]:
-        yield MemoryStorage(), ResponsesInMemory()
+        yield MemoryStorage(), ResponsesInMemory(), None
 
     return Candidate("MemoryStorage (aiogram), the limit", opened)
 
@@ -66,7 +67,7 @@ def redis(url: str) -> Candidate:
         prefix = f"bench{uuid.uuid4().hex[:8]}"
         storage = RedisStorage.from_url(url, key_builder=DefaultKeyBuilder(prefix=prefix))
         try:
-            yield storage, ResponsesInMemory()
+            yield storage, ResponsesInMemory(), None
         finally:
             keys = [key async for key in storage.redis.scan_iter(f"{prefix}:*")]
             if keys:
@@ -81,7 +82,7 @@ def ours_sqlite(folder: Path) -> Candidate:
     async def opened() -> AsyncIterator[Opened]:
         storages = await create_sql_storages(f"sqlite+aiosqlite:///{folder / uuid.uuid4().hex}.db")
         try:
-            yield storages.fsm, storages.responses
+            yield storages.fsm, storages.responses, storages.isolation
         finally:
             await storages.close()
 
@@ -93,7 +94,7 @@ def ours_sql_server(name: str, url: str) -> Candidate:
     async def opened() -> AsyncIterator[Opened]:
         storages = await create_sql_storages(url)
         try:
-            yield storages.fsm, storages.responses
+            yield storages.fsm, storages.responses, storages.isolation
         finally:
             await storages.close()
             engine = create_async_engine(url)
@@ -111,7 +112,7 @@ def ours_mongo(url: str, driver: Any) -> Candidate:
         db_name = f"bench_{uuid.uuid4().hex[:10]}"
         storages = await create_mongo_storages(url, db_name, driver)
         try:
-            yield storages.fsm, storages.responses
+            yield storages.fsm, storages.responses, storages.isolation
         finally:
             await storages.fsm.client.drop_database(db_name)  # type: ignore[attr-defined]
             await storages.close()
@@ -130,7 +131,7 @@ def aiogram_pymongo(url: str) -> Candidate:
         client: AsyncMongoClient[Any] = AsyncMongoClient(url)
         db_name = f"bench_{uuid.uuid4().hex[:10]}"
         try:
-            yield PyMongoStorage(client, db_name=db_name), ResponsesInMemory()
+            yield PyMongoStorage(client, db_name=db_name), ResponsesInMemory(), None
         finally:
             await client.drop_database(db_name)
             await client.close()
@@ -156,7 +157,7 @@ def package_sqlite(folder: Path) -> Candidate:
         async with engine.begin() as connection:
             await connection.run_sync(base.metadata.create_all)
         try:
-            yield storage, ResponsesInMemory()
+            yield storage, ResponsesInMemory(), None
         finally:
             await engine.dispose()
 

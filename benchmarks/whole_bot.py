@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -24,14 +25,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiogram.fsm.storage.base import BaseStorage
 from aiogram.types import Chat, Message, Update, User
 
-from benchmarks.candidates import Candidate
+from benchmarks.candidates import Candidate, Opened
 from bot.emulator import BotAPIEmulator, running_emulator
 from bot.setup import create_bot, create_dispatcher
 from config import Settings
-from storage import ResponseStore
 from tests.support.mocked_session import MockedSession
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,14 +63,12 @@ class Throughput:
     rounds: list[float] = field(default_factory=list)
 
 
-async def run_users(
-    storage: BaseStorage, responses: ResponseStore, first_user: int, users: int, concurrency: int
-) -> tuple[float, list[float], int]:
+async def run_users(opened: Opened, first_user: int, users: int, concurrency: int) -> tuple[float, list[float], int]:
     """`users` users through the questionnaire, `concurrency` at a time: seconds, latencies, failed users."""
     session = MockedSession()
     bot = create_bot(Settings(bot_token=BotAPIEmulator().token, _env_file=None), session=session)
-    dispatcher = create_dispatcher(storage, responses)
-    ids = itertools.count(1)
+    dispatcher = create_dispatcher(*opened)
+    ids = itertools.count(random.randrange(1, 2**30))  # as Telegram's: never the ids of an earlier run
     pending = iter(range(first_user, first_user + users))
     latencies: list[float] = []
 
@@ -97,9 +94,9 @@ async def run_users(
 
 
 async def measure(candidate: Candidate, users: int, concurrency: int) -> tuple[float, list[float], int]:
-    async with candidate.open() as (storage, responses):
-        _, _, failed = await run_users(storage, responses, 1, WARM_UP_USERS, min(concurrency, WARM_UP_USERS))
-        seconds, latencies, failed_timed = await run_users(storage, responses, 1_000, users, concurrency)
+    async with candidate.open() as opened:
+        _, _, failed = await run_users(opened, 1, WARM_UP_USERS, min(concurrency, WARM_UP_USERS))
+        seconds, latencies, failed_timed = await run_users(opened, 1_000, users, concurrency)
     return users * 4 / seconds, latencies, failed + failed_timed
 
 

@@ -32,7 +32,7 @@ async def running_bot(settings: Settings) -> AsyncIterator[tuple[Bot, Dispatcher
         raise StartupError(str(error)) from None
     bot = create_bot(settings)
     try:
-        dispatcher = create_dispatcher(storages.fsm, storages.responses)
+        dispatcher = create_dispatcher(storages.fsm, storages.responses, storages.isolation)
         await introduce(bot, dispatcher, settings)
         yield bot, dispatcher
     finally:

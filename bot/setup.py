@@ -8,7 +8,7 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.session.base import BaseSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
-from aiogram.fsm.storage.base import BaseStorage
+from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage
 from aiogram.fsm.storage.memory import SimpleEventIsolation
 
 from bot.apply_once import ApplyOnce
@@ -31,11 +31,13 @@ def create_bot(settings: Settings, session: BaseSession | None = None) -> Bot:
     return bot
 
 
-def create_dispatcher(storage: BaseStorage, responses: ResponseStore) -> Dispatcher:
+def create_dispatcher(
+    storage: BaseStorage, responses: ResponseStore, isolation: BaseEventIsolation | None = None
+) -> Dispatcher:
     """The Dispatcher with every router; `responses` reaches handlers as workflow data."""
-    # One user's updates are handled one at a time, so a burst of answers
-    # cannot interleave its reads and writes of that user's state.
-    dispatcher = Dispatcher(storage=storage, events_isolation=SimpleEventIsolation(), responses=responses)
+    # One user's updates are handled one at a time (across processes, with the isolation
+    # the storage factory chose), so a burst of answers cannot interleave its reads and writes.
+    dispatcher = Dispatcher(storage=storage, events_isolation=isolation or SimpleEventIsolation(), responses=responses)
     # Registered after the Dispatcher's own middlewares, so it runs inside the user's lock.
     dispatcher.update.outer_middleware(ApplyOnce())
     dispatcher.include_routers(*get_routers())

@@ -20,6 +20,7 @@ key comes first: one connection per key waits, not one per update.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,9 +34,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, LockTimeoutError, database_call
 from storage.sql.engine import SQL_OUTAGES
 
+logger = logging.getLogger(__name__)
+
 # Held connections: one per user whose update is being handled in this process.
 POOL_SIZE, MAX_OVERFLOW = 5, 45
 POSTGRES_LOCK_NOT_AVAILABLE = "55P03"
+CONNECTION_LOST: tuple[type[BaseException], ...] = (DBAPIError, *SQL_OUTAGES)
 
 
 class SQLEventIsolation(BaseEventIsolation):
@@ -109,6 +113,11 @@ class SQLEventIsolation(BaseEventIsolation):
                 await connection.commit()  # ends the transaction, and with it the lock
             else:
                 await connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": mysql_lock_name(name)})
+        except CONNECTION_LOST as error:
+            # The connection is gone, and the server ended its locks with it; the handler's own
+            # outcome (saved, or "send it again") stands.
+            logger.warning("Lock %s released by its lost connection: %s", name, type(error).__name__)
+            await connection.invalidate()
         finally:
             await connection.close()
 
