@@ -36,8 +36,10 @@ from storage.sql.engine import SQL_OUTAGES
 
 logger = logging.getLogger(__name__)
 
-# Held connections: one per user whose update is being handled in this process.
-POOL_SIZE, MAX_OVERFLOW = 5, 45
+# Held connections: one per user whose update is being handled in this process, at most
+# ten; more users wait for one (up to the timeout). With the storage's own pool (up to 15)
+# that is 25 connections a replica: three replicas fit PostgreSQL's default of 100.
+POOL_SIZE, MAX_OVERFLOW = 5, 5
 POSTGRES_LOCK_NOT_AVAILABLE = "55P03"
 CONNECTION_LOST: tuple[type[BaseException], ...] = (DBAPIError, *SQL_OUTAGES)
 
@@ -60,9 +62,15 @@ class SQLEventIsolation(BaseEventIsolation):
         self._owned = False
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> SQLEventIsolation:
-        engine = create_async_engine(url, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW, pool_pre_ping=True)
-        isolation = cls(engine, **kwargs)
+    def from_url(cls, url: str, timeout: float | None = DEFAULT_TIMEOUT_SECONDS, **kwargs: Any) -> SQLEventIsolation:
+        engine = create_async_engine(
+            url,
+            pool_size=POOL_SIZE,
+            max_overflow=MAX_OVERFLOW,
+            pool_timeout=timeout or 30,
+            pool_pre_ping=True,
+        )
+        isolation = cls(engine, timeout=timeout, **kwargs)
         isolation._owned = True
         return isolation
 

@@ -1,0 +1,160 @@
+"""Three webhook replicas of the real `python main.py` on one database, behind the emulator's round-robin delivery.
+
+The emulator plays Telegram and the load balancer: it posts each chat's
+updates one at a time, spread over the replicas in turn, and posts an update
+again when a replica fails or is gone. On PostgreSQL and on MongoDB, whose
+locks keep one user's updates one at a time across the replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiohttp import ClientSession
+
+from bot.emulator import BotAPIEmulator, running_emulator
+from tests.support.backends import SQL_URL_VARIABLES, Backend, backend_params, make_backend
+from tests.support.bot_process import BotProcess, bot_environment, drop_bot_tables
+from tests.test_webhook import SECRET, free_port, until_healthy
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+REPLICAS = 3
+PATH = "/telegram/updates"
+_message_ids = itertools.count(10_000_000)
+
+
+@dataclass
+class Deployment:
+    emulator: BotAPIEmulator
+    replicas: list[BotProcess]
+    addresses: list[str]
+    backend: Backend
+
+    async def post(self, replica: int, update: dict[str, Any]) -> int:
+        """Post `update` straight to one replica, as Telegram's retry of a timed-out request can."""
+        headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+        async with ClientSession() as session, session.post(self.addresses[replica], json=update, headers=headers) as r:
+            return r.status
+
+    def update(self, user_id: int, text: str) -> dict[str, Any]:
+        """An update as the emulator would make it, with an id of its own."""
+        self.emulator.users.setdefault(user_id, {"id": user_id, "is_bot": False, "first_name": f"User {user_id}"})
+        message_id = next(_message_ids)
+        return {
+            "update_id": message_id,
+            "message": {
+                "message_id": message_id,
+                "date": 0,
+                "chat": {"id": user_id, "type": "private", "first_name": f"User {user_id}"},
+                "from": self.emulator.users[user_id],
+                "text": text,
+            },
+        }
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=backend_params("postgresql", "mongo-pymongo"))
+async def deployment(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Deployment]:
+    folder = tmp_path_factory.mktemp(f"replicas-{request.param}")
+    mongo = request.getfixturevalue("mongo_url") if request.param.startswith("mongo") else None
+    backend = make_backend(request.param, folder, mongo)
+    if backend.name in SQL_URL_VARIABLES:
+        await drop_bot_tables(backend.url)
+    ports = [free_port() for _ in range(REPLICAS)]
+    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
+        replicas = []
+        for number, port in enumerate(ports):
+            environment = bot_environment(backend, folder) | {
+                "WEBHOOK_URL": f"https://bot.example{PATH}",  # the load balancer's address
+                "WEBHOOK_SECRET": SECRET,
+                "WEB_SERVER_HOST": "127.0.0.1",
+                "WEB_SERVER_PORT": str(port),
+            }
+            replica = BotProcess(emulator, api_url, folder / f"replica-{number}.log", environment)
+            await replica.start(ready_on="setWebhook")
+            replicas.append(replica)
+        for port in ports:
+            await until_healthy(f"http://127.0.0.1:{port}")
+        addresses = [f"http://127.0.0.1:{port}{PATH}" for port in ports]
+        emulator.webhook_targets = addresses
+        yield Deployment(emulator, replicas, addresses, backend)
+        for replica in replicas:
+            await replica.stop(signal.SIGTERM)
+    if backend.is_mongo:
+        await backend.drop()
+
+
+async def fill_in(deployment: Deployment, user_id: int) -> str:
+    replica = deployment.replicas[0]  # any: the emulator spreads the deliveries
+    await replica.say(user_id, "/start")
+    await replica.say(user_id, f"User{user_id}")
+    await replica.say(user_id, str(18 + user_id % 80))
+    [summary] = await replica.say(user_id, "Green")
+    return summary
+
+
+async def test_a_hundred_users_through_three_replicas(deployment: Deployment) -> None:
+    users = range(1, 101)
+    summaries = await asyncio.gather(*(fill_in(deployment, user_id) for user_id in users))
+    for user_id, summary in zip(users, summaries, strict=True):
+        assert f"Name: User{user_id}" in summary
+        assert f"Age: {18 + user_id % 80}" in summary
+    served = [replica.output().count("is handled") for replica in deployment.replicas]
+    assert all(served), f"every replica handles updates: {served}"
+
+
+async def test_one_update_posted_to_two_replicas_at_once_is_applied_once(deployment: Deployment) -> None:
+    user = 200
+    await deployment.replicas[0].say(user, "/start")
+    await deployment.replicas[0].say(user, "Ann")
+    age = deployment.update(user, "30")
+
+    assert list(await asyncio.gather(deployment.post(0, age), deployment.post(1, age))) == [200, 200]
+
+    texts = [m["text"] for m in await deployment.emulator.bot_messages(user)]
+    assert texts[2:] == [texts[2]] * len(texts[2:])  # the colour question, perhaps twice; nothing else
+    assert "favourite colour" in texts[2]
+    [summary] = await deployment.replicas[0].say(user, "Blue")
+    assert "Age: 30" in summary
+    assert "Favourite colour: Blue" in summary
+
+
+async def test_one_users_updates_on_three_replicas_at_once_are_handled_one_at_a_time(
+    deployment: Deployment,
+) -> None:
+    """Three names at once: one is taken, and the next two meet the age question, not a lost write."""
+    user = 300
+    await deployment.replicas[0].say(user, "/start")
+    names = [deployment.update(user, name) for name in ("Ann", "Bob", "Cid")]
+
+    await asyncio.gather(*(deployment.post(n, update) for n, update in enumerate(names)))
+
+    replies = [m["text"] for m in await deployment.emulator.bot_messages(user)][1:]
+    assert len(replies) == 3, replies
+    assert sum("Nice to meet you" in reply for reply in replies) == 1, replies
+    assert sum("whole number" in reply for reply in replies) == 2, replies
+
+
+async def test_a_replica_killed_mid_flow_loses_no_acknowledged_answer(deployment: Deployment) -> None:
+    async def user(user_id: int) -> str:
+        await asyncio.sleep(user_id % 10 * 0.05)
+        return await fill_in(deployment, user_id)
+
+    users = range(400, 430)
+    flows = asyncio.gather(*(user(user_id) for user_id in users))
+    await asyncio.sleep(0.3)
+    assert await deployment.replicas[2].stop(signal.SIGKILL) == -signal.SIGKILL
+    summaries = await flows
+    for user_id, summary in zip(users, summaries, strict=True):
+        assert f"Name: User{user_id}" in summary
+        assert f"Age: {18 + user_id % 80}" in summary
+    await deployment.replicas[2].start(ready_on="setWebhook")
