@@ -21,4 +21,7 @@ USER 10001
 # The default SQLite database (DATABASE_URL=sqlite+aiosqlite:///data/bot.db) lives here.
 VOLUME ["/app/data"]
 
+# Webhook mode (WEBHOOK_URL set) listens on WEB_SERVER_PORT; polling needs no port.
+EXPOSE 8080
+
 CMD ["python", "main.py"]

@@ -84,7 +84,6 @@ async def serve_webhook(bot: Bot, dispatcher: Dispatcher, settings: Settings) ->
             )
             await stopping.wait()
             logger.info("Stopping: up to %s s for the requests in progress", settings.shutdown_timeout)
-            await runner.cleanup()
     finally:
-        await runner.cleanup()
+        await runner.cleanup()  # stops accepting, then waits for the requests in progress
         await dispatcher.emit_shutdown(bot=bot, bots=[bot])

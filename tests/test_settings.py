@@ -110,3 +110,31 @@ def test_other_bad_settings_are_named(monkeypatch: pytest.MonkeyPatch, variable:
     monkeypatch.setenv(variable, value)
     with pytest.raises(SettingsError, match=message):
         load_settings(None)
+
+
+def test_a_webhook_without_a_secret_is_refused_in_one_line(tmp_path: Path) -> None:
+    result = run_main(tmp_path, BOT_TOKEN=SECRET_TOKEN, WEBHOOK_URL="https://bot.example/telegram")
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: WEBHOOK_SECRET is not set")
+
+
+@pytest.mark.parametrize("secret", ["has space", "x" * 257, "naïve"])
+def test_a_webhook_secret_telegram_would_refuse_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, secret: str
+) -> None:
+    monkeypatch.setenv("BOT_TOKEN", SECRET_TOKEN)
+    monkeypatch.setenv("WEBHOOK_URL", "https://bot.example/telegram")
+    monkeypatch.setenv("WEBHOOK_SECRET", secret)
+    with pytest.raises(SettingsError, match="WEBHOOK_SECRET must be 1-256 characters") as error:
+        load_settings(None)
+    assert secret not in str(error.value)
+
+
+def test_the_webhook_path_is_the_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOT_TOKEN", SECRET_TOKEN)
+    monkeypatch.setenv("WEBHOOK_URL", "https://bot.example/telegram/updates")
+    monkeypatch.setenv("WEBHOOK_SECRET", "s3cret_-")
+    settings = load_settings(None)
+    assert settings.webhook_path == "/telegram/updates"
+    assert "s3cret" not in repr(settings)
