@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export POSTGRES_TEST_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 export MYSQL_TEST_URL ?= mysql+asyncmy://root@127.0.0.1:3306/test
 
-.PHONY: run sandbox test lint unit bench clean
+.PHONY: run sandbox replicas test lint unit bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ run: $(VENV)/.run-deps
 # Chat with the bot in this terminal through the built-in Bot API emulator.
 sandbox: $(VENV)/.run-deps
 	$(BIN)/python main.py --sandbox
+
+# Three webhook replicas on the database your settings name, behind the emulator; chat with them.
+replicas: $(VENV)/.run-deps
+	$(BIN)/python -m bot.emulator.replicas
 
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check .

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(level, secrets=secrets)
     try:
         if args.sandbox:
-            from bot.sandbox import run_sandbox
+            from bot.emulator.sandbox import run_sandbox
 
             asyncio.run(run_sandbox(settings))
         elif settings.webhook_url:

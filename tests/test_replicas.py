@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import signal
+import sys
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +25,7 @@ from aiohttp import ClientSession
 
 from bot.emulator import BotAPIEmulator, running_emulator
 from tests.support.backends import SQL_URL_VARIABLES, Backend, backend_params, make_backend
-from tests.support.bot_process import BotProcess, bot_environment, drop_bot_tables
+from tests.support.bot_process import ROOT, BotProcess, bot_environment, drop_bot_tables, finish
 from tests.test_webhook import SECRET, free_port, until_healthy
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -158,3 +162,21 @@ async def test_a_replica_killed_mid_flow_loses_no_acknowledged_answer(deployment
         assert f"Name: User{user_id}" in summary
         assert f"Age: {18 + user_id % 80}" in summary
     await deployment.replicas[2].start(ready_on="setWebhook")
+
+
+async def test_make_replicas_shows_each_message_taken_by_a_replica(tmp_path: Path) -> None:
+    url = os.environ.get("POSTGRES_TEST_URL")
+    if not url:
+        pytest.skip("POSTGRES_TEST_URL is not set")
+    await drop_bot_tables(url)
+    (tmp_path / ".env").write_text(f"DATABASE_URL={url}\n")
+    env = {k: v for k, v in os.environ.items() if k not in {"BOT_TOKEN", "STORAGE", "DATABASE_URL"}}
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.emulator.replicas", "--env-file", str(tmp_path / ".env"),
+        cwd=ROOT, env=env, stdin=PIPE, stdout=PIPE, stderr=PIPE,
+    )  # fmt: skip
+    shown, errors = await finish(demo, 120, b"/start\nAnn\n30\n2\n")
+
+    assert demo.returncode == 0, errors
+    assert "Favourite colour: Orange" in shown
+    assert all(f"-> replica {number}: handled" in shown for number in (1, 2, 3)), shown

@@ -138,3 +138,14 @@ def test_the_webhook_path_is_the_urls(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings(None)
     assert settings.webhook_path == "/telegram/updates"
     assert "s3cret" not in repr(settings)
+
+
+def test_make_replicas_refuses_a_sqlite_file(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(f"DATABASE_URL=sqlite+aiosqlite:///{tmp_path / 'bot.db'}\n")
+    env = {k: v for k, v in os.environ.items() if k not in {"BOT_TOKEN", "STORAGE", "DATABASE_URL"}}
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.emulator.replicas", "--env-file", str(tmp_path / ".env")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: replicas share one database")

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any, TextIO
 
-from bot.emulator import BotAPIEmulator, running_emulator
+from bot.emulator.server import BotAPIEmulator, running_emulator
 from bot.polling import Poller
 from bot.running import running_bot
 from config import Settings
@@ -36,14 +37,14 @@ async def run_sandbox(settings: Settings, stdin: TextIO = sys.stdin, stdout: Tex
             stdout.write(HELP.format(user=SANDBOX_USER_ID, where=describe_storage(settings)))
             stdout.flush()
             poller = Poller(bot, dispatcher, settings.shutdown_timeout)
-            chat = asyncio.create_task(terminal_chat(emulator, poller, stdin, stdout))
+            chat = asyncio.create_task(terminal_chat(emulator, poller.stop, stdin, stdout))
             try:
                 await poller.run()
             finally:
                 chat.cancel()
 
 
-async def terminal_chat(emulator: BotAPIEmulator, poller: Poller, stdin: TextIO, stdout: TextIO) -> None:
+async def terminal_chat(emulator: BotAPIEmulator, stop: Callable[[], None], stdin: TextIO, stdout: TextIO) -> None:
     """Read lines as the user's messages and print the bot's answers, until end of input."""
     lines = read_lines_in_background(stdin)
     seen = 0
@@ -59,7 +60,7 @@ async def terminal_chat(emulator: BotAPIEmulator, poller: Poller, stdin: TextIO,
         if keyboard := emulator.keyboard(SANDBOX_USER_ID):
             stdout.write(format_keyboard(keyboard))
         stdout.flush()
-    poller.stop()
+    stop()
 
 
 def message_for(text: str, keyboard: list[list[str]] | None) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
-from bot.telegram_html import EntityParseError, parse_html, utf16_length
+from bot.emulator.telegram_html import EntityParseError, parse_html, utf16_length
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ class BotAPIEmulator:
         self.webhook_url = ""
         self.webhook_secret: str | None = None
         self.webhook_targets: list[str] = []
+        # Called after each webhook delivery with (address, update, delivered): for watching it work.
+        self.on_delivery: Callable[[str, dict[str, Any], bool], None] | None = None
         # Telegram numbers a bot's updates from a random start (and starts again at a random
         # value after a week without updates), never from 1.
         self._update_ids = itertools.count(random.randrange(1, 2**30))
@@ -438,6 +440,8 @@ class BotAPIEmulator:
                     delivered = 200 <= response.status < 300
             except (ClientError, TimeoutError):
                 delivered = False
+            if self.on_delivery is not None:
+                self.on_delivery(url, update, delivered)
             async with self._new_update:
                 if delivered:
                     self.updates = [kept for kept in self.updates if kept["update_id"] != update_id]

@@ -1,0 +1,7 @@
+"""Telegram without Telegram: a Bot API emulator (server.py), the terminal sandbox (sandbox.py)
+and the replicas demo (replicas.py). Tests and `make sandbox` use them; the bot itself never does.
+"""
+
+from bot.emulator.server import EMULATOR_BOT_TOKEN, BotAPIEmulator, Fault, running_emulator
+
+__all__ = ["EMULATOR_BOT_TOKEN", "BotAPIEmulator", "Fault", "running_emulator"]
