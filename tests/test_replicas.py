@@ -98,12 +98,23 @@ async def deployment(
 
 
 async def fill_in(deployment: Deployment, user_id: int) -> str:
+    """The questionnaire, each answer sent once its question came; the summary.
+
+    A replica that dies after answering but before Telegram got its 200 has that
+    update posted again, and the reply comes a second time: so each step waits for
+    its own answer rather than for the next message.
+    """
     replica = deployment.replicas[0]  # any: the emulator spreads the deliveries
-    await replica.say(user_id, "/start")
-    await replica.say(user_id, f"User{user_id}")
-    await replica.say(user_id, str(18 + user_id % 80))
-    [summary] = await replica.say(user_id, "Green")
-    return summary
+    steps = [
+        ("/start", "What is your name?"),
+        (f"User{user_id}", "How old are you?"),
+        (str(18 + user_id % 80), "favourite colour"),
+        ("Green", f"Name: User{user_id}"),
+    ]
+    for text, answer in steps:
+        await deployment.emulator.user_sends(user_id, {"text": text})
+        texts = await replica.wait_for(user_id, answer)
+    return next(text for text in texts if "Name: " in text)
 
 
 async def test_a_hundred_users_through_three_replicas(deployment: Deployment) -> None:
