@@ -59,7 +59,9 @@ def memory() -> Candidate:
     return Candidate("MemoryStorage (aiogram), the limit", opened)
 
 
-def redis(url: str) -> Candidate:
+def redis(url: str, across_processes: bool = False) -> Candidate:
+    """aiogram's RedisStorage; `across_processes` adds RedisEventIsolation, what replicas need."""
+
     @asynccontextmanager
     async def opened() -> AsyncIterator[Opened]:
         from aiogram.fsm.storage.redis import RedisStorage
@@ -67,13 +69,15 @@ def redis(url: str) -> Candidate:
         prefix = f"bench{uuid.uuid4().hex[:8]}"
         storage = RedisStorage.from_url(url, key_builder=DefaultKeyBuilder(prefix=prefix))
         try:
-            yield storage, ResponsesInMemory(), None
+            yield storage, ResponsesInMemory(), storage.create_isolation() if across_processes else None
         finally:
             keys = [key async for key in storage.redis.scan_iter(f"{prefix}:*")]
             if keys:
                 await storage.redis.delete(*keys)
             await storage.close()
 
+    if across_processes:
+        return Candidate("RedisStorage + RedisEventIsolation (aiogram)", opened)
     return Candidate("RedisStorage (aiogram), local Redis", opened)
 
 
@@ -169,7 +173,7 @@ def all_candidates(
 ) -> list[Candidate]:
     return [
         memory(),
-        *([redis(redis_url)] if redis_url else []),
+        *([redis(redis_url), redis(redis_url, across_processes=True)] if redis_url else []),
         ours_sqlite(folder),
         *(ours_sql_server(name, url) for name, url in sql_urls.items()),
         *(

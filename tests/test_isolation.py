@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,20 +15,25 @@ from aiogram.fsm.storage.base import BaseEventIsolation
 
 from storage.errors import LockTimeoutError
 from storage.mongo.client import close_client, create_client
-from storage.mongo.isolation import MongoEventIsolation, epoch_ms
+from storage.mongo.isolation import LEASE_SECONDS, MongoEventIsolation, epoch_ms
 from storage.sql.isolation import SQLEventIsolation
 from tests.support.backends import MONGO_BACKENDS, Backend, backend_params, storage_key
 
 TIMEOUT = 1.5
+ROOT = Path(__file__).resolve().parent.parent
 
 
-async def replicas(backend: Backend, **options: Any) -> AsyncIterator[Sequence[BaseEventIsolation]]:
+async def replicas(
+    backend: Backend,
+    timeout: float = TIMEOUT,
+    **options: Any,  # noqa: ASYNC109 - the lock wait
+) -> AsyncIterator[Sequence[BaseEventIsolation]]:
     if backend.is_mongo:
         client = create_client(backend.url, backend.driver)
-        yield [MongoEventIsolation(client[backend.place], timeout=TIMEOUT, **options) for _ in range(2)]
+        yield [MongoEventIsolation(client[backend.place], timeout=timeout, **options) for _ in range(2)]
         await close_client(client)
         return
-    isolations = [SQLEventIsolation.from_url(backend.url, timeout=TIMEOUT) for _ in range(2)]
+    isolations = [SQLEventIsolation.from_url(backend.url, timeout=timeout) for _ in range(2)]
     yield isolations
     for isolation in isolations:
         await isolation.close()
@@ -86,6 +93,32 @@ async def test_a_dead_replicas_lease_frees_within_seconds(backend: Backend) -> N
         started = time.monotonic()
         async with isolation.lock(storage_key(4)):
             assert 0.3 < time.monotonic() - started < TIMEOUT
+
+
+@pytest.mark.parametrize("backend", SHARED, indirect=True)
+async def test_a_replica_killed_holding_a_lock_frees_it_within_seconds(backend: Backend) -> None:
+    """kill -9 mid-handler: a SQL lock ends with the dead connection; a Mongo lease runs out (5 s)."""
+    command = [sys.executable, "-m", "tests.support.lock_holder", backend.name, backend.url, backend.place]
+    holder = await asyncio.create_subprocess_exec(*command, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+    assert holder.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            assert await holder.stdout.readline() == b"locked\n"
+        async for isolation, _ in replicas(backend):
+            with pytest.raises(LockTimeoutError):
+                async with isolation.lock(storage_key(4)):
+                    pytest.fail("entered a key a live replica holds")
+        holder.kill()
+        await holder.wait()
+        async for isolation, _ in replicas(backend, timeout=LEASE_SECONDS + 5):
+            started = time.monotonic()
+            async with isolation.lock(storage_key(4)):
+                waited = time.monotonic() - started
+        assert waited < (LEASE_SECONDS + 1 if backend.is_mongo else 1)
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
 
 
 @pytest.mark.parametrize("backend", backend_params(*MONGO_BACKENDS), indirect=True)

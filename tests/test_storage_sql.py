@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import contextmanager
@@ -35,7 +36,8 @@ from storage import CompletedResponse, SchemaError, SQLAlchemyStorage, SQLRespon
 from storage.factory import create_sql_storages
 from storage.sql.sqlite_thread import ClosedError
 from storage.sql.statements import FsmStatements
-from tests.support.backends import SQL_BACKENDS, Backend, backend_params, storage_key
+from tests.support.backends import SQL_BACKENDS, SQL_URL_VARIABLES, Backend, backend_params, storage_key
+from tests.support.tcp_proxy import proxied
 
 
 @pytest.fixture
@@ -279,9 +281,9 @@ async def test_the_sqlite_thread_outlives_anything_a_call_raises(backend: Backen
     assert isinstance(storage, SQLAlchemyStorage)
     try:
         with pytest.raises(Escapes):
-            await storage.run_in_transaction(escape)
+            await storage.run_on_connection(escape)
         with pytest.raises(sqlalchemy.exc.ProgrammingError):
-            await storage.run_in_transaction(break_the_connection)
+            await storage.run_on_connection(break_the_connection)
         await storage.set_state(storage_key(), "still served")
         assert await storage.get_state(storage_key()) == "still served"
     finally:
@@ -306,7 +308,7 @@ async def test_a_responses_table_from_before_response_ids_gets_the_column(sql_st
         old_table.create(connection)
         connection.execute(old_table.insert().values(saved_before))
 
-    await sql_storage.run_in_transaction(create_old)
+    await sql_storage.run_on_connection(create_old)
     try:
         responses = SQLResponseStore(sql_storage, table_name=name)
         await responses.create_table()
@@ -314,7 +316,7 @@ async def test_a_responses_table_from_before_response_ids_gets_the_column(sql_st
         assert not await responses.save(CompletedResponse("new", 1, 1, {"name": "New"}, datetime.now(UTC)))
         assert [response.answers["name"] for response in await responses.for_user(1)] == ["Old", "New"]
     finally:
-        await sql_storage.run_in_transaction(lambda connection: old_table.drop(connection))
+        await sql_storage.run_on_connection(lambda connection: old_table.drop(connection))
 
 
 @pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
@@ -333,3 +335,24 @@ async def test_a_closed_storage_refuses_calls_instead_of_writing_another_way(bac
     await storage.close()
     with pytest.raises(ClosedError):
         await storage.set_state(storage_key(), "s")
+
+
+@pytest.mark.parametrize("name", ["postgresql", "mysql"])
+async def test_a_server_restart_between_calls_is_not_felt(name: str) -> None:
+    """Pooled connections the server closed (a restart) cost no call: no user is asked to resend."""
+    url = os.environ.get(SQL_URL_VARIABLES[name], "")
+    if not url:
+        pytest.skip(f"{SQL_URL_VARIABLES[name]} is not set")
+    async with proxied(url, 5432 if name == "postgresql" else 3306) as (proxy, through_proxy):
+        storages = await create_sql_storages(through_proxy)
+        key = storage_key()
+        try:
+            await storages.fsm.set_state(key, "before")
+            async with storages.isolation.lock(key):
+                pass
+            proxy.restart()
+            async with storages.isolation.lock(key):
+                assert await storages.fsm.get_state(key) == "before"
+            await storages.fsm.set_state(key, None)
+        finally:
+            await storages.close()

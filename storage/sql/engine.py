@@ -33,14 +33,23 @@ _CONNECT_TIMEOUT_ARGUMENT = {
 
 
 def create_engine_for_url(url: str, **engine_kwargs: Any) -> AsyncEngine:
-    """An engine for `url`: SQLite in WAL mode with a busy timeout, server databases pre-pinged."""
+    """An engine for `url`: SQLite in WAL mode with a busy timeout, server databases in AUTOCOMMIT.
+
+    Each of the storages' operations is one statement, or a compare-and-swap
+    that stays correct statement by statement (storage/sql/statements.py): on
+    a server a transaction around it would only add BEGIN and COMMIT round trips.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url, parsed.database, **engine_kwargs)
     timeout_argument = _CONNECT_TIMEOUT_ARGUMENT.get(parsed.get_driver_name())
     if timeout_argument:
         engine_kwargs.setdefault("connect_args", {}).setdefault(timeout_argument, CONNECT_TIMEOUT_SECONDS)
-    engine_kwargs.setdefault("pool_pre_ping", True)
+    engine_kwargs.setdefault("isolation_level", "AUTOCOMMIT")
+    # No ping on every checkout (a round trip per call): a connection the server closed
+    # meanwhile fails its statement, SQLAlchemy then drops the pool's older connections,
+    # and the storage runs the call once more (SQLAlchemyStorage.run_on_connection).
+    engine_kwargs.setdefault("pool_pre_ping", False)
     # MySQL closes idle connections after wait_timeout (8 h by default).
     engine_kwargs.setdefault("pool_recycle", 3600)
     return create_async_engine(url, **engine_kwargs)

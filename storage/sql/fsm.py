@@ -1,10 +1,12 @@
 """SQLAlchemyStorage: aiogram FSM state and data in one SQL table.
 
 One row per storage key, present only while the key has a state or data.
-Every call is one transaction. Writes are single upserts (by dialect).
-`update_data` reads the row and writes it back only if its `version` is
-still the one it read (compare-and-swap), so concurrent updates never lose
-a key, in one process or across several.
+Writes are single upserts (by dialect). `update_data` reads the row and
+writes it back only if its `version` is still the one it read
+(compare-and-swap), so concurrent updates never lose a key, in one process
+or across several. Every operation is correct statement by statement, so on
+PostgreSQL and MySQL each statement commits on its own (no BEGIN and COMMIT
+round trips); on a SQLite file each call is one transaction.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import DefaultKeyBuilder, KeyBuilder, StateType, StorageKey
 from sqlalchemy import Connection, Engine, MetaData, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
@@ -106,7 +108,7 @@ class SQLAlchemyStorage(FsmStorage):
     @database_call(SQL_OUTAGES)
     async def create_table(self) -> None:
         """Create the FSM table if it does not exist yet; SchemaError if one exists without our columns."""
-        await self.run_in_transaction(lambda connection: ensure_table(connection, self.table))
+        await self.run_on_connection(lambda connection: ensure_table(connection, self.table))
 
     @property
     def engines(self) -> list[Engine]:
@@ -121,22 +123,40 @@ class SQLAlchemyStorage(FsmStorage):
         if self._owned_engine is not None:
             await self._owned_engine.dispose()
 
-    async def run_in_transaction(self, operation: Callable[[Connection], T]) -> T:
-        """Run `operation(connection)` in one transaction, where this storage runs its own statements.
+    async def run_on_connection(self, operation: Callable[[Connection], T]) -> T:
+        """Run `operation(connection)` where this storage runs its own statements.
 
         On a SQLite file opened by `from_url` that is the storage's one
-        connection, so other tables in the same file (the completed responses)
-        are written by the same single writer.
+        connection, in one transaction per call, so other tables in the same
+        file (the completed responses) are written by the same single writer.
+        On a server database opened by `from_url` each statement commits on
+        its own (AUTOCOMMIT, storage/sql/engine.py); on an engine of your own,
+        the call is one transaction.
         """
         if self._sqlite is not None:
             return await self._sqlite.run(operation)
+        try:
+            return await self._run_once(operation)
+        except DBAPIError as error:
+            if not error.connection_invalidated:
+                raise
+            # The server closed a pooled connection (a restart, an idle timeout); SQLAlchemy has
+            # dropped the pool's older connections. Every operation here may run twice.
+            return await self._run_once(operation)
+
+    async def _run_once(self, operation: Callable[[Connection], T]) -> T:
+        bound = self.sessionmaker.kw.get("bind")
+        if isinstance(bound, AsyncEngine):
+            # A Core connection: an ORM session per call costs more than the statement.
+            async with bound.begin() as connection:
+                return await connection.run_sync(operation)
         async with self.sessionmaker.begin() as session:
             return await session.run_sync(lambda sync_session: operation(sync_session.connection()))
 
     @database_call(SQL_OUTAGES)
     async def ping(self) -> None:
         """Raise StorageUnavailableError unless the database answers."""
-        await self.run_in_transaction(lambda connection: connection.execute(text("SELECT 1")))
+        await self.run_on_connection(lambda connection: connection.execute(text("SELECT 1")))
 
     # --- BaseStorage -------------------------------------------------------
 
@@ -224,7 +244,7 @@ class SQLAlchemyStorage(FsmStorage):
         await self._run(lambda st, connection: st.clear_field(connection, key_id, field))
 
     async def _run(self, operation: Callable[[FsmStatements, Connection], T]) -> T:
-        return await self.run_in_transaction(lambda connection: operation(self._statements_for(connection), connection))
+        return await self.run_on_connection(lambda connection: operation(self._statements_for(connection), connection))
 
     def _statements_for(self, connection: Connection) -> FsmStatements:
         dialect = connection.dialect.name

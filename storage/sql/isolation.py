@@ -7,7 +7,8 @@ middleware's read, for as long as the handler runs.
 
 - PostgreSQL: `pg_advisory_xact_lock` on a 64-bit hash of the key, in a
   transaction of its own (released by its COMMIT or ROLLBACK, so never left
-  behind on a pooled connection), bounded by `lock_timeout`.
+  behind on a pooled connection), bounded by `lock_timeout` (set once on
+  each of the lock engine's connections).
 - MySQL / MariaDB: `GET_LOCK` on a 44-character name made from the key
   (names may be at most 64 characters), released by `RELEASE_LOCK`; the
   server frees it too if the connection drops.
@@ -27,7 +28,7 @@ from typing import Any
 
 from aiogram.fsm.storage.base import BaseEventIsolation, DefaultKeyBuilder, KeyBuilder, StorageKey
 from aiogram.fsm.storage.memory import SimpleEventIsolation
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -60,6 +61,16 @@ class SQLEventIsolation(BaseEventIsolation):
         self.timeout = timeout
         self.local = SimpleEventIsolation()
         self._owned = False
+        if dialect == "postgresql":
+            event.listen(engine.sync_engine, "connect", self._set_lock_timeout)
+
+    def _set_lock_timeout(self, dbapi_connection: Any, _record: Any) -> None:
+        """Bound every lock wait on this engine's connections, once per connection (not per lock)."""
+        wait = self._wait_seconds()
+        milliseconds = 0 if wait is None else int(wait * 1000)  # 0: wait for ever
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"SET lock_timeout = {milliseconds}")
+        cursor.close()
 
     @classmethod
     def from_url(cls, url: str, timeout: float | None = DEFAULT_TIMEOUT_SECONDS, **kwargs: Any) -> SQLEventIsolation:
@@ -68,11 +79,16 @@ class SQLEventIsolation(BaseEventIsolation):
             pool_size=POOL_SIZE,
             max_overflow=MAX_OVERFLOW,
             pool_timeout=timeout or 30,
-            pool_pre_ping=True,
+            # No ping per checkout: a connection the server closed is retried once (`_locked`).
+            pool_pre_ping=False,
         )
         isolation = cls(engine, timeout=timeout, **kwargs)
         isolation._owned = True
         return isolation
+
+    def _wait_seconds(self) -> float | None:
+        # The database's own wait ends first, so a timeout is reported as the lock's.
+        return None if self.timeout is None else max(self.timeout - 0.5, 0.1)
 
     @asynccontextmanager
     async def lock(self, key: StorageKey) -> AsyncIterator[None]:
@@ -87,21 +103,25 @@ class SQLEventIsolation(BaseEventIsolation):
     @database_call(SQL_OUTAGES)
     async def _locked(self, name: str) -> AsyncConnection:
         """A connection that holds the lock on `name`; LockTimeoutError if another process keeps it."""
+        try:
+            return await self._lock_on_a_connection(name)
+        except DBAPIError as error:
+            if not error.connection_invalidated:
+                raise
+            # The server closed a pooled connection (a restart); the pool has dropped those.
+            return await self._lock_on_a_connection(name)
+
+    async def _lock_on_a_connection(self, name: str) -> AsyncConnection:
         connection = await self.engine.connect()
         try:
-            # The database's own wait ends first, so a timeout is reported as the lock's.
-            wait = None if self.timeout is None else max(self.timeout - 0.5, 0.1)
             if self.engine.dialect.name == "postgresql":
                 await connection.begin()
-                milliseconds = 0 if wait is None else int(wait * 1000)  # 0: wait for ever
-                await connection.execute(
-                    text("SELECT set_config('lock_timeout', :ms, true)"), {"ms": str(milliseconds)}
-                )
                 await connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": postgres_lock_id(name)})
                 return connection
-            seconds = -1 if wait is None else wait
+            wait = self._wait_seconds()
             got = await connection.scalar(
-                text("SELECT GET_LOCK(:name, :seconds)"), {"name": mysql_lock_name(name), "seconds": seconds}
+                text("SELECT GET_LOCK(:name, :seconds)"),
+                {"name": mysql_lock_name(name), "seconds": -1 if wait is None else wait},
             )
             if got != 1:
                 raise LockTimeoutError(lock_timeout_message(name, self.timeout))

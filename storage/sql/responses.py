@@ -60,7 +60,7 @@ class SQLResponseStore:
     @database_call(SQL_OUTAGES)
     async def create_table(self) -> None:
         # `response_id` came in a later version: an older table gets the column.
-        await self.storage.run_in_transaction(
+        await self.storage.run_on_connection(
             lambda connection: ensure_table(connection, self.table, added_later=("response_id",))
         )
 
@@ -75,7 +75,7 @@ class SQLResponseStore:
         }
         statement = self.table.insert().values(row)
         try:
-            await self.storage.run_in_transaction(lambda connection: connection.execute(statement))
+            await self.storage.run_on_connection(lambda connection: connection.execute(statement))
         except IntegrityError:  # the unique response_id: saved before
             return False
         return True
@@ -83,7 +83,7 @@ class SQLResponseStore:
     @database_call(SQL_OUTAGES)
     async def for_user(self, user_id: int) -> list[CompletedResponse]:
         statement = select(self.table).where(self.table.c.user_id == user_id).order_by(self.table.c.id)
-        rows = await self.storage.run_in_transaction(lambda connection: connection.execute(statement).all())
+        rows = await self.storage.run_on_connection(lambda connection: connection.execute(statement).all())
         return [
             CompletedResponse(
                 response_id=row.response_id or str(row.id),
@@ -98,7 +98,7 @@ class SQLResponseStore:
     @database_call(SQL_OUTAGES)
     async def delete_for_user(self, user_id: int) -> int:
         statement = delete(self.table).where(self.table.c.user_id == user_id)
-        result = await self.storage.run_in_transaction(lambda connection: connection.execute(statement))
+        result = await self.storage.run_on_connection(lambda connection: connection.execute(statement))
         return cast(CursorResult[Any], result).rowcount
 
 

@@ -96,7 +96,7 @@ class FsmStatements:
             for names in (("state",), ("data", "version"), ("state", "data", "version"))
         }
 
-    # --- operations: each is one call's work, in one transaction ---------------
+    # --- operations: each is one call's work, correct statement by statement ---
 
     def fetch(self, connection: Connection, key: str) -> Row[Any, Any, Any] | None:
         return connection.execute(self.read_sql, {"key": key}).one_or_none()

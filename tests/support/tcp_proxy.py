@@ -15,7 +15,8 @@ class TcpProxy:
 
     `down()` drops every connection and refuses new ones; `hang()` drops them and
     accepts new ones that never answer; `stall()` keeps the connections open but
-    stops passing bytes on, like a server stuck mid-query; `up()` forwards again.
+    stops passing bytes on, like a server stuck mid-query; `up()` forwards again;
+    `restart()` drops every connection and serves new ones at once.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -39,6 +40,11 @@ class TcpProxy:
 
     def down(self) -> None:
         self.mode = "down"
+        self._drop_connections()
+
+    def restart(self) -> None:
+        """Like a server restart between two calls: every open connection drops, new ones are served."""
+        self.mode = "up"
         self._drop_connections()
 
     def stall(self) -> None:
