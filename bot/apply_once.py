@@ -1,12 +1,15 @@
 """Apply each update once, and send its reply only after its effects are saved.
 
 Handlers return their reply (`return message.answer(...)`) instead of
-sending it. For an update with an FSM key, `ApplyOnce`, inside the user's
-lock (it runs after aiogram's FSM middleware):
+sending it. `ApplyOnce` takes the place of aiogram's FSM middleware (the
+Dispatcher is built with `disable_fsm=True`; its `fsm` still resolves keys
+and holds the storage and the isolation). For an update with an FSM key it
+takes the user's lock, as aiogram's does, and inside it:
 
-1. reads the key's data: an update listed there as applied was handled
-   before a crash and is delivered again; the handler does not run again,
-   and the reply it gave is sent again if it was the key's latest;
+1. reads the key's state and data in one call: an update listed in the data
+   as applied was handled before a crash and is delivered again; the handler
+   does not run again, and the reply it gave is sent again if it was the
+   key's latest;
 2. runs the handler on `PendingChanges`: its FSM reads and writes stay in
    memory, so a failure half-way writes nothing;
 3. writes the new state, data and the applied-update record in one atomic
@@ -29,6 +32,7 @@ import aiogram.methods
 from aiogram import BaseMiddleware, Bot
 from aiogram.exceptions import DataNotDictLikeError
 from aiogram.fsm.context import FSMContext
+from aiogram.fsm.middleware import FSMContextMiddleware
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, StateType, StorageKey
 from aiogram.methods import TelegramMethod
@@ -90,27 +94,32 @@ class PendingChanges(BaseStorage):
 
 
 class ApplyOnce(BaseMiddleware):
-    """An outer update middleware, registered after the Dispatcher's own (see the module's docstring)."""
+    """aiogram's FSM middleware, applying each update once (see the module's docstring)."""
+
+    def __init__(self, fsm: FSMContextMiddleware) -> None:
+        self.fsm = fsm
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
-        context: FSMContext | None = data.get("state")
         bot = cast(Bot, data["bot"])
+        context = self.fsm.resolve_event_context(bot, data)
+        data["fsm_storage"] = self.fsm.storage
         if context is None:  # an update without a user and chat: nothing to keep
             return await send_reply(bot, await handler(event, data))
-        update = cast(Update, event)
-        stored: dict[str, Any] | CorruptDataError
-        try:
-            stored = await context.get_data()
-        except CorruptDataError as error:
-            stored = error
+        # As in aiogram's: nothing is read before the lock is held.
+        async with self.fsm.events_isolation.lock(context.key):
+            return await self.apply(handler, cast(Update, event), data, context)
+
+    async def apply(self, handler: Handler, update: Update, data: dict[str, Any], context: FSMContext) -> Any:
+        bot = cast(Bot, data["bot"])
+        state, stored = await read(context)
         record = {} if isinstance(stored, CorruptDataError) else stored.pop(APPLIED, None) or {}
         applied: list[int] = record.get("updates", [])
         if update.update_id in applied:
             return await self.answer_redelivered(bot, update, applied, record.get("reply"))
 
-        changes = PendingChanges(context.key, data.get("raw_state"), stored)
-        data["state"] = FSMContext(storage=changes, key=context.key)
-        reply = await handler(event, data)
+        changes = PendingChanges(context.key, state, stored)
+        data.update(state=FSMContext(storage=changes, key=context.key), raw_state=state)
+        reply = await handler(update, data)
         if changes.changed:
             record = {"updates": [*applied, update.update_id][-REMEMBERED_UPDATES:], "reply": dump_reply(bot, reply)}
             assert isinstance(changes.data, dict)  # unreadable data that was not replaced failed the handler
@@ -126,6 +135,17 @@ class ApplyOnce(BaseMiddleware):
             return None
         logger.info("Update %s was applied already (delivered again); sending its reply again", update.update_id)
         return await send_reply(bot, load_reply(reply))
+
+
+async def read(context: FSMContext) -> tuple[str | None, dict[str, Any] | CorruptDataError]:
+    """The key's state and data; unreadable data is handed on, to fail only a handler that reads it."""
+    storage = context.storage
+    try:
+        if isinstance(storage, FsmStorage):
+            return await storage.get_state_and_data(context.key)
+        return await storage.get_state(context.key), await storage.get_data(context.key)
+    except CorruptDataError as error:
+        return await storage.get_state(context.key), error  # a state that is unreadable too raises here
 
 
 async def save(context: FSMContext, state: str | None, data: dict[str, Any]) -> None:

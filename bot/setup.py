@@ -37,8 +37,13 @@ def create_dispatcher(
     """The Dispatcher with every router; `responses` reaches handlers as workflow data."""
     # One user's updates are handled one at a time (across processes, with the isolation
     # the storage factory chose), so a burst of answers cannot interleave its reads and writes.
-    dispatcher = Dispatcher(storage=storage, events_isolation=isolation or SimpleEventIsolation(), responses=responses)
-    # Registered after the Dispatcher's own middlewares, so it runs inside the user's lock.
-    dispatcher.update.outer_middleware(ApplyOnce())
+    dispatcher = Dispatcher(
+        storage=storage,
+        events_isolation=isolation or SimpleEventIsolation(),
+        # ApplyOnce is the FSM middleware: it reads state and data at once, and saves them at once.
+        disable_fsm=True,
+        responses=responses,
+    )
+    dispatcher.update.outer_middleware(ApplyOnce(dispatcher.fsm))
     dispatcher.include_routers(*get_routers())
     return dispatcher

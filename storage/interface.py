@@ -34,8 +34,13 @@ class ResponseStore(Protocol):
 
 
 class FsmStorage(BaseStorage):
-    """An aiogram storage that can also replace a key's state and data in one atomic write,
+    """An aiogram storage that can also read and replace a key's state and data at once,
     and delete every session of one user, in every chat (/forget)."""
+
+    @abstractmethod
+    async def get_state_and_data(self, key: StorageKey) -> tuple[str | None, dict[str, Any]]:
+        """The key's state and data, read at once (one statement or command): what `get_state`
+        and `get_data` would give. CorruptDataError if either is unreadable."""
 
     @abstractmethod
     async def set_state_and_data(self, key: StorageKey, state: StateType, data: Mapping[str, Any]) -> None:

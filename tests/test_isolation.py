@@ -24,16 +24,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 async def replicas(
-    backend: Backend,
-    timeout: float = TIMEOUT,
-    **options: Any,  # noqa: ASYNC109 - the lock wait
+    backend: Backend, wait: float = TIMEOUT, **options: Any
 ) -> AsyncIterator[Sequence[BaseEventIsolation]]:
     if backend.is_mongo:
         client = create_client(backend.url, backend.driver)
-        yield [MongoEventIsolation(client[backend.place], timeout=timeout, **options) for _ in range(2)]
+        yield [MongoEventIsolation(client[backend.place], timeout=wait, **options) for _ in range(2)]
         await close_client(client)
         return
-    isolations = [SQLEventIsolation.from_url(backend.url, timeout=timeout) for _ in range(2)]
+    isolations = [SQLEventIsolation.from_url(backend.url, timeout=wait) for _ in range(2)]
     yield isolations
     for isolation in isolations:
         await isolation.close()
@@ -110,7 +108,7 @@ async def test_a_replica_killed_holding_a_lock_frees_it_within_seconds(backend: 
                     pytest.fail("entered a key a live replica holds")
         holder.kill()
         await holder.wait()
-        async for isolation, _ in replicas(backend, timeout=LEASE_SECONDS + 5):
+        async for isolation, _ in replicas(backend, wait=LEASE_SECONDS + 5):
             started = time.monotonic()
             async with isolation.lock(storage_key(4)):
                 waited = time.monotonic() - started

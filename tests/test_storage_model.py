@@ -58,6 +58,7 @@ def calls_with(patches: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[
     return st.one_of(
         st.tuples(st.just("get_state"), key_index, st.none()),
         st.tuples(st.just("get_data"), key_index, st.none()),
+        st.tuples(st.just("get_state_and_data"), key_index, st.none()),
         st.tuples(st.just("set_state"), key_index, states),
         st.tuples(st.just("set_data"), key_index, dicts_of(leaves)),
         st.tuples(st.just("update_data"), key_index, patches),
@@ -77,6 +78,10 @@ async def apply(storage: BaseStorage, keys: list[StorageKey], call: Call) -> Any
     method, index, argument = call
     if method in ("get_state", "get_data"):
         return await getattr(storage, method)(keys[index])
+    if method == "get_state_and_data" and isinstance(storage, MemoryStorage):
+        return await storage.get_state(keys[index]), await storage.get_data(keys[index])
+    if method == "get_state_and_data":
+        return await storage.get_state_and_data(keys[index])  # type: ignore[attr-defined]
     if method == "set_state_and_data" and isinstance(storage, MemoryStorage):
         # The oracle has no such call; its calls never interleave, so two in a row are one write.
         state, data = argument

@@ -92,12 +92,7 @@ class MongoStorage(FsmStorage):
 
     @database_call(MONGO_OUTAGES)
     async def get_state(self, key: StorageKey) -> str | None:
-        document = await self.collection.find_one({"_id": self._id(key)}, {"state": 1})
-        state = None if document is None else document.get("state")
-        if state is not None and not isinstance(state, str):
-            msg = f"stored FSM state is a {type(state).__name__}, not a string"
-            raise CorruptDataError(msg)
-        return state
+        return _state_of(await self.collection.find_one({"_id": self._id(key)}, {"state": 1}))
 
     @database_call(MONGO_OUTAGES)
     async def set_state(self, key: StorageKey, state: StateType = None) -> None:
@@ -134,6 +129,11 @@ class MongoStorage(FsmStorage):
                 raise CorruptDataError(msg) from None
             raise
         return _data_of(document)
+
+    @database_call(MONGO_OUTAGES)
+    async def get_state_and_data(self, key: StorageKey) -> tuple[str | None, dict[str, Any]]:
+        document = await self.collection.find_one({"_id": self._id(key)}, _ONLY_FIELDS)
+        return _state_of(document), _data_of(document)
 
     @database_call(MONGO_OUTAGES)
     async def set_state_and_data(self, key: StorageKey, state: StateType, data: Mapping[str, Any]) -> None:
@@ -203,6 +203,14 @@ class MongoStorage(FsmStorage):
         # The filter re-checks both fields, so a write that lands in between keeps the document.
         # (`None` matches a missing field; `{"data": {}}` is misread as an operator by nx-27017.)
         await self.collection.delete_one({"_id": key_id, "state": None, "data": None})
+
+
+def _state_of(document: Mapping[str, Any] | None) -> str | None:
+    state = None if document is None else document.get("state")
+    if state is not None and not isinstance(state, str):
+        msg = f"stored FSM state is a {type(state).__name__}, not a string"
+        raise CorruptDataError(msg)
+    return state
 
 
 def _data_of(document: Mapping[str, Any] | None) -> dict[str, Any]:

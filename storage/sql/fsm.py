@@ -222,6 +222,12 @@ class SQLAlchemyStorage(FsmStorage):
         raise RuntimeError(msg)
 
     @database_call(SQL_OUTAGES)
+    async def get_state_and_data(self, key: StorageKey) -> tuple[str | None, dict[str, Any]]:
+        key_id = self._id(key)
+        row = await self._run(lambda st, connection: st.fetch(connection, key_id))
+        return (None, {}) if row is None else (cast(str | None, row.state), self._loads(row.data))
+
+    @database_call(SQL_OUTAGES)
     async def set_state_and_data(self, key: StorageKey, state: StateType, data: Mapping[str, Any]) -> None:
         value = state.state if isinstance(state, State) else state
         key_id = self._id(key)
