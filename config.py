@@ -7,6 +7,7 @@ wrong setting is reported in well under a second.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
@@ -32,6 +33,9 @@ _DEFAULT_ASYNC_DRIVERS = {
 }
 _ASYNC_DRIVERS = {"aiosqlite", "asyncpg", "psycopg", "asyncmy", "aiomysql"}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_FSM_TTL = timedelta(days=30)
+_DURATION_PATTERN = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 BOT_TOKEN_HELP = (
     "BOT_TOKEN is not set: create a bot with @BotFather in Telegram and put "
@@ -51,7 +55,9 @@ class SettingsError(Exception):
     """A setting is missing or wrong. The message names it and the fix, never its value."""
 
 
-class Settings(BaseSettings):
+class StorageSettings(BaseSettings):
+    """Where conversations and answers are kept: all the owner's commands need (no token)."""
+
     model_config = SettingsConfigDict(
         env_file=".env",
         env_file_encoding="utf-8",
@@ -59,13 +65,53 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    bot_token: SecretStr
     storage: StorageKind = StorageKind.SQLALCHEMY
     # URLs may carry passwords: keep them out of repr() and so out of logs.
     database_url: str = Field("sqlite+aiosqlite:///data/bot.db", repr=False)
     mongo_url: str = Field("mongodb://localhost:27017", repr=False)
     mongo_db: str = "aiogram_fsm"
     mongo_driver: MongoDriver = "pymongo"
+    # A conversation untouched this long is removed ("30d", "12h", "90m", "45s"; 0: never).
+    fsm_ttl: timedelta | None = DEFAULT_FSM_TTL
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_async(cls, value: str) -> str:
+        return to_async_database_url(value)
+
+    @field_validator("fsm_ttl", mode="before")
+    @classmethod
+    def _ttl_has_a_unit(cls, value: object) -> timedelta | None:
+        if isinstance(value, timedelta) or value is None:
+            return value or None
+        text = str(value).strip().lower()
+        if text == "0":
+            return None
+        match = _DURATION_PATTERN.fullmatch(text)
+        if not match:
+            raise ValueError("FSM_TTL must be a duration with a unit, like 30d, 12h, 90m or 45s (0: never expire)")
+        amount = float(match.group(1))
+        if amount <= 0:
+            raise ValueError("FSM_TTL must be more than 0 (0 alone: never expire)")
+        return timedelta(seconds=amount * _DURATION_UNITS[match.group(2)])
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file the bot keeps its data in, or None on other databases."""
+        url = make_url(self.database_url)
+        if (
+            self.storage is not StorageKind.SQLALCHEMY
+            or url.get_backend_name() != "sqlite"
+            or url.database in (None, "", ":memory:")
+        ):
+            return None
+        return Path(url.database)
+
+
+class Settings(StorageSettings):
+    """Everything the bot reads."""
+
+    bot_token: SecretStr
     telegram_api_url: str | None = None
     log_level: str = "INFO"
     # On SIGTERM or SIGINT, how long the updates in progress may take to finish;
@@ -86,11 +132,6 @@ class Settings(BaseSettings):
                 "123456789:AAH...(35 characters); copy it again into .env"
             )
         return SecretStr(value.get_secret_value().strip())
-
-    @field_validator("database_url")
-    @classmethod
-    def _database_url_is_async(cls, value: str) -> str:
-        return to_async_database_url(value)
 
     @field_validator("telegram_api_url")
     @classmethod
@@ -141,14 +182,6 @@ class Settings(BaseSettings):
             raise ValueError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}")
         return level
 
-    @property
-    def sqlite_path(self) -> Path | None:
-        """The SQLite file DATABASE_URL points at, or None for other databases."""
-        url = make_url(self.database_url)
-        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-            return None
-        return Path(url.database)
-
 
 def to_async_database_url(value: str) -> str:
     """Return DATABASE_URL with an async driver, or raise naming what to write."""
@@ -180,6 +213,14 @@ def load_settings(env_file: str | Path | None = ".env", *, bot_token: str | None
         if bot_token is not None:
             return Settings(_env_file=env_file, bot_token=SecretStr(bot_token))
         return Settings(_env_file=env_file)
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None
+
+
+def load_storage_settings(env_file: str | Path | None = ".env") -> StorageSettings:
+    """The storage settings alone, for the owner's commands: no BOT_TOKEN needed."""
+    try:
+        return StorageSettings(_env_file=env_file)
     except ValidationError as error:
         raise SettingsError(_describe(error)) from None
 

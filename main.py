@@ -2,6 +2,8 @@
 
 `python main.py --sandbox` runs the same bot against a local Bot API emulator
 and lets you chat with it in the terminal: no token or network needed.
+`python main.py export | stats | migrate` are the owner's commands (admin/):
+they read the same settings, and need no token.
 """
 
 from __future__ import annotations
@@ -11,23 +13,79 @@ import asyncio
 import gc
 import logging
 import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NoReturn
 
-from config import SettingsError, load_settings
+from config import SettingsError, load_settings, load_storage_settings
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad arguments get one line and exit code 2 (argparse's own adds the whole usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="A questionnaire bot whose conversations survive restarts.")
+    parser = OneLineParser(prog="main.py", description="A questionnaire bot whose conversations survive restarts.")
     parser.add_argument("--env-file", default=".env", help="settings file to read (default: .env)")
     parser.add_argument(
         "--sandbox",
         action="store_true",
         help="chat with the bot in this terminal, through a local Bot API emulator (no token needed)",
     )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="the owner's commands")
+    export = commands.add_parser("export", help="write the completed questionnaires as CSV, JSON or JSON Lines")
+    export.add_argument("--format", choices=("csv", "json", "jsonl"), default="csv", help="(default: csv)")
+    export.add_argument("--since", type=parse_since, help="only those completed on or after this UTC date or time")
+    export.add_argument("--output", type=Path, help="write to this file (default: standard output)")
+    commands.add_parser("stats", help="how many started, finished and abandoned, and the answers")
+    migrate = commands.add_parser("migrate", help="copy conversations and answers to another database")
+    migrate.add_argument(
+        "--to", required=True, metavar="URL", help="sqlite:///file.db, postgresql://..., mysql://..., mongodb://host/db"
+    )
+    migrate.add_argument("--from", dest="source", metavar="URL", help="(default: the database the settings name)")
+    migrate.add_argument("--overwrite", action="store_true", help="replace what the target holds differently")
     return parser.parse_args(argv)
+
+
+def parse_since(text: str) -> datetime:
+    """`2026-11-01` or `2026-11-01T12:00`: in UTC unless it names its zone."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r} (write 2026-11-01 or 2026-11-01T12:00)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """One of the owner's commands: exit code 2 and one line for anything it cannot do as asked."""
+    from admin.errors import CommandError
+
+    try:
+        settings = load_storage_settings(args.env_file)
+        if args.command == "export":
+            from admin.export import export
+
+            return asyncio.run(export(settings, args.format, args.since, args.output))
+        if args.command == "stats":
+            from admin.stats import stats
+
+            return asyncio.run(stats(settings))
+        from admin.migrate import migrate
+
+        return asyncio.run(migrate(settings, args.to, args.source, args.overwrite))
+    except (SettingsError, CommandError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.command:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        return run_command(args)
     sandbox_token = None
     if args.sandbox:
         from bot.emulator import EMULATOR_BOT_TOKEN

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,12 @@ class ResponsesInMemory:
 
     async def delete_for_user(self, user_id: int) -> int:
         return 0
+
+    async def replace(self, response: CompletedResponse) -> None:
+        self.saved[response.response_id] = response
+
+    async def completed(self, since: datetime | None = None) -> list[CompletedResponse]:
+        return [response for response in self.saved.values() if since is None or response.completed_at >= since]
 
 
 def memory() -> Candidate:

@@ -11,10 +11,12 @@ from contextlib import asynccontextmanager, contextmanager
 from aiogram import Bot, Dispatcher
 from aiogram.exceptions import TelegramNetworkError, TelegramServerError, TelegramUnauthorizedError
 
+from bot.expiry import ExpirySweeper
 from bot.setup import create_bot, create_dispatcher
 from config import Settings
 from handlers.common import COMMANDS
-from storage import SchemaError, StorageUnavailableError, create_storages
+from storage import FsmStorage, SchemaError, StorageUnavailableError, create_storages
+from storage.sql.in_use import held_while_running
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +34,15 @@ async def running_bot(settings: Settings) -> AsyncIterator[tuple[Bot, Dispatcher
         raise StartupError(str(error)) from None
     bot = create_bot(settings)
     try:
-        dispatcher = create_dispatcher(storages.fsm, storages.responses, storages.isolation)
-        await introduce(bot, dispatcher, settings)
-        yield bot, dispatcher
+        # Tells `python main.py migrate` that the SQLite file is in use (storage/sql/in_use.py).
+        with held_while_running(settings.sqlite_path):
+            dispatcher = create_dispatcher(storages.fsm, storages.responses, storages.isolation)
+            if settings.fsm_ttl is not None and isinstance(storages.fsm, FsmStorage):
+                sweeper = ExpirySweeper(storages.fsm, settings.fsm_ttl)
+                dispatcher.startup.register(sweeper.start)
+                dispatcher.shutdown.register(sweeper.stop)
+            await introduce(bot, dispatcher, settings)
+            yield bot, dispatcher
     finally:
         await bot.session.close()
         await storages.close()

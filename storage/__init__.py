@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from storage.errors import CorruptDataError, SchemaError, StorageError, StorageUnavailableError
 from storage.factory import Storages, create_storages
-from storage.interface import CompletedResponse, FsmStorage, ResponseStore
+from storage.interface import CompletedResponse, FsmRecord, FsmStorage, ResponseStore
 from storage.sql.fsm import SQLAlchemyStorage
 from storage.sql.responses import SQLResponseStore
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CompletedResponse",
     "CorruptDataError",
+    "FsmRecord",
     "FsmStorage",
     "MongoResponseStore",
     "MongoStorage",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import orjson
 from aiogram.fsm.storage.base import BaseEventIsolation
@@ -10,7 +11,7 @@ from aiogram.fsm.storage.memory import SimpleEventIsolation
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from config import MongoDriver, Settings, StorageKind
+from config import DEFAULT_FSM_TTL, MongoDriver, StorageKind, StorageSettings
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, SchemaError, StorageUnavailableError
 from storage.interface import FsmStorage, ResponseStore
 from storage.sql.fsm import SQLAlchemyStorage
@@ -37,10 +38,12 @@ class Storages:
         await self.fsm.close()
 
 
-async def create_storages(settings: Settings) -> Storages:
+async def create_storages(settings: StorageSettings) -> Storages:
     """Connect to the configured database and create what the bot needs there."""
     if settings.storage is StorageKind.MONGO:
-        return await create_mongo_storages(settings.mongo_url, settings.mongo_db, settings.mongo_driver)
+        return await create_mongo_storages(
+            settings.mongo_url, settings.mongo_db, settings.mongo_driver, expire_after=settings.fsm_ttl
+        )
     return await create_sql_storages(settings.database_url)
 
 
@@ -74,7 +77,9 @@ async def create_mongo_storages(
     db_name: str,
     driver: MongoDriver = "pymongo",
     timeout: float | None = DEFAULT_TIMEOUT_SECONDS,  # noqa: ASYNC109 - per database call
+    expire_after: timedelta | None = DEFAULT_FSM_TTL,
 ) -> Storages:
+    """Mongo storages; `expire_after` sets the FSM collection's TTL index (None: no index, none expire)."""
     # Imported here: a bot on SQL never loads the Mongo driver (about 6 MB).
     from pymongo.errors import PyMongoError
 
@@ -90,6 +95,11 @@ async def create_mongo_storages(
         reason = type(error.__cause__ or error).__name__
         msg = f"cannot reach MongoDB ({reason}): check MONGO_URL and that the server runs"
         raise StorageUnavailableError(msg) from error
+    try:
+        await fsm.ensure_expiry_index(expire_after)
+    except BaseException:
+        await fsm.close()
+        raise
     return Storages(
         fsm=fsm,
         responses=MongoResponseStore(fsm.database, timeout=timeout),

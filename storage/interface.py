@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from aiogram.fsm.storage.base import BaseStorage, KeyBuilder, StateType, StorageKey
@@ -21,6 +21,16 @@ class CompletedResponse:
     completed_at: datetime
 
 
+@dataclass(frozen=True)
+class FsmRecord:
+    """One key's whole record, as the owner's commands (export, stats, migrate) see it."""
+
+    key: str  # as the storage's key builder wrote it
+    state: str | None
+    data: dict[str, Any]
+    updated_at: datetime  # UTC
+
+
 class ResponseStore(Protocol):
     """Where handlers put finished questionnaires; they never see which database it is."""
 
@@ -31,6 +41,14 @@ class ResponseStore(Protocol):
     async def for_user(self, user_id: int) -> list[CompletedResponse]: ...
 
     async def delete_for_user(self, user_id: int) -> int: ...
+
+    async def replace(self, response: CompletedResponse) -> None:
+        """Keep `response` in place of any kept under its `response_id` (migrate --overwrite)."""
+        ...
+
+    async def completed(self, since: datetime | None = None) -> list[CompletedResponse]:
+        """Every response completed at or after `since`, oldest first."""
+        ...
 
 
 class FsmStorage(BaseStorage):
@@ -53,6 +71,21 @@ class FsmStorage(BaseStorage):
     @abstractmethod
     async def delete_user(self, user_id: int) -> int:
         """Delete every key of `user_id`; return how many there were."""
+
+    @abstractmethod
+    async def records(self) -> list[FsmRecord]:
+        """Every key's record, sorted by key (for the owner's commands, not for handlers)."""
+
+    @abstractmethod
+    async def put_record(self, record: FsmRecord) -> None:
+        """Write `record` as it is, its `updated_at` included (migrate)."""
+
+    @abstractmethod
+    async def expire(self, ttl: timedelta, limit: int) -> int:
+        """Delete at most `limit` keys untouched for longer than `ttl`; return how many went.
+
+        A key written meanwhile stays: the delete checks the time again.
+        """
 
 
 def user_key_pattern(key_builder: KeyBuilder, user_id: int) -> tuple[str, str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from aiogram.exceptions import DataNotDictLikeError
@@ -25,7 +25,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
-from storage.interface import FsmStorage, user_key_pattern
+from storage.interface import FsmRecord, FsmStorage, as_utc, user_key_pattern
 from storage.mongo.client import MONGO_OUTAGES, Driver, close_client, create_client
 from storage.mongo.keys import escape_key, escape_value, unescape_value
 
@@ -138,17 +138,7 @@ class MongoStorage(FsmStorage):
     @database_call(MONGO_OUTAGES)
     async def set_state_and_data(self, key: StorageKey, state: StateType, data: Mapping[str, Any]) -> None:
         value = state.state if isinstance(state, State) else state
-        key_id = self._id(key)
-        if value is None and not data:
-            await self.collection.delete_one({"_id": key_id})
-            return
-        present = {"state": value, "data": escape_value(dict(data)) if data else None}
-        update: dict[str, Any] = {
-            "$set": {**{name: v for name, v in present.items() if v is not None}, "updated_at": datetime.now(UTC)}
-        }
-        if absent := {name: "" for name, v in present.items() if v is None}:
-            update["$unset"] = absent
-        await self.collection.update_one({"_id": key_id}, update, upsert=True)
+        await self._replace(self._id(key), value, data, datetime.now(UTC))
 
     @database_call(MONGO_OUTAGES)
     async def delete_user(self, user_id: int) -> int:
@@ -158,10 +148,65 @@ class MongoStorage(FsmStorage):
         result = await self.collection.delete_many({"_id": {"$regex": pattern, "$options": "s"}})
         return int(result.deleted_count)
 
+    # --- the owner's commands (export, stats, migrate) and expiry ------------
+
+    @database_call(MONGO_OUTAGES)
+    async def records(self) -> list[FsmRecord]:
+        return [
+            FsmRecord(document["_id"], _state_of(document), _data_of(document), _time_of(document))
+            async for document in self.collection.find({}).sort("_id", 1)
+        ]
+
+    @database_call(MONGO_OUTAGES)
+    async def put_record(self, record: FsmRecord) -> None:
+        await self._replace(record.key, record.state, record.data, record.updated_at)
+
+    @database_call(MONGO_OUTAGES)
+    async def expire(self, ttl: timedelta, limit: int) -> int:
+        # By this machine's clock, which wrote every `updated_at` (the TTL index's monitor
+        # uses the server's; see ensure_expiry_index).
+        cutoff = datetime.now(UTC) - ttl
+        old = self.collection.find({"updated_at": {"$lt": cutoff}}, {"_id": 1}).sort("updated_at", 1).limit(limit)
+        keys = [document["_id"] async for document in old]
+        if not keys:
+            return 0
+        result = await self.collection.delete_many({"_id": {"$in": keys}, "updated_at": {"$lt": cutoff}})
+        return int(result.deleted_count)
+
+    @database_call(MONGO_OUTAGES)
+    async def ensure_expiry_index(self, ttl: timedelta | None) -> None:
+        """A TTL index on `updated_at`: the server itself removes keys untouched for `ttl` (None: never)."""
+        wanted = None if ttl is None else int(ttl.total_seconds())
+        # Found by its key, not its name (nx-27017 names indexes its own way).
+        existing = [
+            (name, index.get("expireAfterSeconds"))
+            for name, index in (await self.collection.index_information()).items()
+            if [tuple(part) for part in index["key"]] == [("updated_at", 1)]
+        ]
+        if [after for _, after in existing] == [wanted]:
+            return
+        for name, _ in existing:
+            await self.collection.drop_index(name)
+        if wanted is not None:
+            await self.collection.create_index("updated_at", expireAfterSeconds=wanted)
+
     # --- commands ----------------------------------------------------------
 
     def _id(self, key: StorageKey) -> str:
         return self.key_builder.build(key)
+
+    async def _replace(self, key_id: str, state: str | None, data: Mapping[str, Any], updated_at: datetime) -> None:
+        """Replace state and data in one command; the document goes when both are empty."""
+        if state is None and not data:
+            await self.collection.delete_one({"_id": key_id})
+            return
+        present = {"state": state, "data": escape_value(dict(data)) if data else None}
+        update: dict[str, Any] = {
+            "$set": {**{name: v for name, v in present.items() if v is not None}, "updated_at": updated_at}
+        }
+        if absent := {name: "" for name, v in present.items() if v is None}:
+            update["$unset"] = absent
+        await self.collection.update_one({"_id": key_id}, update, upsert=True)
 
     async def _upsert(self, key_id: str, changes: dict[str, Any], returning: bool = False) -> Any:
         """`$set` the changes on the key's document, creating it if needed; with `returning`, the document after."""
@@ -203,6 +248,15 @@ class MongoStorage(FsmStorage):
         # The filter re-checks both fields, so a write that lands in between keeps the document.
         # (`None` matches a missing field; `{"data": {}}` is misread as an operator by nx-27017.)
         await self.collection.delete_one({"_id": key_id, "state": None, "data": None})
+
+
+def _time_of(document: Mapping[str, Any]) -> datetime:
+    moment = document["updated_at"]
+    if isinstance(moment, str):
+        # nx-27017, the tests' server, keeps a date given to `$set` on an existing document
+        # as text ("2026-11-30 05:02:04.992000"); MongoDB keeps a date. README: where nx-27017 differs.
+        moment = datetime.fromisoformat(moment)
+    return as_utc(moment)
 
 
 def _state_of(document: Mapping[str, Any] | None) -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
@@ -27,23 +27,27 @@ class MongoResponseStore:
 
     @database_call(MONGO_OUTAGES)
     async def save(self, response: CompletedResponse) -> bool:
-        document = {
-            # The response's own id as _id: saving it twice keeps one.
-            "_id": response.response_id,
-            "user_id": response.user_id,
-            "chat_id": response.chat_id,
-            "answers": escape_value(response.answers),
-            "completed_at": response.completed_at.astimezone(UTC),
-        }
         try:
-            await self.collection.insert_one(document)
+            await self.collection.insert_one(_document(response))
         except DuplicateKeyError:
             return False
         return True
 
     @database_call(MONGO_OUTAGES)
+    async def replace(self, response: CompletedResponse) -> None:
+        await self.collection.delete_one({"_id": response.response_id})
+        await self.collection.insert_one(_document(response))
+
+    @database_call(MONGO_OUTAGES)
     async def for_user(self, user_id: int) -> list[CompletedResponse]:
-        cursor = self.collection.find({"user_id": user_id}).sort("completed_at", 1)
+        return await self._find({"user_id": user_id})
+
+    @database_call(MONGO_OUTAGES)
+    async def completed(self, since: datetime | None = None) -> list[CompletedResponse]:
+        return await self._find({} if since is None else {"completed_at": {"$gte": since.astimezone(UTC)}})
+
+    async def _find(self, query: dict[str, Any]) -> list[CompletedResponse]:
+        cursor = self.collection.find(query).sort([("completed_at", 1), ("_id", 1)])
         return [
             CompletedResponse(
                 response_id=str(document["_id"]),
@@ -59,3 +63,14 @@ class MongoResponseStore:
     async def delete_for_user(self, user_id: int) -> int:
         result = await self.collection.delete_many({"user_id": user_id})
         return int(result.deleted_count)
+
+
+def _document(response: CompletedResponse) -> dict[str, Any]:
+    return {
+        # The response's own id as _id: saving it twice keeps one.
+        "_id": response.response_id,
+        "user_id": response.user_id,
+        "chat_id": response.chat_id,
+        "answers": escape_value(response.answers),
+        "completed_at": response.completed_at.astimezone(UTC),
+    }

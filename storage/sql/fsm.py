@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Mapping
+from datetime import UTC, timedelta
 from typing import Any, TypeVar, cast
 
 from aiogram.exceptions import DataNotDictLikeError
@@ -25,7 +26,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
-from storage.interface import FsmStorage, user_key_pattern
+from storage.interface import FsmRecord, FsmStorage, as_utc, user_key_pattern
 from storage.sql.engine import SQL_OUTAGES, create_engine_for_url, ensure_table
 from storage.sql.sqlite_thread import SQLiteThread
 from storage.sql.statements import Field, FsmStatements, fsm_table
@@ -239,6 +240,34 @@ class SQLAlchemyStorage(FsmStorage):
         """Delete the user's sessions in every chat (for /forget)."""
         start, end = user_key_pattern(self.key_builder, user_id)
         return await self._run(lambda st, connection: st.delete_like(connection, start, end))
+
+    # --- the owner's commands (export, stats, migrate) and expiry ------------
+
+    @database_call(SQL_OUTAGES)
+    async def records(self) -> list[FsmRecord]:
+        rows = await self._run(lambda st, connection: st.read_all(connection))
+        return [FsmRecord(row.id, row.state, self._loads(row.data), as_utc(row.updated_at)) for row in rows]
+
+    @database_call(SQL_OUTAGES)
+    async def put_record(self, record: FsmRecord) -> None:
+        text = self._dumps(record.data) if record.data else None
+
+        def put(st: FsmStatements, connection: Connection) -> None:
+            # PostgreSQL keeps the zone; SQLite's and MySQL's columns hold UTC without one.
+            stamp = record.updated_at.astimezone(UTC)
+            st.put(
+                connection,
+                record.key,
+                record.state,
+                text,
+                stamp if st.dialect == "postgresql" else stamp.replace(tzinfo=None),
+            )
+
+        await self._run(put)
+
+    @database_call(SQL_OUTAGES)
+    async def expire(self, ttl: timedelta, limit: int) -> int:
+        return await self._run(lambda st, connection: st.expire(connection, ttl, limit))
 
     # --- running statements ----------------------------------------------------
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     CursorResult,
     DateTime,
     Index,
@@ -17,9 +18,11 @@ from sqlalchemy import (
     Text,
     delete,
     select,
+    true,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
 
 from storage.errors import database_call
 from storage.interface import CompletedResponse, as_utc
@@ -66,14 +69,7 @@ class SQLResponseStore:
 
     @database_call(SQL_OUTAGES)
     async def save(self, response: CompletedResponse) -> bool:
-        row = {
-            "response_id": response.response_id,
-            "user_id": response.user_id,
-            "chat_id": response.chat_id,
-            "answers": _as_text(self.storage.json_dumps(response.answers)),
-            "completed_at": response.completed_at.astimezone(UTC).replace(tzinfo=None),
-        }
-        statement = self.table.insert().values(row)
+        statement = self.table.insert().values(self._row(response))
         try:
             await self.storage.run_on_connection(lambda connection: connection.execute(statement))
         except IntegrityError:  # the unique response_id: saved before
@@ -81,8 +77,38 @@ class SQLResponseStore:
         return True
 
     @database_call(SQL_OUTAGES)
+    async def replace(self, response: CompletedResponse) -> None:
+        forget = delete(self.table).where(self.table.c.response_id == response.response_id)
+        insert = self.table.insert().values(self._row(response))
+
+        def replace(connection: Connection) -> None:
+            connection.execute(forget)
+            connection.execute(insert)
+
+        await self.storage.run_on_connection(replace)
+
+    def _row(self, response: CompletedResponse) -> dict[str, Any]:
+        return {
+            "response_id": response.response_id,
+            "user_id": response.user_id,
+            "chat_id": response.chat_id,
+            "answers": _as_text(self.storage.json_dumps(response.answers)),
+            "completed_at": response.completed_at.astimezone(UTC).replace(tzinfo=None),
+        }
+
+    @database_call(SQL_OUTAGES)
     async def for_user(self, user_id: int) -> list[CompletedResponse]:
-        statement = select(self.table).where(self.table.c.user_id == user_id).order_by(self.table.c.id)
+        return await self._select(self.table.c.user_id == user_id)
+
+    @database_call(SQL_OUTAGES)
+    async def completed(self, since: datetime | None = None) -> list[CompletedResponse]:
+        if since is None:
+            return await self._select(true())
+        return await self._select(self.table.c.completed_at >= since.astimezone(UTC).replace(tzinfo=None))
+
+    async def _select(self, where: ColumnElement[bool]) -> list[CompletedResponse]:
+        c = self.table.c
+        statement = select(self.table).where(where).order_by(c.completed_at, c.id)
         rows = await self.storage.run_on_connection(lambda connection: connection.execute(statement).all())
         return [
             CompletedResponse(

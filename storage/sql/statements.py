@@ -9,6 +9,7 @@ reuses their compiled form instead of rebuilding it on every call.
 from __future__ import annotations
 
 import secrets
+from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
 from sqlalchemy import (
@@ -18,6 +19,7 @@ from sqlalchemy import (
     CursorResult,
     DateTime,
     Executable,
+    Index,
     MetaData,
     Row,
     String,
@@ -53,6 +55,8 @@ def fsm_table(metadata: MetaData, table_name: str) -> Table:
         # and swaps on it, and a random one cannot come back after a delete.
         Column("version", BigInteger, nullable=False),
         Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        # Expiry (FSM_TTL) finds the oldest keys by it.
+        Index(f"ix_{table_name}_updated_at", "updated_at"),
         extend_existing=True,
         # MySQL's older default character sets cannot hold every character a user types.
         mysql_charset="utf8mb4",
@@ -70,6 +74,7 @@ class FsmStatements:
         c = table.c
         key = c.id == bindparam("key")
         self.table = table
+        self.dialect = dialect
         self.read_sql = select(c.state, c.data, c.version).where(key)
         self.write_state_sql = _upsert(table, dialect, ("state",))
         self.write_data_sql = _upsert(table, dialect, ("data", "version"))
@@ -89,6 +94,15 @@ class FsmStatements:
         self.delete_if_empty_sql = delete(table).where(key, c.state.is_(None), c.data.is_(None))
         self.delete_sql = delete(table).where(key)
         self.delete_like_sql = delete(table).where(c.id.like(bindparam("pattern"), escape="/"))
+        self.read_all_sql = select(c.id, c.state, c.data, c.updated_at).order_by(c.id)
+        self.stamp_sql = update(table).where(key).values(updated_at=bindparam("stamp"))
+        self.now_sql = select(func.now())
+        self.oldest_sql = (
+            select(c.id).where(c.updated_at < bindparam("cutoff")).order_by(c.updated_at).limit(bindparam("limit"))
+        )
+        self.delete_old_sql = delete(table).where(
+            c.id.in_(bindparam("keys", expanding=True)), c.updated_at < bindparam("cutoff")
+        )
         self._plain_update: dict[tuple[str, ...], Executable] = {
             names: update(table)
             .where(key)
@@ -139,6 +153,22 @@ class FsmStatements:
         pattern = f"{_escape_like(start)}%{_escape_like(end)}"
         return cast(CursorResult[Any], connection.execute(self.delete_like_sql, {"pattern": pattern})).rowcount
 
+    def read_all(self, connection: Connection) -> list[Row[Any, Any, Any, Any]]:
+        return list(connection.execute(self.read_all_sql).all())
+
+    def put(self, connection: Connection, key: str, state: str | None, data: str | None, stamp: datetime) -> None:
+        """Write a whole record, its time included (the time is the database's own form of it)."""
+        self.set_both(connection, key, state, data)
+        connection.execute(self.stamp_sql, {"key": key, "stamp": stamp})
+
+    def expire(self, connection: Connection, ttl: timedelta, limit: int) -> int:
+        """Delete at most `limit` of the keys untouched for `ttl`, by the database's clock."""
+        cutoff = connection.execute(self.now_sql).scalar_one() - ttl
+        keys = connection.execute(self.oldest_sql, {"cutoff": cutoff, "limit": limit}).scalars().all()
+        if not keys:
+            return 0
+        return _rowcount(connection.execute(self.delete_old_sql, {"keys": list(keys), "cutoff": cutoff}))
+
     def _upsert(
         self,
         connection: Connection,
@@ -170,7 +200,11 @@ class FsmStatements:
 
 
 def _changed(result: Any) -> bool:
-    return bool(cast(CursorResult[Any], result).rowcount)
+    return bool(_rowcount(result))
+
+
+def _rowcount(result: Any) -> int:
+    return cast(CursorResult[Any], result).rowcount
 
 
 def _escape_like(text: str) -> str:

@@ -1,0 +1,31 @@
+"""What the owner's commands raise for bad input: main.py prints it as one line and exits with 2."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from config import StorageSettings
+from storage import SchemaError, Storages, StorageUnavailableError, create_storages
+
+
+class CommandError(Exception):
+    """The command cannot run as asked; the message says why and what to change."""
+
+
+@asynccontextmanager
+async def opened(settings: StorageSettings, what: str = "the database") -> AsyncIterator[Storages]:
+    """The storages the settings name, closed on exit; CommandError when they cannot be opened."""
+    try:
+        storages = await create_storages(settings)
+    except SchemaError as error:
+        raise CommandError(f"cannot use {what}: {error}") from None
+    except StorageUnavailableError as error:
+        # The factory's own message names DATABASE_URL or MONGO_URL; here the URL may be --to's.
+        cause = error.__cause__ or error
+        reason = str(cause) if isinstance(cause, OSError) else type(cause).__name__
+        raise CommandError(f"cannot reach {what} ({reason})") from None
+    try:
+        yield storages
+    finally:
+        await storages.close()

@@ -1,0 +1,90 @@
+"""`python main.py export`: the completed questionnaires as CSV, JSON or JSON Lines.
+
+One row per completed questionnaire: user id, chat id, each answer in its own
+column (in the order the questions are asked, then any other answer kept by
+an older version of the bot), and the completion time in UTC.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from admin.errors import opened
+from config import StorageSettings
+from states import Questionnaire
+from storage import CompletedResponse
+
+FORMATS = ("csv", "json", "jsonl")
+# The answers' names are the questions' state names: name, age, colour.
+QUESTIONS = tuple(state.state.rpartition(":")[2] for state in Questionnaire.__all_states__ if state.state)
+# A byte-order mark: without it Excel reads UTF-8 as the local code page (é, emoji garbled).
+CSV_BOM = "\ufeff"
+# A cell starting with one of these is a formula to a spreadsheet (=HYPERLINK(...)): the
+# answers are users' text, so such a cell is written with a leading apostrophe, shown as text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def columns_for(responses: Sequence[CompletedResponse]) -> list[str]:
+    others = sorted({name for response in responses for name in response.answers} - set(QUESTIONS))
+    return ["user_id", "chat_id", *QUESTIONS, *others, "completed_at"]
+
+
+def as_row(response: CompletedResponse, columns: list[str]) -> dict[str, Any]:
+    fixed = {
+        "user_id": response.user_id,
+        "chat_id": response.chat_id,
+        "completed_at": utc_text(response.completed_at),
+    }
+    return {column: fixed[column] if column in fixed else response.answers.get(column) for column in columns}
+
+
+def utc_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def render(responses: Sequence[CompletedResponse], file_format: str) -> bytes:
+    """The export, encoded as UTF-8."""
+    columns = columns_for(responses)
+    rows = [as_row(response, columns) for response in responses]
+    if file_format == "json":
+        return (json.dumps(rows, ensure_ascii=False, indent=2) + "\n").encode()
+    if file_format == "jsonl":
+        return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
+    buffer = io.StringIO()
+    # RFC 4180: CRLF line ends; a cell with a comma, quote or line break is quoted.
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(columns)
+    writer.writerows([spreadsheet_safe(row[column]) for column in columns] for row in rows)
+    return (CSV_BOM + buffer.getvalue()).encode()
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def write(content: bytes, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.buffer.write(content)
+        sys.stdout.buffer.flush()
+    else:
+        output.write_bytes(content)
+
+
+async def export(settings: StorageSettings, file_format: str, since: datetime | None, output: Path | None) -> int:
+    async with opened(settings) as storages:
+        responses = await storages.responses.completed(since)
+    write(render(responses, file_format), output)
+    if output is not None:
+        print(f"Exported {len(responses)} completed questionnaire(s) to {output}", file=sys.stderr)
+    return 0

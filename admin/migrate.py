@@ -1,0 +1,153 @@
+"""`python main.py migrate --to URL [--from URL]`: copy conversations and answers to another database.
+
+It copies every FSM record (state, data, and when it was last touched) and
+every completed response, between any two of SQLite, PostgreSQL, MariaDB
+/ MySQL and MongoDB. What the target already holds is compared first:
+the same record is skipped (so a second run copies nothing), and a
+different one is a conflict: nothing is written unless `--overwrite`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from tqdm import tqdm
+
+from admin.errors import CommandError, opened
+from config import StorageKind, StorageSettings, to_async_database_url
+from storage import CompletedResponse, FsmRecord, Storages
+from storage.sql.in_use import in_use
+
+SHOWN_CONFLICTS = 5
+# Stored times differ in precision (MySQL keeps whole seconds, MongoDB milliseconds).
+SAME_TIME_SECONDS = 1.0
+
+
+def settings_for(url: str, base: StorageSettings) -> StorageSettings:
+    """`base` pointed at the database `url` names: `mongodb://host/db` or any SQL URL."""
+    url = url.strip()
+    scheme = urlsplit(url).scheme
+    if scheme in ("mongodb", "mongodb+srv"):
+        database = urlsplit(url).path.strip("/") or base.mongo_db
+        return base.model_copy(update={"storage": StorageKind.MONGO, "mongo_url": url, "mongo_db": database})
+    try:
+        database_url = to_async_database_url(url)
+    except ValueError as error:
+        raise CommandError(str(error).replace("DATABASE_URL", url, 1)) from None
+    return base.model_copy(update={"storage": StorageKind.SQLALCHEMY, "database_url": database_url})
+
+
+def describe(settings: StorageSettings) -> str:
+    """Where the settings point, without a password."""
+    if settings.storage is StorageKind.MONGO:
+        parts = urlsplit(settings.mongo_url)
+        host = parts.hostname or "localhost"
+        port = f":{parts.port}" if parts.port else ""
+        return f"mongodb://{host}{port}/{settings.mongo_db}"
+    return make_url(settings.database_url).render_as_string(hide_password=True)
+
+
+@dataclass
+class Plan:
+    """What copying would do: new records to write, ones already there, and conflicts."""
+
+    records: list[FsmRecord] = field(default_factory=list)
+    same_records: int = 0
+    conflicting_records: list[FsmRecord] = field(default_factory=list)
+    responses: list[CompletedResponse] = field(default_factory=list)
+    same_responses: int = 0
+    conflicting_responses: list[CompletedResponse] = field(default_factory=list)
+
+    @property
+    def conflicts(self) -> list[str]:
+        return [record.key for record in self.conflicting_records] + [
+            f"response {response.response_id}" for response in self.conflicting_responses
+        ]
+
+
+async def plan(source: Storages, target: Storages) -> Plan:
+    result = Plan()
+    present = {record.key: record for record in await target.fsm.records()}
+    for record in await source.fsm.records():
+        there = present.get(record.key)
+        if there is None:
+            result.records.append(record)
+        elif (there.state, there.data) == (record.state, record.data):
+            result.same_records += 1
+        else:
+            result.conflicting_records.append(record)
+    kept = {response.response_id: response for response in await target.responses.completed()}
+    for response in await source.responses.completed():
+        existing = kept.get(response.response_id)
+        if existing is None:
+            result.responses.append(response)
+        elif same_response(existing, response):
+            result.same_responses += 1
+        else:
+            result.conflicting_responses.append(response)
+    return result
+
+
+def same_response(one: CompletedResponse, other: CompletedResponse) -> bool:
+    return (one.user_id, one.chat_id, one.answers) == (other.user_id, other.chat_id, other.answers) and abs(
+        (one.completed_at - other.completed_at).total_seconds()
+    ) <= SAME_TIME_SECONDS
+
+
+async def copy(plan: Plan, target: Storages, overwrite: bool) -> None:
+    records = plan.records + (plan.conflicting_records if overwrite else [])
+    replaced = plan.conflicting_responses if overwrite else []
+    total = len(records) + len(plan.responses) + len(replaced)
+    # tqdm draws on a terminal only (disable=None), so output sent to a file stays clean.
+    with tqdm(total=total, unit="record", desc="Copying", file=sys.stderr, disable=None) as progress:
+        for record in records:
+            await target.fsm.put_record(record)
+            progress.update()
+        for response in plan.responses:
+            await target.responses.save(response)
+            progress.update()
+        for response in replaced:
+            await target.responses.replace(response)
+            progress.update()
+
+
+def conflicts_message(target_name: str, conflicts: list[str]) -> str:
+    shown = ", ".join(conflicts[:SHOWN_CONFLICTS])
+    more = f" and {len(conflicts) - SHOWN_CONFLICTS} more" if len(conflicts) > SHOWN_CONFLICTS else ""
+    return (
+        f"{target_name} already holds different data for {len(conflicts)} key(s) ({shown}{more}): "
+        "nothing was copied; --overwrite replaces them with the source's"
+    )
+
+
+async def migrate(settings: StorageSettings, to: str, source_url: str | None, overwrite: bool) -> int:
+    source_settings = settings_for(source_url, settings) if source_url else settings
+    target_settings = settings_for(to, settings)
+    source_name, target_name = describe(source_settings), describe(target_settings)
+    if source_name == target_name:
+        raise CommandError(f"--to names the source itself ({source_name}): give another database")
+    sqlite_file = source_settings.sqlite_path
+    if sqlite_file is not None and in_use(sqlite_file):
+        raise CommandError(f"a bot is running on {sqlite_file}: stop it first, then migrate")
+    async with (
+        opened(source_settings, f"the source {source_name}") as source,
+        opened(target_settings, f"the target {target_name}") as target,
+    ):
+        planned = await plan(source, target)
+        if planned.conflicts and not overwrite:
+            raise CommandError(conflicts_message(target_name, planned.conflicts))
+        await copy(planned, target, overwrite)
+    replaced = len(planned.conflicts) if overwrite else 0
+    print(f"Copied from {source_name} to {target_name}:")
+    print(
+        f"  conversations  {len(planned.records):>6} copied, {planned.same_records} there already"
+        + (f", {len(planned.conflicting_records)} replaced" if replaced else "")
+    )
+    print(
+        f"  answers        {len(planned.responses):>6} copied, {planned.same_responses} there already"
+        + (f", {len(planned.conflicting_responses)} replaced" if replaced else "")
+    )
+    return 0

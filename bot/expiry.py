@@ -1,0 +1,57 @@
+"""Conversations untouched for FSM_TTL are removed while the bot runs, a bounded batch at a time.
+
+On MongoDB a TTL index does the same on the server, even while no bot runs;
+this sweep runs on every backend alike, so expiry does not wait for the
+server's TTL monitor (once a minute) and is tested the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+
+from storage import FsmStorage, StorageUnavailableError
+
+logger = logging.getLogger(__name__)
+
+BATCH = 1000  # keys removed per sweep at most: one sweep never holds the database long
+LONGEST_PAUSE = 600.0  # seconds between sweeps, or less for a short FSM_TTL
+PAUSE_AFTER_A_FULL_BATCH = 1.0  # more keys are waiting: go on soon, leaving room for users
+
+
+async def sweep(storage: FsmStorage, ttl: timedelta, limit: int = BATCH) -> int:
+    """Remove up to `limit` expired conversations; how many went (logged when any)."""
+    removed = await storage.expire(ttl, limit)
+    if removed:
+        logger.info("Removed %d conversation(s) untouched for more than %s (FSM_TTL)", removed, ttl)
+    return removed
+
+
+class ExpirySweeper:
+    """Sweeps from the dispatcher's startup to its shutdown (`dp.startup`, `dp.shutdown`)."""
+
+    def __init__(self, storage: FsmStorage, ttl: timedelta) -> None:
+        self.storage = storage
+        self.ttl = ttl
+        self.pause = min(LONGEST_PAUSE, max(ttl.total_seconds() / 4, 1.0))
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="expiry")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                removed = await sweep(self.storage, self.ttl)
+            except StorageUnavailableError as error:
+                logger.warning("Expiry skipped this time: %s", error)
+                removed = 0
+            await asyncio.sleep(PAUSE_AFTER_A_FULL_BATCH if removed >= BATCH else self.pause)

@@ -1,0 +1,351 @@
+"""The owner's commands on every backend: export, stats, expiry (FSM_TTL) and migrate.
+
+Export and stats are compared byte for byte with what a user of the command
+would read. Expiry and migrate also run against the real bot process: a user
+whose session expired is told to /start, and after a migration there and back
+every user goes on at the question they had reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from admin.errors import CommandError
+from admin.export import render as render_export
+from admin.migrate import migrate
+from admin.stats import count
+from admin.stats import render as render_stats
+from bot.emulator import BotAPIEmulator, running_emulator
+from bot.expiry import sweep
+from config import StorageSettings
+from storage import CompletedResponse, FsmRecord, MongoStorage, Storages
+from tests.support.backends import ALL_BACKENDS, MONGO_BACKENDS, SQL_URL_VARIABLES, Backend, backend_params
+from tests.support.bot_process import ROOT, BotProcess, bot_environment, drop_bot_tables, finish
+
+AWKWARD = [
+    CompletedResponse(
+        "r1", 11, -1001, {"name": 'Ann, "Annie"', "age": 30, "colour": "Blue"}, datetime(2026, 11, 1, 9, 30, tzinfo=UTC)
+    ),
+    CompletedResponse(
+        "r2",
+        12,
+        12,
+        {"name": "Bob\nsecond line", "age": 41, "colour": "🎉 <b>Red</b> & green"},
+        datetime(2026, 11, 2, 10, 0, tzinfo=UTC),
+    ),
+    CompletedResponse(
+        "r3",
+        13,
+        13,
+        {"name": "=SUM(A1:A9)", "age": 18, "colour": "Zöë; ünïcode"},
+        datetime(2026, 11, 3, 23, 59, 59, tzinfo=UTC),
+    ),
+]
+EXPECTED_CSV = (
+    "\ufeffuser_id,chat_id,name,age,colour,completed_at\r\n"
+    '11,-1001,"Ann, ""Annie""",30,Blue,2026-11-01T09:30:00Z\r\n'
+    '12,12,"Bob\nsecond line",41,🎉 <b>Red</b> & green,2026-11-02T10:00:00Z\r\n'
+    "13,13,'=SUM(A1:A9),18,Zöë; ünïcode,2026-11-03T23:59:59Z\r\n"
+).encode()
+EXPECTED_JSON = """[
+  {
+    "user_id": 12,
+    "chat_id": 12,
+    "name": "Bob\\nsecond line",
+    "age": 41,
+    "colour": "🎉 <b>Red</b> & green",
+    "completed_at": "2026-11-02T10:00:00Z"
+  },
+  {
+    "user_id": 13,
+    "chat_id": 13,
+    "name": "=SUM(A1:A9)",
+    "age": 18,
+    "colour": "Zöë; ünïcode",
+    "completed_at": "2026-11-03T23:59:59Z"
+  }
+]
+""".encode()
+EXPECTED_JSONL = (
+    '{"user_id": 11, "chat_id": -1001, "name": "Ann, \\"Annie\\"", "age": 30, "colour": "Blue", '
+    '"completed_at": "2026-11-01T09:30:00Z"}\n'
+    '{"user_id": 12, "chat_id": 12, "name": "Bob\\nsecond line", "age": 41, "colour": "🎉 <b>Red</b> & green", '
+    '"completed_at": "2026-11-02T10:00:00Z"}\n'
+    '{"user_id": 13, "chat_id": 13, "name": "=SUM(A1:A9)", "age": 18, "colour": "Zöë; ünïcode", '
+    '"completed_at": "2026-11-03T23:59:59Z"}\n'
+).encode()
+SHARED_SERVERS = ("postgresql", "mysql")
+LABELS = ("Name", "Age", "Favourite colour")
+
+
+@pytest_asyncio.fixture
+async def storages(backend: Backend) -> AsyncIterator[Storages]:
+    if backend.name in SHARED_SERVERS:
+        await drop_bot_tables(backend.url)
+    opened = await backend.open_storages()
+    yield opened
+    await opened.close()
+    if backend.name in SHARED_SERVERS:
+        await drop_bot_tables(backend.url)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+async def test_export_writes_awkward_answers_byte_for_byte(storages: Storages) -> None:
+    for response in reversed(AWKWARD):  # saved out of order: the export is in completion order
+        await storages.responses.save(response)
+    everything = await storages.responses.completed()
+    since_the_second = await storages.responses.completed(datetime(2026, 11, 2, tzinfo=UTC))
+
+    assert render_export(everything, "csv") == EXPECTED_CSV
+    assert render_export(since_the_second, "json") == EXPECTED_JSON
+    assert render_export(everything, "jsonl") == EXPECTED_JSONL
+
+
+def test_a_spreadsheet_reads_the_csv_back_as_the_answers() -> None:
+    text = EXPECTED_CSV.decode("utf-8-sig")
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    assert [row["name"] for row in rows] == ['Ann, "Annie"', "Bob\nsecond line", "'=SUM(A1:A9)"]
+    assert [row["colour"] for row in rows] == ["Blue", "🎉 <b>Red</b> & green", "Zöë; ünïcode"]
+    assert json.loads(EXPECTED_JSON)[0]["name"] == "Bob\nsecond line"
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+async def test_stats_count_started_finished_abandoned_and_the_answers(storages: Storages) -> None:
+    now = datetime.now(UTC)
+    for response in AWKWARD:
+        await storages.responses.save(response)
+    await storages.responses.save(
+        CompletedResponse("r4", 14, 14, {"name": "Dee", "age": 65, "colour": "Blue"}, now - timedelta(hours=1))
+    )
+    await storages.fsm.put_record(FsmRecord("fsm:1:20:20", "Questionnaire:age", {"name": "Eve"}, now))
+    await storages.fsm.put_record(
+        FsmRecord("fsm:1:21:21", "Questionnaire:colour", {"name": "Fay", "age": 20}, now - timedelta(days=3))
+    )
+    await storages.fsm.put_record(FsmRecord("fsm:1:22:22", None, {"__applied_updates__": {"updates": [1]}}, now))
+
+    stats = count(await storages.fsm.records(), await storages.responses.completed(), now)
+
+    assert render_stats(stats, timedelta(days=30)) == (
+        "Questionnaires\n"
+        "  started           6\n"
+        "  finished          4   67%\n"
+        "  in progress       1  answered in the last 24 hours\n"
+        "  abandoned         1  silent for longer; removed after 30 days (FSM_TTL)\n"
+        "\n"
+        "Favourite colour\n"
+        "  Blue                      2   50%\n"
+        "  🎉 <b>Red</b> & green      1   25%\n"
+        "  Zöë; ünïcode              1   25%\n"
+        "\n"
+        "Age\n"
+        "  18 to 65, median 35.5 (4 answers)\n"
+    )
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+async def test_expiry_removes_exactly_the_conversations_untouched_longer_than_the_ttl(storages: Storages) -> None:
+    if isinstance(storages.fsm, MongoStorage):
+        await storages.fsm.ensure_expiry_index(None)  # the sweep alone, not the server's TTL monitor
+    now = datetime.now(UTC)
+    ages_in_days = {"fsm:1:1:1": 31, "fsm:1:2:2": 29, "fsm:1:3:3": 45, "fsm:1:4:4": 0, "fsm:1:5:5": 30.5}
+    for key, days in ages_in_days.items():
+        await storages.fsm.put_record(FsmRecord(key, "Questionnaire:age", {"name": key}, now - timedelta(days=days)))
+    ttl = timedelta(days=30)
+
+    assert await sweep(storages.fsm, ttl, limit=2) == 2  # bounded: the oldest first
+    assert {record.key for record in await storages.fsm.records()} == {"fsm:1:2:2", "fsm:1:4:4", "fsm:1:5:5"}
+    assert await sweep(storages.fsm, ttl) == 1
+    assert await sweep(storages.fsm, ttl) == 0
+
+    kept = await storages.fsm.records()
+    assert [(record.key, record.state, record.data) for record in kept] == [
+        ("fsm:1:2:2", "Questionnaire:age", {"name": "fsm:1:2:2"}),
+        ("fsm:1:4:4", "Questionnaire:age", {"name": "fsm:1:4:4"}),
+    ]
+
+
+@pytest.mark.parametrize("backend", backend_params(*MONGO_BACKENDS), indirect=True)
+async def test_on_mongo_the_server_expires_sessions_too_with_a_ttl_index(storages: Storages) -> None:
+    fsm = storages.fsm
+    assert isinstance(fsm, MongoStorage)
+
+    async def ttl_indexes() -> list[int | None]:
+        indexes = await fsm.collection.index_information()
+        return [index.get("expireAfterSeconds") for index in indexes.values() if index["key"] == [("updated_at", 1)]]
+
+    assert await ttl_indexes() == [30 * 86400]  # the factory's, for FSM_TTL's default
+    await fsm.ensure_expiry_index(timedelta(hours=12))
+    assert await ttl_indexes() == [12 * 3600]
+    await fsm.ensure_expiry_index(None)
+    assert await ttl_indexes() == []
+
+
+async def test_migrate_reports_a_conflict_and_changes_nothing_unless_overwrite(tmp_path: Path) -> None:
+    source = StorageSettings(database_url=f"sqlite:///{tmp_path / 'a.db'}", _env_file=None)
+    target_url = f"sqlite:///{tmp_path / 'b.db'}"
+    target = StorageSettings(database_url=target_url, _env_file=None)
+    now = datetime.now(UTC)
+    for settings, name in ((source, "Ann"), (target, "Bob")):
+        opened = await Backend("sqlite", settings.database_url, "").open_storages()
+        await opened.fsm.put_record(FsmRecord("fsm:1:1:1", "Questionnaire:age", {"name": name}, now))
+        await opened.fsm.put_record(FsmRecord(f"fsm:1:{name}:2", "Questionnaire:age", {"name": name}, now))
+        await opened.close()
+
+    with pytest.raises(CommandError, match=r"different data for 1 key\(s\) \(fsm:1:1:1\): nothing was copied"):
+        await migrate(source, target_url, None, overwrite=False)
+    assert [(r.key, r.data) for r in await records_of(target)] == [
+        ("fsm:1:1:1", {"name": "Bob"}),
+        ("fsm:1:Bob:2", {"name": "Bob"}),
+    ]
+
+    assert await migrate(source, target_url, None, overwrite=True) == 0
+    assert [(r.key, r.data) for r in await records_of(target)] == [
+        ("fsm:1:1:1", {"name": "Ann"}),
+        ("fsm:1:Ann:2", {"name": "Ann"}),
+        ("fsm:1:Bob:2", {"name": "Bob"}),
+    ]
+
+
+async def records_of(settings: StorageSettings) -> list[FsmRecord]:
+    opened = await Backend("sqlite", settings.database_url, "").open_storages()
+    try:
+        return await opened.fsm.records()
+    finally:
+        await opened.close()
+
+
+async def run_main(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    """`python main.py ARGS` with only `env` as settings: exit code, stdout, stderr."""
+    clean = {k: v for k, v in os.environ.items() if k not in {"STORAGE", "DATABASE_URL", "MONGO_URL", "MONGO_DB"}}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "main.py"), "--env-file", os.devnull, *args,
+        cwd=cwd, env={**clean, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await finish(process, 120)
+    assert process.returncode is not None
+    return process.returncode, stdout, stderr
+
+
+def target_for(name: str, mongo_url: str | None, tmp_path: Path) -> tuple[Backend, str]:
+    """The target backend and the URL `migrate --to` takes for it."""
+    if name in MONGO_BACKENDS:
+        assert mongo_url is not None
+        place = f"migrate_{tmp_path.name[-8:].replace('-', '_')}"
+        return Backend(name, mongo_url, place), f"{mongo_url.rstrip('/')}/{place}"
+    url = os.environ.get(SQL_URL_VARIABLES[name], "")
+    if not url:
+        pytest.fail(f"{SQL_URL_VARIABLES[name]} is not set")
+    return Backend(name, url, ""), url
+
+
+@pytest.mark.parametrize("target_name", ["postgresql", "mongo-pymongo"])
+async def test_migrate_there_and_back_mid_questionnaire_and_the_bot_goes_on(
+    target_name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    mongo_url = request.getfixturevalue("mongo_url") if target_name in MONGO_BACKENDS else None
+    target, target_url = target_for(target_name, mongo_url, tmp_path)
+    if not target.is_mongo:
+        await drop_bot_tables(target.url)
+    first = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'first' / 'bot.db'}"}
+    back = f"sqlite:///{tmp_path / 'back' / 'bot.db'}"
+    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
+        bot = BotProcess(emulator, api_url, tmp_path / "first.log", first)
+        await bot.start()
+        await bot.say(1, "/start")  # at the name
+        await bot.say(2, "/start", "Bob", replies=2)  # at the age
+        await bot.say(3, "/start", "Cid", "33", replies=3)  # at the colour
+        await bot.say(4, "/start", "Dee", "44", "Blue", replies=4)  # done
+        code, _, errors = await run_main("migrate", "--to", target_url, env=first, cwd=tmp_path)
+        assert (code, errors.strip()) == (
+            2,
+            f"error: a bot is running on {tmp_path / 'first' / 'bot.db'}: stop it first, then migrate",
+        )
+        await bot.stop()
+
+        code, shown, errors = await run_main("migrate", "--to", target_url, env=first, cwd=tmp_path)
+        assert code == 0, errors
+        assert "conversations       4 copied, 0 there already" in shown  # user 4's record of applied updates too
+        assert "answers             1 copied, 0 there already" in shown
+        code, shown, _ = await run_main("migrate", "--to", target_url, env=first, cwd=tmp_path)
+        assert code == 0
+        assert "conversations       0 copied, 4 there already" in shown
+        assert "answers             0 copied, 1 there already" in shown
+
+        bot = BotProcess(emulator, api_url, tmp_path / "target.log", bot_environment(target, tmp_path))
+        await bot.start()
+        assert "How old are you?" in (await bot.say(1, "Ann"))[0]
+        assert "favourite colour" in (await bot.say(2, "22"))[0]
+        [cid] = await bot.say(3, "Green")
+        await bot.stop()
+
+        code, shown, errors = await run_main("migrate", "--from", target_url, "--to", back, env=first, cwd=tmp_path)
+        assert code == 0, errors
+        assert "answers             2 copied" in shown
+
+        bot = BotProcess(emulator, api_url, tmp_path / "back.log", {"DATABASE_URL": back})
+        await bot.start()
+        assert "favourite colour" in (await bot.say(1, "30"))[0]
+        [bob] = await bot.say(2, "Red")
+        [ann] = await bot.say(1, "Purple")
+        await bot.stop()
+
+    for summary, answers in (
+        (cid, ("Cid", "33", "Green")),
+        (bob, ("Bob", "22", "Red")),
+        (ann, ("Ann", "30", "Purple")),
+    ):
+        assert all(f"{label}: {answer}" in summary for label, answer in zip(LABELS, answers, strict=True)), summary
+    code, exported, _ = await run_main("export", "--format", "jsonl", env={"DATABASE_URL": back}, cwd=tmp_path)
+    assert code == 0
+    exported_answers = sorted(
+        (row["name"], row["age"], row["colour"]) for row in map(json.loads, exported.splitlines())
+    )
+    assert exported_answers == [("Ann", 30, "Purple"), ("Bob", 22, "Red"), ("Cid", 33, "Green"), ("Dee", 44, "Blue")]
+    if target.is_mongo:
+        await target.drop()
+    else:
+        await drop_bot_tables(target.url)
+
+
+async def test_an_expired_session_is_removed_by_the_running_bot_and_its_user_told_to_start(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'data' / 'bot.db'}", "FSM_TTL": "2s"}
+    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
+        bot = BotProcess(emulator, api_url, tmp_path / "bot.log", env)
+        await bot.start()
+        try:
+            await bot.say(1, "/start")
+            assert "How old are you?" in (await bot.say(1, "Ann"))[0]
+            for _ in range(100):  # the sweep runs every second with a TTL this short
+                if "Removed 1 conversation(s) untouched for more than 0:00:02 (FSM_TTL)" in bot.output():
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail(f"no expiry logged:\n{bot.output()[-2000:]}")
+            assert await bot.say(1, "30") == ["Send /start to fill in the questionnaire, or /help to learn more."]
+        finally:
+            await bot.stop()
+
+
+async def test_the_commands_answer_bad_input_in_one_line_with_exit_code_2(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"}
+    for args, expected in [
+        (("export", "--format", "xml"), "error: argument --format: invalid choice: 'xml'"),
+        (("export", "--since", "yesterday"), "error: argument --since: not a date: 'yesterday'"),
+        (("migrate", "--to", "nonsense"), "error: nonsense is not a database URL"),
+        (("migrate", "--to", "postgresql://nobody@127.0.0.1:1/none"), "error: cannot reach the target"),
+    ]:
+        code, shown, errors = await run_main(*args, env=env, cwd=tmp_path)
+        assert (code, shown) == (2, ""), errors
+        assert errors.startswith(expected), errors
+        assert errors.count("\n") == 1, errors
