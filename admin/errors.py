@@ -22,7 +22,9 @@ async def opened(settings: StorageSettings, what: str = "the database") -> Async
         raise CommandError(f"cannot use {what}: {error}") from None
     except StorageUnavailableError as error:
         # The factory's own message names DATABASE_URL or MONGO_URL; here the URL may be --to's.
-        cause = error.__cause__ or error
+        cause: BaseException = error
+        while cause.__cause__ is not None:  # the driver's own error, under the storage's
+            cause = cause.__cause__
         reason = str(cause) if isinstance(cause, OSError) else type(cause).__name__
         raise CommandError(f"cannot reach {what} ({reason})") from None
     try:

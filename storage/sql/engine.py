@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Table, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from storage.errors import SchemaError
+
+T = TypeVar("T")
 
 # What a database that is down, restarting or unreachable raises through SQLAlchemy.
 SQL_OUTAGES: tuple[type[BaseException], ...] = (
@@ -46,13 +49,26 @@ def create_engine_for_url(url: str, **engine_kwargs: Any) -> AsyncEngine:
     if timeout_argument:
         engine_kwargs.setdefault("connect_args", {}).setdefault(timeout_argument, CONNECT_TIMEOUT_SECONDS)
     engine_kwargs.setdefault("isolation_level", "AUTOCOMMIT")
-    # No ping on every checkout (a round trip per call): a connection the server closed
-    # meanwhile fails its statement, SQLAlchemy then drops the pool's older connections,
-    # and the storage runs the call once more (SQLAlchemyStorage.run_on_connection).
+    # No ping on every checkout (a round trip per call): see retried_on_a_closed_connection.
     engine_kwargs.setdefault("pool_pre_ping", False)
     # MySQL closes idle connections after wait_timeout (8 h by default).
     engine_kwargs.setdefault("pool_recycle", 3600)
     return create_async_engine(url, **engine_kwargs)
+
+
+async def retried_on_a_closed_connection(attempt: Callable[[], Awaitable[T]]) -> T:
+    """`attempt()`, and once more if the server had closed its pooled connection (a restart).
+
+    SQLAlchemy then drops the pool's older connections, so the second attempt
+    gets a new one. Only for operations that may run twice: no ping per
+    checkout is needed then (a round trip on every call).
+    """
+    try:
+        return await attempt()
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        return await attempt()
 
 
 def ensure_table(connection: Connection, table: Table, added_later: tuple[str, ...] = ()) -> None:
@@ -72,8 +88,6 @@ def ensure_table(connection: Connection, table: Table, added_later: tuple[str, .
                 text(f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.quote(name)} {column_type}")
             )
             present.add(name)
-    for index in table.indexes:
-        index.create(connection, checkfirst=True)
     missing = [column.name for column in table.columns if column.name not in present]
     if missing:
         msg = (
@@ -81,6 +95,9 @@ def ensure_table(connection: Connection, table: Table, added_later: tuple[str, .
             "(aiogram-sqlalchemy-storage?); rename or drop it, or give the bot another database"
         )
         raise SchemaError(msg)
+    # Indexes a newer version added (the FSM table's on updated_at) come to an older table too.
+    for index in table.indexes:
+        index.create(connection, checkfirst=True)
 
 
 def ensure_private_folder(path: Path) -> None:

@@ -22,12 +22,12 @@ from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import DefaultKeyBuilder, KeyBuilder, StateType, StorageKey
 from sqlalchemy import Connection, Engine, MetaData, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
 from storage.interface import FsmRecord, FsmStorage, as_utc, user_key_pattern
-from storage.sql.engine import SQL_OUTAGES, create_engine_for_url, ensure_table
+from storage.sql.engine import SQL_OUTAGES, create_engine_for_url, ensure_table, retried_on_a_closed_connection
 from storage.sql.sqlite_thread import SQLiteThread
 from storage.sql.statements import Field, FsmStatements, fsm_table
 
@@ -136,14 +136,8 @@ class SQLAlchemyStorage(FsmStorage):
         """
         if self._sqlite is not None:
             return await self._sqlite.run(operation)
-        try:
-            return await self._run_once(operation)
-        except DBAPIError as error:
-            if not error.connection_invalidated:
-                raise
-            # The server closed a pooled connection (a restart, an idle timeout); SQLAlchemy has
-            # dropped the pool's older connections. Every operation here may run twice.
-            return await self._run_once(operation)
+        # Every operation here may run twice (each write is an upsert, a delete or a swap).
+        return await retried_on_a_closed_connection(lambda: self._run_once(operation))
 
     async def _run_once(self, operation: Callable[[Connection], T]) -> T:
         bound = self.sessionmaker.kw.get("bind")

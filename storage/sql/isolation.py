@@ -33,7 +33,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, LockTimeoutError, database_call
-from storage.sql.engine import SQL_OUTAGES
+from storage.sql.engine import SQL_OUTAGES, retried_on_a_closed_connection
 
 logger = logging.getLogger(__name__)
 
@@ -103,13 +103,7 @@ class SQLEventIsolation(BaseEventIsolation):
     @database_call(SQL_OUTAGES)
     async def _locked(self, name: str) -> AsyncConnection:
         """A connection that holds the lock on `name`; LockTimeoutError if another process keeps it."""
-        try:
-            return await self._lock_on_a_connection(name)
-        except DBAPIError as error:
-            if not error.connection_invalidated:
-                raise
-            # The server closed a pooled connection (a restart); the pool has dropped those.
-            return await self._lock_on_a_connection(name)
+        return await retried_on_a_closed_connection(lambda: self._lock_on_a_connection(name))
 
     async def _lock_on_a_connection(self, name: str) -> AsyncConnection:
         connection = await self.engine.connect()
