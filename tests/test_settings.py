@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from config import SettingsError, StorageKind, load_settings, to_async_database_url
+from config import SettingsError, StorageKind, load_settings, load_storage_settings, to_async_database_url
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_TOKEN = "123456789:AAHsecretsecretsecretsecretsecret12"
@@ -103,12 +104,35 @@ def test_sync_driver_gets_told_what_to_write(monkeypatch: pytest.MonkeyPatch) ->
         ("LOG_LEVEL", "loud", "LOG_LEVEL must be one of"),
         ("TELEGRAM_API_URL", "localhost:8081", "TELEGRAM_API_URL must be the base URL"),
         ("MONGO_DRIVER", "mongoose", "MONGO_DRIVER must be one of: pymongo, motor"),
+        # A bare number would be read as seconds by most parsers: 30 meant as days would expire everything.
+        ("FSM_TTL", "30", "FSM_TTL must be a duration with a unit, like 30d"),
+        ("FSM_TTL", "-1d", "FSM_TTL must be a duration with a unit"),
+        ("FSM_TTL", "0d", "FSM_TTL must be more than 0"),
     ],
 )
 def test_other_bad_settings_are_named(monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str) -> None:
     monkeypatch.setenv("BOT_TOKEN", SECRET_TOKEN)
     monkeypatch.setenv(variable, value)
     with pytest.raises(SettingsError, match=message):
+        load_settings(None)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("30d", timedelta(days=30)), ("12h", timedelta(hours=12)), ("1.5m", timedelta(seconds=90)), ("0", None)],
+)
+def test_fsm_ttl_takes_a_duration_or_0_for_never(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: timedelta | None
+) -> None:
+    monkeypatch.setenv("FSM_TTL", value)
+    assert load_storage_settings(None).fsm_ttl == expected
+    assert load_storage_settings(None).model_copy().fsm_ttl == expected
+
+
+def test_the_owners_commands_need_no_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BOT_TOKEN", raising=False)
+    assert load_storage_settings(None).fsm_ttl == timedelta(days=30)
+    with pytest.raises(SettingsError, match="BOT_TOKEN"):
         load_settings(None)
 
 
