@@ -62,6 +62,7 @@ def parse_since(text: str) -> datetime:
 def run_command(args: argparse.Namespace) -> int:
     """One of the owner's commands: exit code 2 and one line for anything it cannot do as asked."""
     from admin.errors import CommandError
+    from storage import StorageError
 
     try:
         settings = load_storage_settings(args.env_file)
@@ -76,9 +77,12 @@ def run_command(args: argparse.Namespace) -> int:
         from admin.migrate import migrate
 
         return asyncio.run(migrate(settings, args.to, args.source, args.overwrite))
-    except (SettingsError, CommandError) as error:
+    except (SettingsError, CommandError, StorageError, OSError, ValueError) as error:
+        # Each says what went wrong in a line: a bad path, an unreachable or too slow database.
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

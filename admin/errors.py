@@ -14,10 +14,19 @@ class CommandError(Exception):
 
 
 @asynccontextmanager
-async def opened(settings: StorageSettings, what: str = "the database") -> AsyncIterator[Storages]:
-    """The storages the settings name, closed on exit; CommandError when they cannot be opened."""
+async def opened(
+    settings: StorageSettings, what: str = "the database", reading: bool = True
+) -> AsyncIterator[Storages]:
+    """The storages the settings name, closed on exit; CommandError when they cannot be opened.
+
+    A database only `reading` from must exist: a mistyped SQLite path is reported, not
+    created empty.
+    """
+    sqlite_file = settings.sqlite_path
+    if reading and sqlite_file is not None and not sqlite_file.exists():
+        raise CommandError(f"there is no database at {sqlite_file}: check DATABASE_URL (or --from)")
     try:
-        storages = await create_storages(settings)
+        storages = await create_storages(settings, owner_command=True)
     except SchemaError as error:
         raise CommandError(f"cannot use {what}: {error}") from None
     except StorageUnavailableError as error:

@@ -26,27 +26,27 @@ SHOWN_CONFLICTS = 5
 SAME_TIME_SECONDS = 1.0
 
 
-def settings_for(url: str, base: StorageSettings) -> StorageSettings:
-    """`base` pointed at the database `url` names: `mongodb://host/db` or any SQL URL."""
+def settings_for(url: str, base: StorageSettings, option: str) -> StorageSettings:
+    """`base` pointed at the database `url` (given as `option`) names: `mongodb://host/db` or any SQL URL."""
     url = url.strip()
-    scheme = urlsplit(url).scheme
-    if scheme in ("mongodb", "mongodb+srv"):
-        database = urlsplit(url).path.strip("/") or base.mongo_db
+    parts = urlsplit(url)
+    if parts.scheme in ("mongodb", "mongodb+srv"):
+        database = parts.path.strip("/") or base.mongo_db
         return base.model_copy(update={"storage": StorageKind.MONGO, "mongo_url": url, "mongo_db": database})
     try:
         database_url = to_async_database_url(url)
     except ValueError as error:
-        raise CommandError(str(error).replace("DATABASE_URL", url, 1)) from None
+        # The message quotes no URL: it may hold a password.
+        raise CommandError(str(error).replace("DATABASE_URL", option, 1)) from None
     return base.model_copy(update={"storage": StorageKind.SQLALCHEMY, "database_url": database_url})
 
 
 def describe(settings: StorageSettings) -> str:
-    """Where the settings point, without a password."""
+    """Where the settings point, without user or password."""
     if settings.storage is StorageKind.MONGO:
         parts = urlsplit(settings.mongo_url)
-        host = parts.hostname or "localhost"
-        port = f":{parts.port}" if parts.port else ""
-        return f"mongodb://{host}{port}/{settings.mongo_db}"
+        hosts = parts.netloc.rpartition("@")[2]  # may list several: host1:27017,host2:27017
+        return f"{parts.scheme}://{hosts}/{settings.mongo_db}"
     return make_url(settings.database_url).render_as_string(hide_password=True)
 
 
@@ -97,21 +97,24 @@ def same_response(one: CompletedResponse, other: CompletedResponse) -> bool:
     ) <= SAME_TIME_SECONDS
 
 
-async def copy(plan: Plan, target: Storages, overwrite: bool) -> None:
+async def copy(plan: Plan, target: Storages, overwrite: bool) -> int:
+    """Write what `plan` found missing (and with `overwrite`, what conflicts); how many responses were new."""
     records = plan.records + (plan.conflicting_records if overwrite else [])
     replaced = plan.conflicting_responses if overwrite else []
     total = len(records) + len(plan.responses) + len(replaced)
+    saved = 0
     # tqdm draws on a terminal only (disable=None), so output sent to a file stays clean.
     with tqdm(total=total, unit="record", desc="Copying", file=sys.stderr, disable=None) as progress:
         for record in records:
             await target.fsm.put_record(record)
             progress.update()
         for response in plan.responses:
-            await target.responses.save(response)
+            saved += await target.responses.save(response)  # False: another writer saved it meanwhile
             progress.update()
         for response in replaced:
             await target.responses.replace(response)
             progress.update()
+    return saved
 
 
 def conflicts_message(target_name: str, conflicts: list[str]) -> str:
@@ -124,22 +127,22 @@ def conflicts_message(target_name: str, conflicts: list[str]) -> str:
 
 
 async def migrate(settings: StorageSettings, to: str, source_url: str | None, overwrite: bool) -> int:
-    source_settings = settings_for(source_url, settings) if source_url else settings
-    target_settings = settings_for(to, settings)
+    source_settings = settings_for(source_url, settings, "--from") if source_url else settings
+    target_settings = settings_for(to, settings, "--to")
     source_name, target_name = describe(source_settings), describe(target_settings)
     if source_name == target_name:
         raise CommandError(f"--to names the source itself ({source_name}): give another database")
-    sqlite_file = source_settings.sqlite_path
-    if sqlite_file is not None and in_use(sqlite_file):
-        raise CommandError(f"a bot is running on {sqlite_file}: stop it first, then migrate")
+    for sqlite_file in (source_settings.sqlite_path, target_settings.sqlite_path):
+        if sqlite_file is not None and in_use(sqlite_file):
+            raise CommandError(f"a bot is running on {sqlite_file}: stop it first, then migrate")
     async with (
         opened(source_settings, f"the source {source_name}") as source,
-        opened(target_settings, f"the target {target_name}") as target,
+        opened(target_settings, f"the target {target_name}", reading=False) as target,
     ):
         planned = await plan(source, target)
         if planned.conflicts and not overwrite:
             raise CommandError(conflicts_message(target_name, planned.conflicts))
-        await copy(planned, target, overwrite)
+        saved = await copy(planned, target, overwrite)
     replaced = len(planned.conflicts) if overwrite else 0
     print(f"Copied from {source_name} to {target_name}:")
     print(
@@ -147,7 +150,7 @@ async def migrate(settings: StorageSettings, to: str, source_url: str | None, ov
         + (f", {len(planned.conflicting_records)} replaced" if replaced else "")
     )
     print(
-        f"  answers        {len(planned.responses):>6} copied, {planned.same_responses} there already"
+        f"  answers        {saved:>6} copied, {planned.same_responses + len(planned.responses) - saved} there already"
         + (f", {len(planned.conflicting_responses)} replaced" if replaced else "")
     )
     return 0

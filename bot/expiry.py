@@ -59,4 +59,9 @@ class ExpirySweeper:
             except StorageUnavailableError as error:
                 logger.warning("Expiry skipped this time: %s", error)
                 removed = 0
+            except Exception:
+                # Expiry must never end for the rest of the run, nor take the bot down with it.
+                # (At shutdown the dispatcher closes the storage before it stops this task.)
+                logger.exception("Expiry failed this time; it runs again later")
+                removed = 0
             await asyncio.sleep(PAUSE_AFTER_A_FULL_BATCH if removed >= BATCH else self.pause)

@@ -33,9 +33,11 @@ async def running_bot(settings: Settings) -> AsyncIterator[tuple[Bot, Dispatcher
     except (StorageUnavailableError, SchemaError) as error:
         raise StartupError(str(error)) from None
     bot = create_bot(settings)
-    try:
-        # Tells `python main.py migrate` that the SQLite file is in use (storage/sql/in_use.py).
-        with held_while_running(settings.sqlite_path):
+    # Tells `python main.py migrate` that the SQLite file is in use (storage/sql/in_use.py);
+    # let go last, after the storage closed the file (closing another descriptor of a
+    # SQLite file while its connection is open drops that connection's locks).
+    with held_while_running(settings.sqlite_path):
+        try:
             dispatcher = create_dispatcher(storages.fsm, storages.responses, storages.isolation)
             if settings.fsm_ttl is not None and isinstance(storages.fsm, FsmStorage):
                 sweeper = ExpirySweeper(storages.fsm, settings.fsm_ttl)
@@ -43,9 +45,9 @@ async def running_bot(settings: Settings) -> AsyncIterator[tuple[Bot, Dispatcher
                 dispatcher.shutdown.register(sweeper.stop)
             await introduce(bot, dispatcher, settings)
             yield bot, dispatcher
-    finally:
-        await bot.session.close()
-        await storages.close()
+        finally:
+            await bot.session.close()
+            await storages.close()
 
 
 async def introduce(bot: Bot, dispatcher: Dispatcher, settings: Settings) -> None:

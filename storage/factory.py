@@ -19,6 +19,13 @@ from storage.sql.isolation import SQLEventIsolation
 from storage.sql.responses import SQLResponseStore
 
 
+class Keep:
+    """The type of KEEP_EXPIRY."""
+
+
+KEEP_EXPIRY = Keep()
+
+
 @dataclass
 class Storages:
     """The FSM storage, the completed-responses store and the event isolation, on one database.
@@ -38,13 +45,27 @@ class Storages:
         await self.fsm.close()
 
 
-async def create_storages(settings: StorageSettings) -> Storages:
-    """Connect to the configured database and create what the bot needs there."""
+# The owner's commands read or copy whole tables: each call may take longer than a user's.
+COMMAND_TIMEOUT_SECONDS = 300.0
+
+
+async def create_storages(settings: StorageSettings, *, owner_command: bool = False) -> Storages:
+    """Connect to the configured database and create what the bot needs there.
+
+    For an owner's command (`owner_command`), calls get a longer time bound,
+    and a Mongo TTL index is left as the bot set it (the command's own
+    FSM_TTL may not be the bot's).
+    """
+    timeout = COMMAND_TIMEOUT_SECONDS if owner_command else DEFAULT_TIMEOUT_SECONDS
     if settings.storage is StorageKind.MONGO:
         return await create_mongo_storages(
-            settings.mongo_url, settings.mongo_db, settings.mongo_driver, expire_after=settings.fsm_ttl
+            settings.mongo_url,
+            settings.mongo_db,
+            settings.mongo_driver,
+            timeout=timeout,
+            expire_after=KEEP_EXPIRY if owner_command else settings.fsm_ttl,
         )
-    return await create_sql_storages(settings.database_url)
+    return await create_sql_storages(settings.database_url, timeout=timeout)
 
 
 async def create_sql_storages(database_url: str, timeout: float | None = DEFAULT_TIMEOUT_SECONDS) -> Storages:  # noqa: ASYNC109 - per database call
@@ -77,9 +98,10 @@ async def create_mongo_storages(
     db_name: str,
     driver: MongoDriver = "pymongo",
     timeout: float | None = DEFAULT_TIMEOUT_SECONDS,  # noqa: ASYNC109 - per database call
-    expire_after: timedelta | None = DEFAULT_FSM_TTL,
+    expire_after: timedelta | Keep | None = DEFAULT_FSM_TTL,
 ) -> Storages:
-    """Mongo storages; `expire_after` sets the FSM collection's TTL index (None: no index, none expire)."""
+    """Mongo storages; `expire_after` sets the FSM collection's TTL index (None: no index, none
+    expire; KEEP_EXPIRY: leave it as it is)."""
     # Imported here: a bot on SQL never loads the Mongo driver (about 6 MB).
     from pymongo.errors import PyMongoError
 
@@ -95,11 +117,12 @@ async def create_mongo_storages(
         reason = type(error.__cause__ or error).__name__
         msg = f"cannot reach MongoDB ({reason}): check MONGO_URL and that the server runs"
         raise StorageUnavailableError(msg) from error
-    try:
-        await fsm.ensure_expiry_index(expire_after)
-    except BaseException:
-        await fsm.close()
-        raise
+    if not isinstance(expire_after, Keep):
+        try:
+            await fsm.ensure_expiry_index(expire_after)
+        except BaseException:
+            await fsm.close()
+            raise
     return Storages(
         fsm=fsm,
         responses=MongoResponseStore(fsm.database, timeout=timeout),

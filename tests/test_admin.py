@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -27,7 +28,7 @@ from admin.migrate import migrate
 from admin.stats import count
 from admin.stats import render as render_stats
 from bot.emulator import BotAPIEmulator, running_emulator
-from bot.expiry import sweep
+from bot.expiry import ExpirySweeper, sweep
 from config import StorageSettings
 from storage import CompletedResponse, FsmRecord, MongoStorage, Storages
 from tests.support.backends import ALL_BACKENDS, MONGO_BACKENDS, SQL_URL_VARIABLES, Backend, backend_params
@@ -340,12 +341,38 @@ async def test_an_expired_session_is_removed_by_the_running_bot_and_its_user_tol
 async def test_the_commands_answer_bad_input_in_one_line_with_exit_code_2(tmp_path: Path) -> None:
     env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"}
     for args, expected in [
+        (("stats",), f"error: there is no database at {tmp_path / 'bot.db'}: check DATABASE_URL"),
         (("export", "--format", "xml"), "error: argument --format: invalid choice: 'xml'"),
         (("export", "--since", "yesterday"), "error: argument --since: not a date: 'yesterday'"),
-        (("migrate", "--to", "nonsense"), "error: nonsense is not a database URL"),
-        (("migrate", "--to", "postgresql://nobody@127.0.0.1:1/none"), "error: cannot reach the target"),
+        (("migrate", "--to", "nonsense"), "error: --to is not a database URL"),
+        (("migrate", "--to", "postgresql+psycopg2://bot:s3cret@db/bot"), "error: --to uses the synchronous driver"),
+        (("migrate", "--to", "postgresql://bot:s3cret@127.0.0.1:1/none"), "error: cannot reach the target"),
+        (("export", "--output", str(tmp_path / "no" / "such" / "folder.csv")), "error: [Errno 2] No such file"),
     ]:
         code, shown, errors = await run_main(*args, env=env, cwd=tmp_path)
         assert (code, shown) == (2, ""), errors
         assert errors.startswith(expected), errors
         assert errors.count("\n") == 1, errors
+        assert "s3cret" not in errors
+        if args == ("stats",):
+            assert not (tmp_path / "bot.db").exists()  # reported, not created empty
+            sqlite3.connect(tmp_path / "bot.db").close()  # from here on the source exists
+
+
+async def test_a_sweep_that_fails_does_not_end_expiry(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[timedelta] = []
+
+    class FailsOnce:
+        async def expire(self, ttl: timedelta, limit: int) -> int:
+            calls.append(ttl)
+            if len(calls) == 1:
+                raise RuntimeError("a bug in a sweep")
+            return 0
+
+    sweeper = ExpirySweeper(FailsOnce(), timedelta(seconds=4))  # type: ignore[arg-type]  # a sweep each second
+    await sweeper.start()
+    await asyncio.sleep(1.5)
+    await sweeper.stop()  # and no error comes out of it
+
+    assert len(calls) == 2
+    assert "Expiry failed this time; it runs again later" in caplog.text

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiogram.fsm.storage.base import BaseEventIsolation
+from pymongo.errors import AutoReconnect
 
 from storage.errors import LockTimeoutError
 from storage.mongo.client import close_client, create_client
@@ -74,9 +75,10 @@ async def test_other_keys_do_not_wait(two: Sequence[BaseEventIsolation]) -> None
 @pytest.mark.parametrize("backend", SHARED, indirect=True)
 async def test_a_wait_too_long_gives_up_and_leaves_nothing_behind(two: Sequence[BaseEventIsolation]) -> None:
     async with two[0].lock(storage_key(3)):
-        with pytest.raises(LockTimeoutError):
-            async with two[1].lock(storage_key(3)):
-                pytest.fail("entered a key another replica holds")
+        for _ in range(2):  # the second wait is on the connection the first one timed out on
+            with pytest.raises(LockTimeoutError):
+                async with two[1].lock(storage_key(3)):
+                    pytest.fail("entered a key another replica holds")
     async with asyncio.timeout(TIMEOUT), two[1].lock(storage_key(3)):
         pass
 
@@ -127,3 +129,34 @@ async def test_a_lease_is_renewed_while_its_handler_runs(backend: Backend) -> No
             with pytest.raises(LockTimeoutError):
                 async with second.lock(storage_key(5)):
                     pytest.fail("took a lease still being renewed")
+
+
+async def test_a_renewal_cut_by_the_release_does_not_hold_the_lock_for_ever() -> None:
+    """PyMongo can turn the cancellation of a command in flight into a connection error.
+
+    The renewal task must still end when the handler is done: `lock` waits for it
+    before releasing, and a renewal that carried on would hold the user's lock (and
+    the update) for ever. Seen under load in the whole-bot benchmark.
+    """
+    in_flight = asyncio.Event()
+
+    class CutMidCommand:
+        cut = False
+
+        async def update_one(self, *args: Any, **kwargs: Any) -> None:
+            if self.cut:
+                return
+            in_flight.set()
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                self.cut = True
+                raise AutoReconnect("connection closed while the command was in flight") from None
+
+    isolation = MongoEventIsolation({"fsm_locks": CutMidCommand()}, lease_seconds=0.03)
+    renewing = asyncio.create_task(isolation._renew("fsm:1:1:1:lock"))
+    await asyncio.wait_for(in_flight.wait(), 1)
+    renewing.cancel()
+    done, _ = await asyncio.wait({renewing}, timeout=1)
+    renewing.cancel()  # a renewal that carried on is sleeping now: this ends it
+    assert renewing in done, "the renewal carried on after it was cancelled"

@@ -31,6 +31,7 @@ from storage.mongo.keys import escape_key, escape_value, unescape_value
 
 _ONLY_FIELDS = {"_id": 0, "updated_at": 0}
 _PATH_NOT_VIABLE = 28  # MongoDB's code for "$set: {data.k}" where data is not a document
+_INDEX_NOT_FOUND = 27
 Field = Literal["state", "data"]
 
 
@@ -175,20 +176,40 @@ class MongoStorage(FsmStorage):
 
     @database_call(MONGO_OUTAGES)
     async def ensure_expiry_index(self, ttl: timedelta | None) -> None:
-        """A TTL index on `updated_at`: the server itself removes keys untouched for `ttl` (None: never)."""
+        """A TTL index on `updated_at`: the server itself removes keys untouched for `ttl` (None: never).
+
+        Replicas starting together may all run this: the TTL is changed in place
+        (collMod), never by dropping and creating the index again.
+        """
         wanted = None if ttl is None else int(ttl.total_seconds())
-        # Found by its key, not its name (nx-27017 names indexes its own way).
-        existing = [
-            (name, index.get("expireAfterSeconds"))
-            for name, index in (await self.collection.index_information()).items()
-            if [tuple(part) for part in index["key"]] == [("updated_at", 1)]
-        ]
-        if [after for _, after in existing] == [wanted]:
+        existing = await self._expiry_index()
+        if existing is not None and existing[1] == wanted:
             return
-        for name, _ in existing:
-            await self.collection.drop_index(name)
-        if wanted is not None:
+        if existing is None:
+            if wanted is not None:
+                await self.collection.create_index("updated_at", expireAfterSeconds=wanted)
+            return
+        name = existing[0]
+        if wanted is None:
+            try:
+                await self.collection.drop_index(name)
+            except OperationFailure as error:
+                if error.code != _INDEX_NOT_FOUND:  # another replica dropped it first
+                    raise
+            return
+        index = {"name": name, "expireAfterSeconds": wanted}
+        await self.database.command("collMod", self.collection.name, index=index)
+        if await self._expiry_index() != (name, wanted):
+            # nx-27017 answers collMod with ok and changes nothing (README: where nx-27017
+            # differs); its create_index replaces the index instead.
             await self.collection.create_index("updated_at", expireAfterSeconds=wanted)
+
+    async def _expiry_index(self) -> tuple[str, int | None] | None:
+        """The name and TTL of the index on `updated_at`, found by its key (nx-27017 names it its own way)."""
+        for name, index in (await self.collection.index_information()).items():
+            if [tuple(part) for part in index["key"]] == [("updated_at", 1)]:
+                return name, index.get("expireAfterSeconds")
+        return None
 
     # --- commands ----------------------------------------------------------
 

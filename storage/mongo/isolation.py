@@ -84,11 +84,19 @@ class MongoEventIsolation(BaseEventIsolation):
             pause = min(pause * 2, RETRY_SECONDS[1])
 
     async def _renew(self, name: str) -> None:
+        renewing = asyncio.current_task()
+        assert renewing is not None
         while True:
             await asyncio.sleep(self.lease_ms / 3000)
             expires = epoch_ms() + self.lease_ms
-            with contextlib.suppress(*MONGO_OUTAGES):  # the next renewal, or the expiry, settles it
+            try:
                 await self.collection.update_one({"_id": name, "owner": self.owner}, {"$set": {"expires_at": expires}})
+            except MONGO_OUTAGES:
+                # The driver may turn the cancellation that ends this task into a connection
+                # error (the command was cut mid-flight): then stop, or `lock` waits for ever.
+                if renewing.cancelling():
+                    return
+                # Otherwise the next renewal, or the lease's expiry, settles it.
 
     @database_call(MONGO_OUTAGES)
     async def _release(self, name: str) -> None:

@@ -35,8 +35,10 @@ class MongoResponseStore:
 
     @database_call(MONGO_OUTAGES)
     async def replace(self, response: CompletedResponse) -> None:
-        await self.collection.delete_one({"_id": response.response_id})
-        await self.collection.insert_one(_document(response))
+        # One command either way: there is no moment without the response.
+        replaced = await self.collection.replace_one({"_id": response.response_id}, _document(response))
+        if not replaced.matched_count:
+            await self.collection.insert_one(_document(response))
 
     @database_call(MONGO_OUTAGES)
     async def for_user(self, user_id: int) -> list[CompletedResponse]:

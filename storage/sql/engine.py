@@ -53,7 +53,17 @@ def create_engine_for_url(url: str, **engine_kwargs: Any) -> AsyncEngine:
     engine_kwargs.setdefault("pool_pre_ping", False)
     # MySQL closes idle connections after wait_timeout (8 h by default).
     engine_kwargs.setdefault("pool_recycle", 3600)
-    return create_async_engine(url, **engine_kwargs)
+    engine = create_async_engine(url, **engine_kwargs)
+    if parsed.get_backend_name() in ("mysql", "mariadb"):
+        event.listen(engine.sync_engine, "connect", _in_utc)
+    return engine
+
+
+def _in_utc(dbapi_connection: Any, _record: Any) -> None:
+    """MySQL's NOW() is in the session's time zone: make it UTC, as every other time the bot keeps."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET time_zone = '+00:00'")
+    cursor.close()
 
 
 async def retried_on_a_closed_connection(attempt: Callable[[], Awaitable[T]]) -> T:

@@ -131,8 +131,10 @@ class SQLAlchemyStorage(FsmStorage):
         connection, in one transaction per call, so other tables in the same
         file (the completed responses) are written by the same single writer.
         On a server database opened by `from_url` each statement commits on
-        its own (AUTOCOMMIT, storage/sql/engine.py); on an engine of your own,
-        the call is one transaction.
+        its own (AUTOCOMMIT, storage/sql/engine.py): two statements here are
+        not atomic together; on an engine of your own, the call is one
+        transaction. If the server had closed the pooled connection, the
+        operation runs a second time: write it so that it may.
         """
         if self._sqlite is not None:
             return await self._sqlite.run(operation)

@@ -71,6 +71,9 @@ class SQLEventIsolation(BaseEventIsolation):
         cursor = dbapi_connection.cursor()
         cursor.execute(f"SET lock_timeout = {milliseconds}")
         cursor.close()
+        # Committed: a SET inside a transaction that is later rolled back (the one that
+        # timed out waiting for a lock, say) would be undone with it.
+        dbapi_connection.commit()
 
     @classmethod
     def from_url(cls, url: str, timeout: float | None = DEFAULT_TIMEOUT_SECONDS, **kwargs: Any) -> SQLEventIsolation:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     delete,
     select,
     true,
+    update,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import IntegrityError
@@ -78,12 +79,14 @@ class SQLResponseStore:
 
     @database_call(SQL_OUTAGES)
     async def replace(self, response: CompletedResponse) -> None:
-        forget = delete(self.table).where(self.table.c.response_id == response.response_id)
-        insert = self.table.insert().values(self._row(response))
+        row = self._row(response)
+        change = update(self.table).where(self.table.c.response_id == response.response_id).values(row)
+        insert = self.table.insert().values(row)
 
         def replace(connection: Connection) -> None:
-            connection.execute(forget)
-            connection.execute(insert)
+            # One statement either way: there is no moment without the response.
+            if not cast(CursorResult[Any], connection.execute(change)).rowcount:
+                connection.execute(insert)
 
         await self.storage.run_on_connection(replace)
 

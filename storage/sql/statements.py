@@ -40,6 +40,8 @@ KEY_LENGTH = 255
 STATE_LENGTH = 255
 Field = Literal["state", "data"]
 FSM_COLUMNS = ("id", "state", "data", "version", "updated_at")
+# What migrate writes: the whole record, its time included.
+RECORD = ("state", "data", "version", "updated_at")
 
 
 def fsm_table(metadata: MetaData, table_name: str) -> Table:
@@ -79,6 +81,7 @@ class FsmStatements:
         self.write_state_sql = _upsert(table, dialect, ("state",))
         self.write_data_sql = _upsert(table, dialect, ("data", "version"))
         self.write_both_sql = _upsert(table, dialect, ("state", "data", "version"))
+        self.write_record_sql = _upsert(table, dialect, RECORD)
         self.insert_data_sql = insert(table).values(
             id=bindparam("key"), data=bindparam("new_data"), version=bindparam("new_version")
         )
@@ -95,7 +98,6 @@ class FsmStatements:
         self.delete_sql = delete(table).where(key)
         self.delete_like_sql = delete(table).where(c.id.like(bindparam("pattern"), escape="/"))
         self.read_all_sql = select(c.id, c.state, c.data, c.updated_at).order_by(c.id)
-        self.stamp_sql = update(table).where(key).values(updated_at=bindparam("stamp"))
         self.now_sql = select(func.now())
         self.oldest_sql = (
             select(c.id).where(c.updated_at < bindparam("cutoff")).order_by(c.updated_at).limit(bindparam("limit"))
@@ -106,8 +108,8 @@ class FsmStatements:
         self._plain_update: dict[tuple[str, ...], Executable] = {
             names: update(table)
             .where(key)
-            .values({**{name: bindparam(f"new_{name}") for name in names}, "updated_at": func.now()})
-            for names in (("state",), ("data", "version"), ("state", "data", "version"))
+            .values({"updated_at": func.now(), **{name: bindparam(f"new_{name}") for name in names}})
+            for names in (("state",), ("data", "version"), ("state", "data", "version"), RECORD)
         }
 
     # --- operations: each is one call's work, correct statement by statement ---
@@ -132,9 +134,9 @@ class FsmStatements:
     def clear_field(self, connection: Connection, key: str, field: Field) -> None:
         """Empty `state` or `data`; the row goes when both are empty.
 
-        The UPDATE locks the row first, so the other field cannot fill up
-        between the check and the DELETE, and whichever of two concurrent
-        clears runs second sees both fields empty.
+        The DELETE checks both fields itself, so a write landing between the
+        two statements keeps the row, and whichever of two concurrent clears
+        deletes last sees both fields empty.
         """
         connection.execute(self.clear_sql[field], {"key": key, "new_version": new_version()})
         connection.execute(self.delete_if_empty_sql, {"key": key})
@@ -157,9 +159,13 @@ class FsmStatements:
         return list(connection.execute(self.read_all_sql).all())
 
     def put(self, connection: Connection, key: str, state: str | None, data: str | None, stamp: datetime) -> None:
-        """Write a whole record, its time included (the time is the database's own form of it)."""
-        self.set_both(connection, key, state, data)
-        connection.execute(self.stamp_sql, {"key": key, "stamp": stamp})
+        """Write a whole record, its time included (in the database's own form of it), in one statement."""
+        if state is None and data is None:
+            connection.execute(self.delete_sql, {"key": key})
+            return
+        self._upsert(
+            connection, self.write_record_sql, RECORD, key, new_state=state, new_data=data, new_updated_at=stamp
+        )
 
     def expire(self, connection: Connection, ttl: timedelta, limit: int) -> int:
         """Delete at most `limit` of the keys untouched for `ttl`, by the database's clock."""
@@ -222,9 +228,9 @@ def _upsert(table: Table, dialect: str, names: tuple[str, ...]) -> Executable | 
         dialect_insert = sqlite.insert(table) if dialect == "sqlite" else postgresql.insert(table)
         statement = dialect_insert.values(inserted)
         changes = {name: statement.excluded[name] for name in names}
-        return statement.on_conflict_do_update(index_elements=[table.c.id], set_={**changes, "updated_at": func.now()})
+        return statement.on_conflict_do_update(index_elements=[table.c.id], set_={"updated_at": func.now(), **changes})
     if dialect in ("mysql", "mariadb"):
         mysql_statement = mysql.insert(table).values(inserted)
         mysql_changes = {name: mysql_statement.inserted[name] for name in names}
-        return mysql_statement.on_duplicate_key_update({**mysql_changes, "updated_at": func.now()})
+        return mysql_statement.on_duplicate_key_update({"updated_at": func.now(), **mysql_changes})
     return None
