@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 from aiogram.fsm.storage.base import BaseEventIsolation
 from pymongo.errors import AutoReconnect
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from storage.errors import LockTimeoutError
 from storage.mongo.client import close_client, create_client
@@ -160,3 +161,28 @@ async def test_a_renewal_cut_by_the_release_does_not_hold_the_lock_for_ever() ->
     done, _ = await asyncio.wait({renewing}, timeout=1)
     renewing.cancel()  # a renewal that carried on is sleeping now: this ends it
     assert renewing in done, "the renewal carried on after it was cancelled"
+
+
+@pytest.mark.parametrize("backend", backend_params("postgresql", "mysql"), indirect=True)
+async def test_users_waiting_for_a_lock_connection_are_served_in_turn(backend: Backend) -> None:
+    """With every lock connection taken, the next one goes to who waited longest, not to who just gave one back."""
+    engine = create_async_engine(backend.url, pool_size=1, max_overflow=0)
+    isolation = SQLEventIsolation(engine, timeout=5, holders=1)
+    served: list[str] = []
+    first_inside = asyncio.Event()
+
+    async def handle(who: str, key: int, updates: int) -> None:
+        for _ in range(updates):
+            async with isolation.lock(storage_key(key)):
+                served.append(who)
+                first_inside.set()
+                await asyncio.sleep(0.05)
+
+    try:
+        busy = asyncio.create_task(handle("busy user", 1, 2))  # two updates, back to back
+        await first_inside.wait()
+        others = [asyncio.create_task(handle(f"user {key}", key, 1)) for key in (2, 3)]
+        await asyncio.gather(busy, *others)
+    finally:
+        await engine.dispose()
+    assert served == ["busy user", "user 2", "user 3", "busy user"]
