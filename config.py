@@ -217,6 +217,16 @@ def load_settings(env_file: str | Path | None = ".env", *, bot_token: str | None
         raise SettingsError(_describe(error)) from None
 
 
+def describe_duration(span: timedelta) -> str:
+    """A duration as a person reads it: "30 days", "24 hours", else "0:00:02"."""
+    seconds = span.total_seconds()
+    if seconds % 86400 == 0 and seconds > 86400:
+        return f"{seconds / 86400:g} days"
+    if seconds % 3600 == 0:
+        return f"{seconds / 3600:g} hours"
+    return str(span)
+
+
 def load_storage_settings(env_file: str | Path | None = ".env") -> StorageSettings:
     """The storage settings alone, for the owner's commands: no BOT_TOKEN needed."""
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
@@ -143,14 +144,13 @@ async def migrate(settings: StorageSettings, to: str, source_url: str | None, ov
         if planned.conflicts and not overwrite:
             raise CommandError(conflicts_message(target_name, planned.conflicts))
         saved = await copy(planned, target, overwrite)
-    replaced = len(planned.conflicts) if overwrite else 0
+    there_already = planned.same_responses + len(planned.responses) - saved
     print(f"Copied from {source_name} to {target_name}:")
-    print(
-        f"  conversations  {len(planned.records):>6} copied, {planned.same_records} there already"
-        + (f", {len(planned.conflicting_records)} replaced" if replaced else "")
-    )
-    print(
-        f"  answers        {saved:>6} copied, {planned.same_responses + len(planned.responses) - saved} there already"
-        + (f", {len(planned.conflicting_responses)} replaced" if replaced else "")
-    )
+    print(counts("conversations", len(planned.records), planned.same_records, planned.conflicting_records, overwrite))
+    print(counts("answers", saved, there_already, planned.conflicting_responses, overwrite))
     return 0
+
+
+def counts(what: str, copied: int, there_already: int, conflicting: list[Any], overwrite: bool) -> str:
+    replaced = f", {len(conflicting)} replaced" if overwrite and conflicting else ""
+    return f"  {what:<14} {copied:>6} copied, {there_already} there already{replaced}"

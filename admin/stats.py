@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from admin.errors import opened
-from config import StorageSettings
+from config import StorageSettings, describe_duration
 from states import Questionnaire
 from storage import CompletedResponse, FsmRecord
 
@@ -49,12 +49,12 @@ def count(records: list[FsmRecord], responses: list[CompletedResponse], now: dat
 
 
 def render(stats: Stats, ttl: timedelta | None) -> str:
-    expiry = f"removed after {_days(ttl)} (FSM_TTL)" if ttl else "kept: FSM_TTL=0"
+    expiry = f"removed after {describe_duration(ttl)} (FSM_TTL)" if ttl else "kept: FSM_TTL=0"
     lines = [
         "Questionnaires",
         f"  started      {stats.started:>6}",
         f"  finished     {stats.finished:>6}{_share(stats.finished, stats.started)}",
-        f"  in progress  {stats.in_progress:>6}  answered in the last {_days(ABANDONED_AFTER)}",
+        f"  in progress  {stats.in_progress:>6}  answered in the last {describe_duration(ABANDONED_AFTER)}",
         f"  abandoned    {stats.abandoned:>6}  silent for longer; {expiry}",
         "",
         "Favourite colour",
@@ -76,13 +76,6 @@ def render(stats: Stats, ttl: timedelta | None) -> str:
 
 def _share(part: int, whole: int) -> str:
     return f"  {part / whole:4.0%}" if whole else ""
-
-
-def _days(span: timedelta) -> str:
-    if span.total_seconds() % 86400 == 0:
-        days = int(span.total_seconds() // 86400)
-        return "24 hours" if days == 1 else f"{days} days"
-    return str(span)
 
 
 async def stats(settings: StorageSettings) -> int:

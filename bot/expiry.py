@@ -12,6 +12,7 @@ import contextlib
 import logging
 from datetime import timedelta
 
+from config import describe_duration
 from storage import FsmStorage, StorageUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -25,13 +26,8 @@ async def sweep(storage: FsmStorage, ttl: timedelta, limit: int = BATCH) -> int:
     """Remove up to `limit` expired conversations; how many went (logged when any)."""
     removed = await storage.expire(ttl, limit)
     if removed:
-        logger.info("Removed %d conversation(s) untouched for more than %s (FSM_TTL)", removed, span(ttl))
+        logger.info("Removed %d conversation(s) untouched for more than %s (FSM_TTL)", removed, describe_duration(ttl))
     return removed
-
-
-def span(ttl: timedelta) -> str:
-    days = ttl / timedelta(days=1)
-    return f"{days:g} days" if days >= 1 else str(ttl)
 
 
 class ExpirySweeper:

@@ -19,13 +19,6 @@ from storage.sql.isolation import SQLEventIsolation
 from storage.sql.responses import SQLResponseStore
 
 
-class Keep:
-    """The type of KEEP_EXPIRY."""
-
-
-KEEP_EXPIRY = Keep()
-
-
 @dataclass
 class Storages:
     """The FSM storage, the completed-responses store and the event isolation, on one database.
@@ -63,7 +56,8 @@ async def create_storages(settings: StorageSettings, *, owner_command: bool = Fa
             settings.mongo_db,
             settings.mongo_driver,
             timeout=timeout,
-            expire_after=KEEP_EXPIRY if owner_command else settings.fsm_ttl,
+            expire_after=settings.fsm_ttl,
+            set_expiry_index=not owner_command,
         )
     return await create_sql_storages(settings.database_url, timeout=timeout)
 
@@ -98,10 +92,11 @@ async def create_mongo_storages(
     db_name: str,
     driver: MongoDriver = "pymongo",
     timeout: float | None = DEFAULT_TIMEOUT_SECONDS,  # noqa: ASYNC109 - per database call
-    expire_after: timedelta | Keep | None = DEFAULT_FSM_TTL,
+    expire_after: timedelta | None = DEFAULT_FSM_TTL,
+    set_expiry_index: bool = True,
 ) -> Storages:
-    """Mongo storages; `expire_after` sets the FSM collection's TTL index (None: no index, none
-    expire; KEEP_EXPIRY: leave it as it is)."""
+    """Mongo storages; the FSM collection's TTL index follows `expire_after` (None: no index)
+    unless `set_expiry_index` is False (it is then left as it is)."""
     # Imported here: a bot on SQL never loads the Mongo driver (about 6 MB).
     from pymongo.errors import PyMongoError
 
@@ -117,7 +112,7 @@ async def create_mongo_storages(
         reason = type(error.__cause__ or error).__name__
         msg = f"cannot reach MongoDB ({reason}): check MONGO_URL and that the server runs"
         raise StorageUnavailableError(msg) from error
-    if not isinstance(expire_after, Keep):
+    if set_expiry_index:
         try:
             await fsm.ensure_expiry_index(expire_after)
         except BaseException:

@@ -38,9 +38,9 @@ _CONNECT_TIMEOUT_ARGUMENT = {
 def create_engine_for_url(url: str, **engine_kwargs: Any) -> AsyncEngine:
     """An engine for `url`: SQLite in WAL mode with a busy timeout, server databases in AUTOCOMMIT.
 
-    Each of the storages' operations is one statement, or a compare-and-swap
-    that stays correct statement by statement (storage/sql/statements.py): on
-    a server a transaction around it would only add BEGIN and COMMIT round trips.
+    Each of the storages' operations is one statement, or statements that stay
+    correct one by one (storage/sql/statements.py): on a server a transaction
+    around them would only add BEGIN and COMMIT round trips.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":

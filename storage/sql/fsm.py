@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Mapping
-from datetime import UTC, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 from aiogram.exceptions import DataNotDictLikeError
@@ -247,19 +247,9 @@ class SQLAlchemyStorage(FsmStorage):
     @database_call(SQL_OUTAGES)
     async def put_record(self, record: FsmRecord) -> None:
         text = self._dumps(record.data) if record.data else None
-
-        def put(st: FsmStatements, connection: Connection) -> None:
-            # PostgreSQL keeps the zone; SQLite's and MySQL's columns hold UTC without one.
-            stamp = record.updated_at.astimezone(UTC)
-            st.put(
-                connection,
-                record.key,
-                record.state,
-                text,
-                stamp if st.dialect == "postgresql" else stamp.replace(tzinfo=None),
-            )
-
-        await self._run(put)
+        await self._run(
+            lambda st, connection: st.set_both(connection, record.key, record.state, text, record.updated_at)
+        )
 
     @database_call(SQL_OUTAGES)
     async def expire(self, ttl: timedelta, limit: int) -> int:

@@ -9,7 +9,7 @@ reuses their compiled form instead of rebuilding it on every call.
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
 from sqlalchemy import (
@@ -123,13 +123,31 @@ class FsmStatements:
     def set_data(self, connection: Connection, key: str, data: str) -> None:
         self._upsert(connection, self.write_data_sql, ("data", "version"), key, new_data=data)
 
-    def set_both(self, connection: Connection, key: str, state: str | None, data: str | None) -> None:
-        """Replace state and data in one statement; the row goes when both are empty."""
+    def set_both(
+        self, connection: Connection, key: str, state: str | None, data: str | None, stamp: datetime | None = None
+    ) -> None:
+        """Replace state and data in one statement; the row goes when both are empty.
+
+        The row's time is the database's now(), or `stamp` (migrate keeps each record's).
+        """
         if state is None and data is None:
             connection.execute(self.delete_sql, {"key": key})
             return
-        names = ("state", "data", "version")
-        self._upsert(connection, self.write_both_sql, names, key, new_state=state, new_data=data)
+        if stamp is None:
+            names = ("state", "data", "version")
+            self._upsert(connection, self.write_both_sql, names, key, new_state=state, new_data=data)
+            return
+        # PostgreSQL keeps the zone; SQLite's and MySQL's columns hold UTC without one.
+        stamp = stamp.astimezone(UTC)
+        self._upsert(
+            connection,
+            self.write_record_sql,
+            RECORD,
+            key,
+            new_state=state,
+            new_data=data,
+            new_updated_at=stamp if self.dialect == "postgresql" else stamp.replace(tzinfo=None),
+        )
 
     def clear_field(self, connection: Connection, key: str, field: Field) -> None:
         """Empty `state` or `data`; the row goes when both are empty.
@@ -153,19 +171,10 @@ class FsmStatements:
     def delete_like(self, connection: Connection, start: str, end: str) -> int:
         """Delete every row whose key starts with `start` and ends with `end`; how many."""
         pattern = f"{_escape_like(start)}%{_escape_like(end)}"
-        return cast(CursorResult[Any], connection.execute(self.delete_like_sql, {"pattern": pattern})).rowcount
+        return _rowcount(connection.execute(self.delete_like_sql, {"pattern": pattern}))
 
     def read_all(self, connection: Connection) -> list[Row[Any, Any, Any, Any]]:
         return list(connection.execute(self.read_all_sql).all())
-
-    def put(self, connection: Connection, key: str, state: str | None, data: str | None, stamp: datetime) -> None:
-        """Write a whole record, its time included (in the database's own form of it), in one statement."""
-        if state is None and data is None:
-            connection.execute(self.delete_sql, {"key": key})
-            return
-        self._upsert(
-            connection, self.write_record_sql, RECORD, key, new_state=state, new_data=data, new_updated_at=stamp
-        )
 
     def expire(self, connection: Connection, ttl: timedelta, limit: int) -> int:
         """Delete at most `limit` of the keys untouched for `ttl`, by the database's clock."""
