@@ -34,6 +34,8 @@ from sqlalchemy.pool import QueuePool, StaticPool
 
 from storage import CompletedResponse, SchemaError, SQLAlchemyStorage, SQLResponseStore, StorageUnavailableError
 from storage.factory import create_sql_storages
+from storage.sql.engine import POOL_SIZE
+from storage.sql.isolation import HOLDERS, SQLEventIsolation
 from storage.sql.sqlite_thread import ClosedError
 from storage.sql.statements import FsmStatements
 from tests.support.backends import SQL_BACKENDS, SQL_URL_VARIABLES, Backend, backend_params, storage_key
@@ -356,3 +358,40 @@ async def test_a_server_restart_between_calls_is_not_felt(name: str) -> None:
             await storages.fsm.set_state(key, None)
         finally:
             await storages.close()
+
+
+@pytest.mark.parametrize("backend", backend_params("postgresql", "mysql"), indirect=True)
+async def test_a_busy_bot_keeps_its_connections_instead_of_reopening_them(backend: Backend) -> None:
+    """A new connection costs the bot a handshake and PostgreSQL a process: under load the pools keep theirs.
+
+    With pools smaller than the handlers that may run at once, every connection
+    given back beyond the pool's size was closed and opened again a moment later.
+    """
+    storages = await backend.open_storages()
+    assert isinstance(storages.fsm, SQLAlchemyStorage)
+    assert isinstance(storages.isolation, SQLEventIsolation)
+    fsm, isolation = storages.fsm, storages.isolation
+    opened = 0
+
+    def count(*_: object) -> None:
+        nonlocal opened
+        opened += 1
+
+    for engine in (*fsm.engines, isolation.engine.sync_engine):
+        event.listen(engine, "connect", count)
+
+    async def one_user(user_id: int) -> None:
+        key = storage_key(user_id)
+        for answer in range(4):
+            async with isolation.lock(key):
+                await fsm.get_state_and_data(key)
+                await fsm.set_state_and_data(key, "asking", {"answer": answer})
+        await fsm.set_state_and_data(key, None, {})
+
+    try:
+        for wave in range(3):
+            await asyncio.gather(*(one_user(9_000 + 50 * wave + user) for user in range(50)))
+        # Each pool opened at most its size, once.
+        assert opened <= HOLDERS + POOL_SIZE
+    finally:
+        await storages.close()

@@ -39,9 +39,10 @@ from storage.sql.engine import SQL_OUTAGES, retried_on_a_closed_connection
 logger = logging.getLogger(__name__)
 
 # Held connections: one per user whose update is being handled in this process, at most
-# ten; more users wait for one (up to the timeout). With the storage's own pool (up to 15)
-# that is 25 connections a replica: three replicas fit PostgreSQL's default of 100.
-POOL_SIZE, MAX_OVERFLOW = 5, 5
+# ten; more users wait for one (up to the timeout). All are kept once opened, as the
+# storage's own are (storage/sql/engine.py). With the storage's 15 that is 25 connections
+# a replica: three replicas fit PostgreSQL's default of 100.
+HOLDERS = 10
 POSTGRES_LOCK_NOT_AVAILABLE = "55P03"
 CONNECTION_LOST: tuple[type[BaseException], ...] = (DBAPIError, *SQL_OUTAGES)
 
@@ -52,7 +53,7 @@ class SQLEventIsolation(BaseEventIsolation):
         engine: AsyncEngine,
         key_builder: KeyBuilder | None = None,
         timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
-        holders: int = POOL_SIZE + MAX_OVERFLOW,
+        holders: int = HOLDERS,
     ) -> None:
         """`holders`: how many handlers of this process may hold a lock at once (one connection each)."""
         dialect = engine.dialect.name
@@ -86,8 +87,8 @@ class SQLEventIsolation(BaseEventIsolation):
     def from_url(cls, url: str, timeout: float | None = DEFAULT_TIMEOUT_SECONDS, **kwargs: Any) -> SQLEventIsolation:
         engine = create_async_engine(
             url,
-            pool_size=POOL_SIZE,
-            max_overflow=MAX_OVERFLOW,
+            pool_size=HOLDERS,
+            max_overflow=0,
             pool_timeout=timeout or 30,
             # No ping per checkout: a connection the server closed is retried once (`_locked`).
             pool_pre_ping=False,
