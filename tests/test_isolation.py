@@ -84,6 +84,21 @@ async def test_a_wait_too_long_gives_up_and_leaves_nothing_behind(two: Sequence[
         pass
 
 
+@pytest.mark.parametrize("backend", SHARED, indirect=True)
+async def test_a_replica_holding_several_users_still_keeps_each_one(two: Sequence[BaseEventIsolation]) -> None:
+    """While one replica handles two users, the other replica waits for either of them.
+
+    nx-27017 once let the second lease overwrite the first one's document (it drops
+    `_id` from an update's filter that also has `$or`): the second user was then
+    held by no document at all, and the other replica walked in.
+    """
+    async with two[0].lock(storage_key(8)), two[0].lock(storage_key(9)):
+        for user in (8, 9):
+            with pytest.raises(LockTimeoutError):
+                async with two[1].lock(storage_key(user)):
+                    pytest.fail(f"entered user {user}, whom another replica holds")
+
+
 @pytest.mark.parametrize("backend", backend_params(*MONGO_BACKENDS), indirect=True)
 async def test_a_dead_replicas_lease_frees_within_seconds(backend: Backend) -> None:
     async for isolation, _ in replicas(backend):

@@ -69,7 +69,9 @@ class MongoEventIsolation(BaseEventIsolation):
         deadline = None if self.timeout is None else asyncio.get_running_loop().time() + self.timeout - 0.5
         while True:
             now = epoch_ms()
-            free = {"_id": name, "$or": [{"expires_at": {"$lt": now}}, {"owner": self.owner}]}
+            # In `$and`, not beside `_id`: nx-27017 drops `_id` from an update's filter that
+            # also has `$or`, and took another key's lease instead (README, nx-27017).
+            free = {"$and": [{"_id": name}, {"$or": [{"expires_at": {"$lt": now}}, {"owner": self.owner}]}]}
             try:
                 await self.collection.update_one(
                     free, {"$set": {"owner": self.owner, "expires_at": now + self.lease_ms}}, upsert=True
