@@ -54,11 +54,13 @@ class MongoEventIsolation(BaseEventIsolation):
         name = self.key_builder.build(key, "lock")
         async with self.local.lock(key):
             await self._acquire(name)
-            renewing = asyncio.create_task(self._renew(name))
+            released = asyncio.Event()
+            renewing = asyncio.create_task(self._renew(name, released))
             try:
                 yield
             finally:
-                renewing.cancel()
+                released.set()
+                renewing.cancel()  # cuts a renewal in flight
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewing
                 await self._release(name)
@@ -85,20 +87,19 @@ class MongoEventIsolation(BaseEventIsolation):
             await asyncio.sleep(pause)
             pause = min(pause * 2, RETRY_SECONDS[1])
 
-    async def _renew(self, name: str) -> None:
-        renewing = asyncio.current_task()
-        assert renewing is not None
-        while True:
-            await asyncio.sleep(self.lease_ms / 3000)
+    async def _renew(self, name: str, released: asyncio.Event) -> None:
+        """Push the lease's expiry forward every third of a lease, until `released` is set.
+
+        The event, not the cancellation alone, ends it: PyMongo may turn the
+        cancellation of a command in flight into a connection error, or retry
+        the command and return as if nothing happened, and `lock` waits for
+        this task before it releases.
+        """
+        while not await is_set_within(released, self.lease_ms / 3000):
             expires = epoch_ms() + self.lease_ms
-            try:
+            # A renewal that fails is settled by the next one, or by the lease's expiry.
+            with contextlib.suppress(*MONGO_OUTAGES):
                 await self.collection.update_one({"_id": name, "owner": self.owner}, {"$set": {"expires_at": expires}})
-            except MONGO_OUTAGES:
-                # The driver may turn the cancellation that ends this task into a connection
-                # error (the command was cut mid-flight): then stop, or `lock` waits for ever.
-                if renewing.cancelling():
-                    return
-                # Otherwise the next renewal, or the lease's expiry, settles it.
 
     @database_call(MONGO_OUTAGES)
     async def _release(self, name: str) -> None:
@@ -106,6 +107,15 @@ class MongoEventIsolation(BaseEventIsolation):
 
     async def close(self) -> None:
         pass  # the client belongs to the storage
+
+
+async def is_set_within(event: asyncio.Event, seconds: float) -> bool:
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 def epoch_ms() -> int:
