@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
-from sqlalchemy.pool import QueuePool, StaticPool
+from sqlalchemy.pool import NullPool, QueuePool, StaticPool
 
 from storage import CompletedResponse, SchemaError, SQLAlchemyStorage, SQLResponseStore, StorageUnavailableError
 from storage.factory import create_sql_storages
@@ -395,3 +395,16 @@ async def test_a_busy_bot_keeps_its_connections_instead_of_reopening_them(backen
         assert opened <= HOLDERS + POOL_SIZE
     finally:
         await storages.close()
+
+
+@pytest.mark.parametrize("backend", backend_params("postgresql", "mysql"), indirect=True)
+async def test_a_pool_of_your_own_is_used_as_given(backend: Backend) -> None:
+    """Behind PgBouncer one passes NullPool: the storage's pool sizes must not be forced on it."""
+    storage = await backend.open(poolclass=NullPool)
+    try:
+        await storage.set_state(storage_key(), "asking")
+        assert await storage.get_state(storage_key()) == "asking"
+        assert isinstance(storage, SQLAlchemyStorage)
+        assert isinstance(storage.engines[0].pool, NullPool)
+    finally:
+        await storage.close()

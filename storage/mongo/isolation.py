@@ -110,6 +110,7 @@ class MongoEventIsolation(BaseEventIsolation):
 
 
 async def is_set_within(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to `seconds` for `event`; whether it is set."""
     try:
         async with asyncio.timeout(seconds):
             await event.wait()

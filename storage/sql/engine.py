@@ -55,12 +55,13 @@ def create_engine_for_url(url: str, **engine_kwargs: Any) -> AsyncEngine:
     engine_kwargs.setdefault("pool_pre_ping", False)
     # MySQL closes idle connections after wait_timeout (8 h by default).
     engine_kwargs.setdefault("pool_recycle", 3600)
-    # Every connection the pool may open, it keeps: a connection given back beyond
-    # `pool_size` would be closed and, under load, opened again a moment later (a
-    # handshake for the bot, a new server process for PostgreSQL): 187 -> 274 updates/s
-    # with 50 users at once. More calls at once than this wait their turn, briefly.
-    engine_kwargs.setdefault("pool_size", POOL_SIZE)
-    engine_kwargs.setdefault("max_overflow", 0)
+    if "poolclass" not in engine_kwargs and "pool" not in engine_kwargs:  # yours (NullPool behind PgBouncer) stays
+        # Every connection the pool may open, it keeps: a connection given back beyond
+        # `pool_size` would be closed and, under load, opened again a moment later (a
+        # handshake for the bot, a new server process for PostgreSQL). More calls at
+        # once than this wait their turn, briefly.
+        engine_kwargs.setdefault("pool_size", POOL_SIZE)
+        engine_kwargs.setdefault("max_overflow", 0)
     engine = create_async_engine(url, **engine_kwargs)
     if parsed.get_backend_name() in ("mysql", "mariadb"):
         event.listen(engine.sync_engine, "connect", _in_utc)

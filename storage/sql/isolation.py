@@ -84,16 +84,18 @@ class SQLEventIsolation(BaseEventIsolation):
         dbapi_connection.commit()
 
     @classmethod
-    def from_url(cls, url: str, timeout: float | None = DEFAULT_TIMEOUT_SECONDS, **kwargs: Any) -> SQLEventIsolation:
+    def from_url(
+        cls, url: str, timeout: float | None = DEFAULT_TIMEOUT_SECONDS, holders: int = HOLDERS
+    ) -> SQLEventIsolation:
         engine = create_async_engine(
             url,
-            pool_size=HOLDERS,
+            pool_size=holders,  # one connection per holder, kept once opened
             max_overflow=0,
             pool_timeout=timeout or 30,
             # No ping per checkout: a connection the server closed is retried once (`_locked`).
             pool_pre_ping=False,
         )
-        isolation = cls(engine, timeout=timeout, **kwargs)
+        isolation = cls(engine, timeout=timeout, holders=holders)
         isolation._owned = True
         return isolation
 
