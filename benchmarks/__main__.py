@@ -12,19 +12,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.candidates import all_candidates
+from benchmarks.candidates import LIMIT, PYMONGO, REDIS, SQLITE, all_candidates, mongo_name, sql_server_name
 from benchmarks.whole_bot import Throughput, processes, throughput
 
 TARGET_LEVEL = 50  # users at once: where the README's target is set
 FULL_LEVELS = [(100, 1), (300, TARGET_LEVEL), (600, 200)]
 QUICK_LEVELS = [(3, 1), (8, TARGET_LEVEL)]
-LIMIT = "MemoryStorage (aiogram), the limit"
-SQLITE = "SQLite file (ours), FSM and responses"
 TARGET_SHARE = 0.6  # of the same bot on MemoryStorage
-POSTGRES = "PostgreSQL (ours), FSM and responses"
-REDIS = "RedisStorage (aiogram), local Redis"
-MONGO = "MongoDB (ours, PyMongo async), FSM and responses"
-PYMONGO = "PyMongoStorage (aiogram), same server"
+POSTGRES = sql_server_name("PostgreSQL")
+MONGO = mongo_name("pymongo")
 MONGO_TARGET = 1.2  # times aiogram's PyMongoStorage (issue 12)
 
 

@@ -24,6 +24,21 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from storage import CompletedResponse, ResponseStore
 from storage.factory import create_mongo_storages, create_sql_storages
 
+# The names the benchmark reports, and checks its targets by (benchmarks/__main__.py).
+LIMIT = "MemoryStorage (aiogram), the limit"
+REDIS = "RedisStorage (aiogram), local Redis"
+SQLITE = "SQLite file (ours), FSM and responses"
+PYMONGO = "PyMongoStorage (aiogram), same server"
+
+
+def sql_server_name(server: str) -> str:
+    return f"{server} (ours), FSM and responses"
+
+
+def mongo_name(driver: str) -> str:
+    return f"MongoDB (ours, {'PyMongo async' if driver == 'pymongo' else 'motor'}), FSM and responses"
+
+
 # The FSM storage, the responses store and the event isolation (None: aiogram's in-process one).
 Opened = tuple[BaseStorage, ResponseStore, BaseEventIsolation | None]
 
@@ -63,7 +78,7 @@ def memory() -> Candidate:
     async def opened() -> AsyncIterator[Opened]:
         yield MemoryStorage(), ResponsesInMemory(), None
 
-    return Candidate("MemoryStorage (aiogram), the limit", opened)
+    return Candidate(LIMIT, opened)
 
 
 def redis(url: str, across_processes: bool = False) -> Candidate:
@@ -85,7 +100,7 @@ def redis(url: str, across_processes: bool = False) -> Candidate:
 
     if across_processes:
         return Candidate("RedisStorage + RedisEventIsolation (aiogram)", opened)
-    return Candidate("RedisStorage (aiogram), local Redis", opened)
+    return Candidate(REDIS, opened)
 
 
 def ours_sqlite(folder: Path) -> Candidate:
@@ -97,7 +112,7 @@ def ours_sqlite(folder: Path) -> Candidate:
         finally:
             await storages.close()
 
-    return Candidate("SQLite file (ours), FSM and responses", opened)
+    return Candidate(SQLITE, opened)
 
 
 def ours_sql_server(name: str, url: str) -> Candidate:
@@ -114,7 +129,7 @@ def ours_sql_server(name: str, url: str) -> Candidate:
                     await connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
             await engine.dispose()
 
-    return Candidate(f"{name} (ours), FSM and responses", opened)
+    return Candidate(sql_server_name(name), opened)
 
 
 def ours_mongo(url: str, driver: Any) -> Candidate:
@@ -128,9 +143,7 @@ def ours_mongo(url: str, driver: Any) -> Candidate:
             await storages.fsm.client.drop_database(db_name)  # type: ignore[attr-defined]
             await storages.close()
 
-    return Candidate(
-        f"MongoDB (ours, {'PyMongo async' if driver == 'pymongo' else 'motor'}), FSM and responses", opened
-    )
+    return Candidate(mongo_name(driver), opened)
 
 
 def aiogram_pymongo(url: str) -> Candidate:
@@ -147,7 +160,7 @@ def aiogram_pymongo(url: str) -> Candidate:
             await client.drop_database(db_name)
             await client.close()
 
-    return Candidate("PyMongoStorage (aiogram), same server", opened)
+    return Candidate(PYMONGO, opened)
 
 
 def package_sqlite(folder: Path) -> Candidate:

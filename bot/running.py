@@ -15,7 +15,7 @@ from bot.expiry import ExpirySweeper
 from bot.setup import create_bot, create_dispatcher
 from config import Settings
 from handlers.common import COMMANDS
-from storage import FsmStorage, SchemaError, StorageUnavailableError, create_storages
+from storage import SchemaError, StorageUnavailableError, create_storages
 from storage.sql.in_use import held_while_running
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ async def running_bot(settings: Settings) -> AsyncIterator[tuple[Bot, Dispatcher
     with held_while_running(settings.sqlite_path):
         try:
             dispatcher = create_dispatcher(storages.fsm, storages.responses, storages.isolation)
-            if settings.fsm_ttl is not None and isinstance(storages.fsm, FsmStorage):
+            if settings.fsm_ttl is not None:
                 sweeper = ExpirySweeper(storages.fsm, settings.fsm_ttl)
                 dispatcher.startup.register(sweeper.start)
                 dispatcher.shutdown.register(sweeper.stop)

@@ -35,7 +35,7 @@ class MongoResponseStore:
 
     @database_call(MONGO_OUTAGES)
     async def replace(self, response: CompletedResponse) -> None:
-        # One command either way: there is no moment without the response.
+        # Replaced in place, or inserted if missing; never deleted first, so never missing meanwhile.
         replaced = await self.collection.replace_one({"_id": response.response_id}, _document(response))
         if not replaced.matched_count:
             await self.collection.insert_one(_document(response))

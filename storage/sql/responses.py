@@ -84,7 +84,7 @@ class SQLResponseStore:
         insert = self.table.insert().values(row)
 
         def replace(connection: Connection) -> None:
-            # One statement either way: there is no moment without the response.
+            # Updated in place, or inserted if missing; never deleted first, so never missing meanwhile.
             if not cast(CursorResult[Any], connection.execute(change)).rowcount:
                 connection.execute(insert)
 

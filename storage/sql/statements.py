@@ -105,6 +105,7 @@ class FsmStatements:
         self.delete_old_sql = delete(table).where(
             c.id.in_(bindparam("keys", expanding=True)), c.updated_at < bindparam("cutoff")
         )
+        # Here and in _upsert, `updated_at` comes first: a record's own time (migrate) overrides now().
         self._plain_update: dict[tuple[str, ...], Executable] = {
             names: update(table)
             .where(key)
