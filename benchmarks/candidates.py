@@ -108,7 +108,7 @@ def ours_sqlite(folder: Path) -> Candidate:
     async def opened() -> AsyncIterator[Opened]:
         storages = await create_sql_storages(f"sqlite+aiosqlite:///{folder / uuid.uuid4().hex}.db")
         try:
-            yield storages.fsm, storages.responses, storages.isolation
+            yield storages.fsm, storages.responses, None
         finally:
             await storages.close()
 
@@ -120,7 +120,7 @@ def ours_sql_server(name: str, url: str) -> Candidate:
     async def opened() -> AsyncIterator[Opened]:
         storages = await create_sql_storages(url)
         try:
-            yield storages.fsm, storages.responses, storages.isolation
+            yield storages.fsm, storages.responses, None
         finally:
             await storages.close()
             engine = create_async_engine(url)
@@ -138,7 +138,7 @@ def ours_mongo(url: str, driver: Any) -> Candidate:
         db_name = f"bench_{uuid.uuid4().hex[:10]}"
         storages = await create_mongo_storages(url, db_name, driver)
         try:
-            yield storages.fsm, storages.responses, storages.isolation
+            yield storages.fsm, storages.responses, None
         finally:
             await storages.fsm.client.drop_database(db_name)  # type: ignore[attr-defined]
             await storages.close()

@@ -1,21 +1,24 @@
-"""Apply each update once, and send its reply only after its effects are saved.
+"""Apply each update once, with a fenced commit; the reply is handed back to be sent after it.
 
 Handlers return their reply (`return message.answer(...)`) instead of
 sending it. `ApplyOnce` takes the place of aiogram's FSM middleware (the
 Dispatcher is built with `disable_fsm=True`; its `fsm` still resolves keys
-and holds the storage and the isolation). For an update with an FSM key it
-takes the user's lock, as aiogram's does, and inside it:
+and holds the storage and the in-process key locks). For an update with an
+FSM key:
 
-1. reads the key's state and data in one call: an update listed in the data
-   as applied was handled before a crash and is delivered again; the handler
-   does not run again, and the reply it gave is sent again if it was the
-   key's latest;
-2. runs the handler on `PendingChanges`: its FSM reads and writes stay in
+1. it reads the key's state, data and version in one call: an update listed
+   in the data as applied was handled before (a crash, a reply Telegram
+   refused, a redelivered webhook); the handler does not run again, and the
+   reply it gave is handed back again if it was the key's latest;
+2. it runs the handler on `PendingChanges`: its FSM reads and writes stay in
    memory, so a failure half-way writes nothing;
-3. writes the new state, data and the applied-update record in one atomic
-   write (`FsmStorage.set_state_and_data`);
-4. sends the reply, still inside the user's lock, so replies keep the order
-   of the messages.
+3. it writes the new state, data, the applied-update record and the reply in
+   one write that succeeds only if the key is still at the version read
+   (`FsmStorage.swap_state_and_data`). If another process wrote the key
+   meanwhile (two replicas, a deploy's old and new process), nothing is
+   written and it starts again at 1: the update is found applied, or runs
+   again on the new state. No lock is needed for this to hold;
+4. it returns the reply, which bot/delivery.py sends once no lock is held.
 
 A crash before step 3 leaves no trace: Telegram delivers the update again and
 it is handled as new. A crash after it is met by step 1. The reply may then
@@ -38,10 +41,13 @@ from aiogram.fsm.storage.base import BaseStorage, StateType, StorageKey
 from aiogram.methods import TelegramMethod
 from aiogram.types import TelegramObject, Update
 
-from storage import CorruptDataError, FsmStorage
+from storage import CorruptDataError, FsmStorage, StorageUnavailableError, Versioned
 
 logger = logging.getLogger(__name__)
 
+# Another writer changing the key between our read and our write, this many times in a row,
+# means something is badly wrong; the user is asked to send the message again.
+MAX_COMMIT_ATTEMPTS = 10
 # Kept in the key's FSM data; handlers never see it.
 APPLIED = "__applied_updates__"
 # Telegram hands out at most 100 updates per getUpdates, and the bot confirms
@@ -104,66 +110,67 @@ class ApplyOnce(BaseMiddleware):
         context = self.fsm.resolve_event_context(bot, data)
         data["fsm_storage"] = self.fsm.storage
         if context is None:  # an update without a user and chat: nothing to keep
-            return await send_reply(bot, await handler(event, data))
-        # As in aiogram's: nothing is read before the lock is held.
+            return await handler(event, data)
+        # Saves work only (bot/key_locks.py): the fenced commit keeps the data right without it.
         async with self.fsm.events_isolation.lock(context.key):
             return await self.apply(handler, cast(Update, event), data, context)
 
     async def apply(self, handler: Handler, update: Update, data: dict[str, Any], context: FSMContext) -> Any:
-        bot = cast(Bot, data["bot"])
-        state, stored = await read(context)
-        record = {} if isinstance(stored, CorruptDataError) else stored.pop(APPLIED, None) or {}
-        applied: list[int] = record.get("updates", [])
-        if update.update_id in applied:
-            return await self.answer_redelivered(bot, update, applied, record.get("reply"))
+        for _ in range(MAX_COMMIT_ATTEMPTS):
+            state, stored, version = await read(context)
+            record = {} if isinstance(stored, CorruptDataError) else stored.pop(APPLIED, None) or {}
+            applied: list[int] = record.get("updates", [])
+            if update.update_id in applied:
+                return redelivered(update, applied, record.get("reply"))
 
-        changes = PendingChanges(context.key, state, stored)
-        data.update(state=FSMContext(storage=changes, key=context.key), raw_state=state)
-        reply = await handler(update, data)
-        if changes.changed:
+            changes = PendingChanges(context.key, state, stored)
+            data.update(state=FSMContext(storage=changes, key=context.key), raw_state=state)
+            reply = await handler(update, data)
+            if not changes.changed:
+                return reply
+            bot = cast(Bot, data["bot"])
             record = {"updates": [*applied, update.update_id][-REMEMBERED_UPDATES:], "reply": dump_reply(bot, reply)}
             assert isinstance(changes.data, dict)  # unreadable data that was not replaced failed the handler
-            await save(context, changes.state, changes.data | {APPLIED: record})
-        return await send_reply(bot, reply)
-
-    async def answer_redelivered(
-        self, bot: Bot, update: Update, applied: list[int], reply: dict[str, Any] | None
-    ) -> Any:
-        if update.update_id != applied[-1] or reply is None:
-            # A later message of this user was handled after it: that one's reply is the one that counts.
-            logger.info("Update %s was applied already (delivered again); not applied again", update.update_id)
-            return None
-        logger.info("Update %s was applied already (delivered again); sending its reply again", update.update_id)
-        return await send_reply(bot, load_reply(reply))
+            if await commit(context, version, changes.state, changes.data | {APPLIED: record}):
+                return reply
+            logger.info(
+                "Update %s: its chat was changed by another writer meanwhile; handling it again", update.update_id
+            )
+        msg = f"update {update.update_id}: its key kept changing under {MAX_COMMIT_ATTEMPTS} commits"
+        raise StorageUnavailableError(msg)
 
 
-async def read(context: FSMContext) -> tuple[str | None, dict[str, Any] | CorruptDataError]:
-    """The key's state and data; unreadable data is handed on, to fail only a handler that reads it."""
-    storage = context.storage
-    try:
-        if isinstance(storage, FsmStorage):
-            return await storage.get_state_and_data(context.key)
-        return await storage.get_state(context.key), await storage.get_data(context.key)
-    except CorruptDataError as error:
-        return await storage.get_state(context.key), error  # a state that is unreadable too raises here
+def redelivered(update: Update, applied: list[int], reply: dict[str, Any] | None) -> TelegramMethod[Any] | None:
+    if update.update_id != applied[-1] or reply is None:
+        # A later message of this user was handled after it: that one's reply is the one that counts.
+        logger.info("Update %s was applied already (delivered again); not applied again", update.update_id)
+        return None
+    logger.info("Update %s was applied already (delivered again); its reply goes out again", update.update_id)
+    return load_reply(reply)
 
 
-async def save(context: FSMContext, state: str | None, data: dict[str, Any]) -> None:
+async def read(context: FSMContext) -> Versioned:
+    """The key's state, data and version; unreadable data is handed on, to fail only a handler that reads it."""
     storage = context.storage
     if isinstance(storage, FsmStorage):
-        await storage.set_state_and_data(context.key, state, data)
-        return
-    # aiogram's own storages (MemoryStorage, RedisStorage) have no atomic write of both:
-    # a crash between these two can leave the data saved and the state not.
+        return await storage.get_versioned(context.key)
+    # aiogram's own storages (MemoryStorage, RedisStorage) have no versions: their writes are not fenced.
+    try:
+        return Versioned(await storage.get_state(context.key), await storage.get_data(context.key), None)
+    except CorruptDataError as error:
+        return Versioned(await storage.get_state(context.key), error, None)
+
+
+async def commit(context: FSMContext, version: int | None, state: str | None, data: dict[str, Any]) -> bool:
+    """Write state and data if the key is still at `version`; False if another writer came first."""
+    storage = context.storage
+    if isinstance(storage, FsmStorage):
+        return await storage.swap_state_and_data(context.key, version, state, data)
+    # aiogram's own storages have no atomic write of both: a crash between these
+    # two can leave the data saved and the state not.
     await storage.set_data(context.key, data)
     await storage.set_state(context.key, state)
-
-
-async def send_reply(bot: Bot, reply: Any) -> Any:
-    """Send a handler's returned Bot API call; what it returns is the handler's result then."""
-    if isinstance(reply, TelegramMethod):
-        return await bot(reply)
-    return reply
+    return True
 
 
 def dump_reply(bot: Bot, reply: Any) -> dict[str, Any] | None:

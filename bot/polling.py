@@ -9,6 +9,12 @@ ones again (and bot/apply_once.py keeps one that was already applied from
 being applied twice). On SIGINT or SIGTERM it stops fetching, gives the
 running handlers up to `shutdown_timeout` seconds, confirms what finished,
 and only then lets the session and the storage close.
+
+Each chat's updates run one after another, in the order Telegram gave them
+(a lane per chat); different chats run at once. An update whose reply
+Telegram refuses for now (429 of any length, 5xx, a network error or a
+stall) is tried again in its lane until it goes through, so the chat's later
+updates wait behind it and never overtake it; other chats go on.
 """
 
 from __future__ import annotations
@@ -16,18 +22,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from typing import Any
 
 from aiogram import Bot, Dispatcher
-from aiogram.exceptions import (
-    TelegramAPIError,
-    TelegramNetworkError,
-    TelegramServerError,
-    TelegramUnauthorizedError,
-)
+from aiogram.dispatcher.middlewares.user_context import UserContextMiddleware
+from aiogram.exceptions import TelegramAPIError, TelegramRetryAfter, TelegramUnauthorizedError
 from aiogram.types import Update
 from aiogram.utils.backoff import Backoff, BackoffConfig
 
+from bot.delivery import RESEND_BACKOFF, TELEGRAM_FAULTS, handle_update
 from bot.running import running_bot, stop_on_signals
 from bot.update_ledger import UpdateLedger
 from config import Settings
@@ -41,8 +45,6 @@ POLL_SECONDS = 30
 IDLE_WAIT_SECONDS = 0.5
 # Telegram unreachable or a second instance polling: retry, more slowly each time.
 FETCH_BACKOFF = BackoffConfig(min_delay=1.0, max_delay=30.0, factor=1.5, jitter=0.1)
-# Failures after which an update is worth delivering again rather than answering.
-TELEGRAM_OUTAGES = (TelegramNetworkError, TelegramServerError)
 
 
 async def run_polling(settings: Settings) -> None:
@@ -59,7 +61,8 @@ class Poller:
         self.shutdown_timeout = shutdown_timeout
         self.ledger = UpdateLedger()
         self.workflow_data: dict[str, Any] = {"bots": [bot]}
-        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._lanes: dict[tuple[str, int], deque[Update]] = {}  # each chat's updates, in order
+        self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}  # the lanes at work
         self._progress = asyncio.Event()
         self._stopping = asyncio.Event()
         self._forced = asyncio.Event()
@@ -102,10 +105,10 @@ class Poller:
                 return
             self._confirmed = offset
             backoff.reset()
-            started = self.ledger.take(update.update_id for update in updates)
-            by_id = {update.update_id: update for update in updates}
-            for update_id in started:
-                self._tasks[update_id] = asyncio.create_task(self._handle(by_id[update_id]))
+            started = set(self.ledger.take(update.update_id for update in updates))
+            for update in updates:  # in Telegram's order, which is each chat's order
+                if update.update_id in started:
+                    self._enqueue(update)
             if updates and not started:
                 # Telegram answered at once with updates already running: wait for one to finish.
                 with contextlib.suppress(TimeoutError):
@@ -124,19 +127,43 @@ class Poller:
             return None
         return task.result()
 
-    async def _handle(self, update: Update) -> None:
-        retry = False
+    def _enqueue(self, update: Update) -> None:
+        lane = lane_of(update)
+        self._lanes.setdefault(lane, deque()).append(update)
+        if lane not in self._tasks:
+            self._tasks[lane] = asyncio.create_task(self._run_lane(lane))
+
+    async def _run_lane(self, lane: tuple[str, int]) -> None:
+        """Handle the lane's updates one by one until it is empty."""
+        queue = self._lanes[lane]
         try:
-            await self.dispatcher.feed_update(self.bot, update, **self.workflow_data)
-        except TELEGRAM_OUTAGES as error:
-            retry = True
-            logger.warning("Update %s left for Telegram to deliver again: %s", update.update_id, error)
-        except Exception:
-            logger.exception("Update %s failed", update.update_id)
+            while queue:
+                await self._handle(queue[0])
+                queue.popleft()
         finally:
-            del self._tasks[update.update_id]
-        if not self.ledger.finish(update.update_id, retry=retry):
-            logger.error("Update %s failed too many times; it is dropped", update.update_id)
+            if not queue:
+                del self._lanes[lane]
+            del self._tasks[lane]
+
+    async def _handle(self, update: Update) -> None:
+        """Handle `update` and deliver its reply, for as long as Telegram refuses it for now."""
+        backoff = Backoff(RESEND_BACKOFF)
+        while True:
+            try:
+                await handle_update(self.dispatcher, self.bot, update, **self.workflow_data)
+                break
+            except TELEGRAM_FAULTS as error:
+                # From a call made while handling (its effects are not committed), or an
+                # error handler's reply: handled again; a committed update is not re-applied.
+                delay = error.retry_after if isinstance(error, TelegramRetryAfter) else next(backoff)
+                logger.warning(
+                    "Update %s: Telegram refused (%s); trying again in %.1f s", update.update_id, error, delay
+                )
+                await asyncio.sleep(delay)
+            except Exception:
+                logger.exception("Update %s failed", update.update_id)
+                break
+        self.ledger.finish(update.update_id)
         self._progress.set()
 
     async def _finish_running(self) -> None:
@@ -167,3 +194,13 @@ class Poller:
             await self.bot.get_updates(offset=self.ledger.offset, limit=1, timeout=0)
         except TelegramAPIError as error:
             logger.warning("Could not confirm the last updates (%s); Telegram will deliver them again", error)
+
+
+def lane_of(update: Update) -> tuple[str, int]:
+    """The lane an update waits in: its chat's, else its user's, else its own."""
+    context = UserContextMiddleware.resolve_event_context(update)
+    if context.chat_id is not None:
+        return "chat", context.chat_id
+    if context.user_id is not None:
+        return "user", context.user_id
+    return "update", update.update_id

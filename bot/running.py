@@ -38,7 +38,7 @@ async def running_bot(settings: Settings) -> AsyncIterator[tuple[Bot, Dispatcher
     # SQLite file while its connection is open drops that connection's locks).
     with held_while_running(settings.sqlite_path):
         try:
-            dispatcher = create_dispatcher(storages.fsm, storages.responses, storages.isolation)
+            dispatcher = create_dispatcher(storages.fsm, storages.responses)
             if settings.fsm_ttl is not None:
                 sweeper = ExpirySweeper(storages.fsm, settings.fsm_ttl)
                 dispatcher.startup.register(sweeper.start)

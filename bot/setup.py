@@ -9,10 +9,10 @@ from aiogram.client.session.base import BaseSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage
-from aiogram.fsm.storage.memory import SimpleEventIsolation
 
 from bot.apply_once import ApplyOnce
-from bot.retry import RetryRequests
+from bot.delivery import FloodGate
+from bot.key_locks import KeyLocks
 from config import Settings
 from handlers import get_routers
 from storage import ResponseStore
@@ -27,7 +27,7 @@ def create_bot(settings: Settings, session: BaseSession | None = None) -> Bot:
         session=session,
         default=DefaultBotProperties(parse_mode=ParseMode.HTML),
     )
-    bot.session.middleware(RetryRequests())
+    bot.session.middleware(FloodGate())
     return bot
 
 
@@ -35,11 +35,11 @@ def create_dispatcher(
     storage: BaseStorage, responses: ResponseStore, isolation: BaseEventIsolation | None = None
 ) -> Dispatcher:
     """The Dispatcher with every router; `responses` reaches handlers as workflow data."""
-    # One user's updates are handled one at a time (across processes, with the isolation
-    # the storage factory chose), so a burst of answers cannot interleave its reads and writes.
+    # One key's updates are handled one at a time in this process; that only saves work:
+    # across processes the fenced commit keeps the data right (bot/apply_once.py).
     dispatcher = Dispatcher(
         storage=storage,
-        events_isolation=isolation or SimpleEventIsolation(),
+        events_isolation=isolation or KeyLocks(),
         # ApplyOnce is the FSM middleware: it reads state and data at once, and saves them at once.
         disable_fsm=True,
         responses=responses,

@@ -2,11 +2,12 @@
 
 Telegram posts each update to WEBHOOK_URL with the WEBHOOK_SECRET header. The
 answer goes back only once the update is handled, its changes committed and
-its reply sent (aiogram's `handle_in_background=False`): Telegram then sends
-that chat's next update only after this one, and sends this one again if the
-answer is an error or does not come (a Telegram outage here leaves the
-update to be delivered again, as in polling). A request without the secret,
-or with a wrong one, gets 401 and changes nothing.
+its reply sent, with no time limit of aiogram's and nothing left running in
+the background: Telegram then sends that chat's next update only after this
+one. If Telegram refuses the reply for longer than REPLY_PATIENCE (a long
+429, 5xx, a stall), the answer is 503: Telegram posts the update again
+later, and ApplyOnce finds it applied and hands its saved reply out again.
+A request without the secret, or with a wrong one, gets 401 and changes nothing.
 
 `GET /healthz` answers 200 while the database answers, 503 otherwise: what a
 load balancer or an orchestrator checks.
@@ -20,18 +21,26 @@ while requests are still being handled).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 
 from aiogram import Bot, Dispatcher
-from aiogram.webhook.aiohttp_server import SimpleRequestHandler
+from aiogram.types import Update
 from aiohttp import web
+from pydantic import ValidationError
 
+from bot.delivery import TELEGRAM_FAULTS, handle_update
 from bot.running import running_bot, stop_on_signals
 from config import Settings
 from storage import FsmStorage, StorageUnavailableError
 
 logger = logging.getLogger(__name__)
+
+# How long a request waits for Telegram to take its reply before it answers 503
+# (Telegram gives up on a webhook request after about a minute).
+REPLY_PATIENCE = 10.0
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 
 async def run_webhook(settings: Settings) -> None:
@@ -42,14 +51,37 @@ async def run_webhook(settings: Settings) -> None:
 def webhook_app(bot: Bot, dispatcher: Dispatcher, settings: Settings) -> web.Application:
     """The webhook route (WEBHOOK_URL's path) and /healthz."""
     assert settings.webhook_secret is not None  # config requires it with WEBHOOK_URL
-    updates = SimpleRequestHandler(
-        dispatcher, bot, handle_in_background=False, secret_token=settings.webhook_secret.get_secret_value()
-    )
     app = web.Application()
-    # Not updates.register(app): that closes the bot's session in on_shutdown, under requests still running.
-    app.router.add_post(settings.webhook_path, updates.handle)
+    app.router.add_post(
+        settings.webhook_path, update_handler(bot, dispatcher, settings.webhook_secret.get_secret_value())
+    )
     app.router.add_get("/healthz", health_check(dispatcher.fsm.storage))
     return app
+
+
+def update_handler(bot: Bot, dispatcher: Dispatcher, secret: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    expected = secret.encode()
+
+    async def handle(request: web.Request) -> web.Response:
+        # Bytes, not text: a header with characters outside ASCII is simply wrong.
+        given = request.headers.get(SECRET_HEADER, "").encode(errors="replace")
+        if not hmac.compare_digest(given, expected):
+            return web.json_response({"ok": False, "error": "wrong secret token"}, status=401)
+        try:
+            update = Update.model_validate(await request.json(), context={"bot": bot})
+        except (ValueError, ValidationError):
+            return web.json_response({"ok": False, "error": "not an update"}, status=400)
+        try:
+            await handle_update(dispatcher, bot, update, patience=REPLY_PATIENCE)
+        except TELEGRAM_FAULTS as error:
+            logger.warning("Update %s left for Telegram to post again: %s", update.update_id, error)
+            return web.json_response({"ok": False, "error": "Telegram refused the reply for now"}, status=503)
+        except Exception:
+            logger.exception("Update %s failed", update.update_id)
+            return web.json_response({"ok": False}, status=500)
+        return web.json_response({})
+
+    return handle
 
 
 def health_check(storage: object) -> Callable[[web.Request], Awaitable[web.Response]]:

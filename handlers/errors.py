@@ -1,15 +1,26 @@
-"""What the user hears when handling their message failed: nothing is dropped silently."""
+"""What the user hears when handling their update failed: nothing is dropped silently.
+
+Error handlers return their reply, as the other handlers do: it goes out the
+same way, after the update, in the chat's order (bot/delivery.py). A failed
+message or edited message gets a message; a failed button press gets an
+answer to its callback query (the button's spinner stops, with the text).
+
+Telegram refusing or not answering (429, 5xx, a network error) is no error
+of the update: it is left to the runner, which delivers it again later.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from aiogram import Bot, Dispatcher, F, Router
+from aiogram import Bot, Dispatcher, Router
 from aiogram.dispatcher.middlewares.user_context import EventContext
-from aiogram.exceptions import TelegramNetworkError, TelegramServerError
+from aiogram.exceptions import TelegramNetworkError, TelegramRetryAfter, TelegramServerError
 from aiogram.filters import ExceptionTypeFilter
 from aiogram.fsm.context import FSMContext
-from aiogram.types import ErrorEvent, Message, ReplyKeyboardRemove
+from aiogram.methods import TelegramMethod
+from aiogram.types import ErrorEvent, ReplyKeyboardRemove
 
 from storage import CorruptDataError, StorageUnavailableError
 
@@ -21,17 +32,28 @@ START_OVER = "Sorry, I lost track of our conversation. Send /start to begin agai
 SOMETHING_WENT_WRONG = "Sorry, something went wrong on my side. Please try again."
 
 
-@router.error(ExceptionTypeFilter(StorageUnavailableError), F.update.message.as_("message"))
-async def database_unavailable(event: ErrorEvent, message: Message) -> None:
+def apology(event: ErrorEvent, text: str, **message_options: Any) -> TelegramMethod[Any] | None:
+    """`text` to whoever sent the failed update: a message, or an alert on the button they pressed."""
+    update = event.update
+    if update.callback_query is not None:
+        return update.callback_query.answer(text, show_alert=True)
+    message = update.message or update.edited_message
+    if message is not None:
+        return message.answer(text, **message_options)
+    return None
+
+
+@router.error(ExceptionTypeFilter(StorageUnavailableError))
+async def database_unavailable(event: ErrorEvent) -> TelegramMethod[Any] | None:
     # The answer was not saved, so the user must know to send it again.
     logger.warning("Update %s not saved, the user is asked to resend: %s", event.update.update_id, event.exception)
-    await message.answer(SEND_AGAIN)
+    return apology(event, SEND_AGAIN)
 
 
-@router.error(ExceptionTypeFilter(CorruptDataError), F.update.message.as_("message"))
+@router.error(ExceptionTypeFilter(CorruptDataError))
 async def corrupt_session(
-    event: ErrorEvent, message: Message, bot: Bot, dispatcher: Dispatcher, event_context: EventContext
-) -> None:
+    event: ErrorEvent, bot: Bot, dispatcher: Dispatcher, event_context: EventContext
+) -> TelegramMethod[Any] | None:
     """Stored data this bot did not write: reset this user's session only."""
     logger.warning("Resetting the session of chat %s: %s", event_context.chat_id, event.exception)
     # The same key the FSM middleware used (its strategy decides, e.g. one key per user in a forum).
@@ -48,7 +70,7 @@ async def corrupt_session(
         async with dispatcher.fsm.events_isolation.lock(context.key):
             if await is_corrupt(context):
                 await context.clear()
-    await message.answer(START_OVER, reply_markup=ReplyKeyboardRemove())
+    return apology(event, START_OVER, reply_markup=ReplyKeyboardRemove())
 
 
 async def is_corrupt(context: FSMContext) -> bool:
@@ -60,9 +82,9 @@ async def is_corrupt(context: FSMContext) -> bool:
     return False
 
 
-# Telegram unreachable: an answer would fail as well. The update stays unconfirmed
-# and Telegram delivers it again (bot/polling.py), so nothing is said now.
-@router.error(~ExceptionTypeFilter(TelegramNetworkError, TelegramServerError), F.update.message.as_("message"))
-async def unexpected_error(event: ErrorEvent, message: Message) -> None:
+# Telegram refusing for now: an answer would fail as well. The update stays
+# unconfirmed and is delivered again (bot/polling.py, bot/webhook.py), so nothing is said now.
+@router.error(~ExceptionTypeFilter(TelegramRetryAfter, TelegramServerError, TelegramNetworkError))
+async def unexpected_error(event: ErrorEvent) -> TelegramMethod[Any] | None:
     logger.error("Update %s failed", event.update.update_id, exc_info=event.exception)
-    await message.answer(SOMETHING_WENT_WRONG)
+    return apology(event, SOMETHING_WENT_WRONG)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from storage.errors import CorruptDataError, SchemaError, StorageError, StorageUnavailableError
 from storage.factory import Storages, create_storages
-from storage.interface import CompletedResponse, FsmRecord, FsmStorage, ResponseStore
+from storage.interface import CompletedResponse, FsmRecord, FsmStorage, ResponseStore, Versioned
 from storage.sql.fsm import SQLAlchemyStorage
 from storage.sql.responses import SQLResponseStore
 
@@ -31,6 +31,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailableError",
     "Storages",
+    "Versioned",
     "create_storages",
 ]
 

@@ -18,10 +18,6 @@ class StorageUnavailableError(StorageError):
     """The database did not answer (down, unreachable, too slow); retrying later may work."""
 
 
-class LockTimeoutError(StorageUnavailableError):
-    """Another process kept this chat's lock too long; the update was not handled (the user is asked to resend)."""
-
-
 class SchemaError(StorageError):
     """A table or collection is not what the bot needs; the message says what to do. Raised at start-up."""
 

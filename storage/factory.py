@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
 import orjson
-from aiogram.fsm.storage.base import BaseEventIsolation
-from aiogram.fsm.storage.memory import SimpleEventIsolation
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -15,26 +13,22 @@ from config import DEFAULT_FSM_TTL, MongoDriver, StorageKind, StorageSettings
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, SchemaError, StorageUnavailableError
 from storage.interface import FsmStorage, ResponseStore
 from storage.sql.fsm import SQLAlchemyStorage
-from storage.sql.isolation import SQLEventIsolation
 from storage.sql.responses import SQLResponseStore
 
 
 @dataclass
 class Storages:
-    """The FSM storage, the completed-responses store and the event isolation, on one database.
+    """The FSM storage and the completed-responses store, on one database.
 
-    The isolation keeps one user's updates one at a time: across processes
-    (webhook replicas, or the old and the new process of a deploy) on
-    PostgreSQL, MySQL and MongoDB; within the process on SQLite, whose file
-    one process owns.
+    No lock is shared across processes: webhook replicas, or the old and the
+    new process of a deploy, are kept apart by the FSM storage's fenced write
+    (`FsmStorage.swap_state_and_data`), which holds whether or not anything is locked.
     """
 
     fsm: FsmStorage
     responses: ResponseStore
-    isolation: BaseEventIsolation = field(default_factory=SimpleEventIsolation)
 
     async def close(self) -> None:
-        await self.isolation.close()
         await self.fsm.close()
 
 
@@ -82,9 +76,7 @@ async def create_sql_storages(database_url: str, timeout: float | None = DEFAULT
     except BaseException:
         await fsm.close()
         raise
-    if fsm.engines[0].dialect.name == "sqlite":
-        return Storages(fsm=fsm, responses=responses)
-    return Storages(fsm=fsm, responses=responses, isolation=SQLEventIsolation.from_url(database_url, timeout=timeout))
+    return Storages(fsm=fsm, responses=responses)
 
 
 async def create_mongo_storages(
@@ -101,7 +93,6 @@ async def create_mongo_storages(
     from pymongo.errors import PyMongoError
 
     from storage.mongo.fsm import MongoStorage
-    from storage.mongo.isolation import MongoEventIsolation
     from storage.mongo.responses import MongoResponseStore
 
     fsm = MongoStorage.from_url(url, driver, db_name=db_name, timeout=timeout)
@@ -118,8 +109,4 @@ async def create_mongo_storages(
         except BaseException:
             await fsm.close()
             raise
-    return Storages(
-        fsm=fsm,
-        responses=MongoResponseStore(fsm.database, timeout=timeout),
-        isolation=MongoEventIsolation(fsm.database, timeout=timeout),
-    )
+    return Storages(fsm=fsm, responses=MongoResponseStore(fsm.database, timeout=timeout))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import secrets
 from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from aiogram.fsm.storage.base import BaseStorage, KeyBuilder, StateType, StorageKey
+
+from storage.errors import CorruptDataError
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,15 @@ class FsmRecord:
     state: str | None
     data: dict[str, Any]
     updated_at: datetime  # UTC
+
+
+class Versioned(NamedTuple):
+    """A key's state and data as read, with the version a fenced write compares against."""
+
+    state: str | None
+    # Unreadable data comes as the error, so that a caller may still replace it.
+    data: dict[str, Any] | CorruptDataError
+    version: int | None  # None: the key has no record
 
 
 class ResponseStore(Protocol):
@@ -63,6 +75,21 @@ class FsmStorage(BaseStorage):
     @abstractmethod
     async def set_state_and_data(self, key: StorageKey, state: StateType, data: Mapping[str, Any]) -> None:
         """Replace the key's state and data at once: a reader sees both old or both new, never a mix."""
+
+    @abstractmethod
+    async def get_versioned(self, key: StorageKey) -> Versioned:
+        """The key's state, data and version, read at once; CorruptDataError only if the state is unreadable."""
+
+    @abstractmethod
+    async def swap_state_and_data(
+        self, key: StorageKey, expected: int | None, state: StateType, data: Mapping[str, Any]
+    ) -> bool:
+        """Replace the key's state and data at once, only if its version is still `expected`
+        (None: it still has no record); False, changing nothing, if another writer came first.
+
+        This is the fence: a writer that lost its lock, or never had one, cannot
+        overwrite what another wrote after its read.
+        """
 
     @abstractmethod
     async def ping(self) -> None:
@@ -105,6 +132,11 @@ def user_key_pattern(key_builder: KeyBuilder, user_id: int) -> tuple[str, str]:
         msg = f"{type(key_builder).__name__} does not end its keys with the user: their keys cannot be told apart"
         raise ValueError(msg)
     return start, end
+
+
+def new_version() -> int:
+    """A record's next version: random, so a deleted key's old version cannot come back."""
+    return secrets.randbits(62)
 
 
 def as_utc(moment: datetime) -> datetime:

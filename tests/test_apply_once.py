@@ -10,6 +10,7 @@ from aiogram.exceptions import TelegramNetworkError
 from aiogram.methods import SendMessage, TelegramMethod
 from aiogram.types import ReplyKeyboardMarkup, ReplyKeyboardRemove, Update
 
+from bot.delivery import handle_update
 from handlers import questionnaire
 from handlers.errors import SOMETHING_WENT_WRONG
 from states import Questionnaire
@@ -19,7 +20,7 @@ from tests.support.chat import ChatHarness
 async def deliver(chat: ChatHarness, update: Update) -> list[SendMessage]:
     """Feed `update` as polling would; the messages the bot sent for it."""
     before = len(chat.session.sent_messages())
-    await chat.dispatcher.feed_update(chat.bot, update)
+    await handle_update(chat.dispatcher, chat.bot, update, patience=0)
     return chat.session.sent_messages()[before:]
 
 

@@ -11,6 +11,7 @@ from aiogram.fsm.state import State, StatesGroup
 from aiogram.fsm.storage.base import StorageKey
 from aiogram.types import Chat, Message, Update, User
 
+from bot.delivery import handle_update
 from handlers.errors import SEND_AGAIN, START_OVER
 from states import Questionnaire
 from storage import StorageUnavailableError
@@ -94,11 +95,11 @@ async def test_corrupt_session_in_a_forum_topic_is_reset_under_the_key_it_lives_
     corrupt = ["not", "a", "dict"] if chat.backend.is_mongo else "[1, 2]"
     await chat.backend.write_raw(chat.storages.fsm, f"fsm:{FORUM_ID}:1", Questionnaire.age.state, corrupt)
 
-    await chat.dispatcher.feed_update(chat.bot, topic_message(chat, "30"))
+    await handle_update(chat.dispatcher, chat.bot, topic_message(chat, "30"))
     assert chat.last_reply(FORUM_ID).text == START_OVER
     assert await chat.storages.fsm.get_state(StorageKey(bot_id=42, chat_id=FORUM_ID, user_id=1)) is None
 
-    await chat.dispatcher.feed_update(chat.bot, topic_message(chat, "30"))
+    await handle_update(chat.dispatcher, chat.bot, topic_message(chat, "30"))
     assert chat.last_reply(FORUM_ID).text != START_OVER
 
 
@@ -108,8 +109,8 @@ async def test_resetting_a_corrupt_session_never_wipes_the_users_next_message(ch
         user_id = 10 + round_number
         await chat.backend.write_raw(chat.storages.fsm, f"fsm:{user_id}:{user_id}", Questionnaire.age.state, "[1]")
         await asyncio.gather(
-            chat.dispatcher.feed_update(chat.bot, chat.update(user_id, "30")),
-            chat.dispatcher.feed_update(chat.bot, chat.update(user_id, "/start")),
+            handle_update(chat.dispatcher, chat.bot, chat.update(user_id, "30")),
+            handle_update(chat.dispatcher, chat.bot, chat.update(user_id, "/start")),
         )
         assert await chat.state(user_id) == Questionnaire.name.state
         assert "Nice to meet you" in (await chat.send("Ann", user_id))[0]
@@ -154,13 +155,13 @@ async def test_finishing_twice_after_a_failure_keeps_one_response(
     for text in ("/start", "Ann", "30"):
         await chat.send(text)
     fsm = chat.storages.fsm
-    real_write = fsm.set_state_and_data
+    real_write = fsm.swap_state_and_data
 
-    async def fails_once(*args: Any, **kwargs: Any) -> None:
-        monkeypatch.setattr(fsm, "set_state_and_data", real_write)
+    async def fails_once(*args: Any, **kwargs: Any) -> bool:
+        monkeypatch.setattr(fsm, "swap_state_and_data", real_write)
         raise StorageUnavailableError("the database went away")
 
-    monkeypatch.setattr(fsm, "set_state_and_data", fails_once)
+    monkeypatch.setattr(fsm, "swap_state_and_data", fails_once)
     assert await chat.send("Blue") == [SEND_AGAIN]
 
     [summary] = await chat.send("Blue")

@@ -102,7 +102,8 @@ async def test_what_does_not_finish_in_time_is_left_for_the_next_start(emulated:
     emulator, bot = emulated
     slow = SlowBot()
     poller, polling = poll(bot, slow, shutdown_timeout=0.2)
-    await emulator.user_sends(1, {"text": "slow"}, {"text": "after"})
+    await emulator.user_sends(1, {"text": "slow"})
+    await emulator.user_sends(2, {"text": "after"})  # another chat: not held back by the slow one
     await eventually(lambda: slow.finished == ["after"])
 
     poller.stop()
@@ -117,6 +118,22 @@ async def test_what_does_not_finish_in_time_is_left_for_the_next_start(emulated:
     poller.stop()
     await polling
     assert emulator.updates == []
+
+
+async def test_a_chats_later_update_waits_for_its_earlier_one(emulated: tuple[BotAPIEmulator, Bot]) -> None:
+    """Per-chat order: the chat's second message starts only once its first is done; other chats go on."""
+    emulator, bot = emulated
+    slow = SlowBot()
+    poller, polling = poll(bot, slow, shutdown_timeout=5)
+    await emulator.user_sends(1, {"text": "slow"}, {"text": "then this"})
+    await emulator.user_sends(2, {"text": "another chat"})
+    await eventually(lambda: slow.finished == ["another chat"])
+    await asyncio.sleep(0.3)
+    assert slow.started["then this"] == 0
+    slow.release.set()
+    await eventually(lambda: slow.finished == ["another chat", "slow", "then this"])
+    poller.stop()
+    await polling
 
 
 async def test_a_second_stop_does_not_wait(emulated: tuple[BotAPIEmulator, Bot]) -> None:

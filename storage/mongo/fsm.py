@@ -1,10 +1,12 @@
 """MongoStorage: aiogram FSM state and data in MongoDB, through PyMongo's async client or motor.
 
-One document per storage key: `{_id: key, state, data, updated_at}`, present
+One document per storage key: `{_id: key, state, data, version, updated_at}`, present
 only while the key has a state or data; an empty `state` or `data` is left
 out of the document rather than stored as null or {}. Every call is one
 command, plus a conditional delete when a write leaves the key empty.
 `update_data` is one atomic `findAndModify` with `$set` on `data.<key>`.
+Every write sets a new random `version`; `swap_state_and_data` writes only
+while it is still the one read (a document older than versions reads as 0).
 
 Data keys are user data, not field paths: `.`, `$`, `%` and NUL in keys (at
 any depth) are stored percent-escaped, so `{"a.b": 1}` reads back as
@@ -25,7 +27,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
-from storage.interface import FsmRecord, FsmStorage, as_utc, user_key_pattern
+from storage.interface import FsmRecord, FsmStorage, Versioned, as_utc, new_version, user_key_pattern
 from storage.mongo.client import MONGO_OUTAGES, Driver, close_client, create_client
 from storage.mongo.keys import escape_key, escape_value, unescape_value
 
@@ -142,6 +144,38 @@ class MongoStorage(FsmStorage):
         await self._replace(self._id(key), value, data, datetime.now(UTC))
 
     @database_call(MONGO_OUTAGES)
+    async def get_versioned(self, key: StorageKey) -> Versioned:
+        document = await self.collection.find_one({"_id": self._id(key)}, _ONLY_FIELDS)
+        if document is None:
+            return Versioned(None, {}, None)
+        version = int(document.get("version") or 0)
+        try:
+            return Versioned(_state_of(document), _data_of(document), version)
+        except CorruptDataError as error:
+            return Versioned(_state_of(document), error, version)
+
+    @database_call(MONGO_OUTAGES)
+    async def swap_state_and_data(
+        self, key: StorageKey, expected: int | None, state: StateType, data: Mapping[str, Any]
+    ) -> bool:
+        value = state.state if isinstance(state, State) else state
+        key_id = self._id(key)
+        # `None` matches a document written before versions existed (no field).
+        fence = {"_id": key_id, "version": expected or None}
+        if value is None and not data:
+            if expected is None:
+                return await self.collection.find_one({"_id": key_id}, {"_id": 1}) is None
+            return bool((await self.collection.delete_one(fence)).deleted_count)
+        if expected is None:
+            try:
+                await self.collection.insert_one({"_id": key_id, **_fields(value, data, datetime.now(UTC))})
+            except DuplicateKeyError:  # another writer made the document since it was read as absent
+                return False
+            return True
+        result = await self.collection.update_one(fence, _replacing(value, data, datetime.now(UTC)))
+        return bool(result.matched_count)
+
+    @database_call(MONGO_OUTAGES)
     async def delete_user(self, user_id: int) -> int:
         """Delete the user's sessions in every chat (for /forget)."""
         start, end = user_key_pattern(self.key_builder, user_id)
@@ -221,17 +255,11 @@ class MongoStorage(FsmStorage):
         if state is None and not data:
             await self.collection.delete_one({"_id": key_id})
             return
-        present = {"state": state, "data": escape_value(dict(data)) if data else None}
-        update: dict[str, Any] = {
-            "$set": {**{name: v for name, v in present.items() if v is not None}, "updated_at": updated_at}
-        }
-        if absent := {name: "" for name, v in present.items() if v is None}:
-            update["$unset"] = absent
-        await self.collection.update_one({"_id": key_id}, update, upsert=True)
+        await self.collection.update_one({"_id": key_id}, _replacing(state, data, updated_at), upsert=True)
 
     async def _upsert(self, key_id: str, changes: dict[str, Any], returning: bool = False) -> Any:
         """`$set` the changes on the key's document, creating it if needed; with `returning`, the document after."""
-        update = {"$set": {**changes, "updated_at": datetime.now(UTC)}}
+        update = {"$set": {**changes, "version": new_version(), "updated_at": datetime.now(UTC)}}
         for attempt in range(2):
             try:
                 if not returning:
@@ -260,7 +288,7 @@ class MongoStorage(FsmStorage):
         other: Field = "data" if field == "state" else "state"
         document = await self.collection.find_one_and_update(
             {"_id": key_id},
-            {"$unset": {field: ""}, "$set": {"updated_at": datetime.now(UTC)}},
+            {"$unset": {field: ""}, "$set": {"version": new_version(), "updated_at": datetime.now(UTC)}},
             projection=_ONLY_FIELDS,
             return_document=ReturnDocument.AFTER,
         )
@@ -269,6 +297,21 @@ class MongoStorage(FsmStorage):
         # The filter re-checks both fields, so a write that lands in between keeps the document.
         # (`None` matches a missing field; `{"data": {}}` is misread as an operator by nx-27017.)
         await self.collection.delete_one({"_id": key_id, "state": None, "data": None})
+
+
+def _fields(state: str | None, data: Mapping[str, Any], updated_at: datetime) -> dict[str, Any]:
+    """A document's fields for `state` and `data` (the empty ones left out), with a new version."""
+    present = {"state": state, "data": escape_value(dict(data)) if data else None}
+    kept = {name: value for name, value in present.items() if value is not None}
+    return {**kept, "version": new_version(), "updated_at": updated_at}
+
+
+def _replacing(state: str | None, data: Mapping[str, Any], updated_at: datetime) -> dict[str, Any]:
+    """The update that gives a document exactly `state` and `data`."""
+    update: dict[str, Any] = {"$set": _fields(state, data, updated_at)}
+    if absent := {name: "" for name in ("state", "data") if name not in update["$set"]}:
+        update["$unset"] = absent
+    return update
 
 
 def _time_of(document: Mapping[str, Any]) -> datetime:

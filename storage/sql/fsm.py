@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
-from storage.interface import FsmRecord, FsmStorage, as_utc, user_key_pattern
+from storage.interface import FsmRecord, FsmStorage, Versioned, as_utc, user_key_pattern
 from storage.sql.engine import SQL_OUTAGES, create_engine_for_url, ensure_table, retried_on_a_closed_connection
 from storage.sql.sqlite_thread import SQLiteThread
 from storage.sql.statements import Field, FsmStatements, fsm_table
@@ -230,6 +230,30 @@ class SQLAlchemyStorage(FsmStorage):
         key_id = self._id(key)
         text = self._dumps(data) if data else None
         await self._run(lambda st, connection: st.set_both(connection, key_id, value, text))
+
+    @database_call(SQL_OUTAGES)
+    async def get_versioned(self, key: StorageKey) -> Versioned:
+        key_id = self._id(key)
+        row = await self._run(lambda st, connection: st.fetch(connection, key_id))
+        if row is None:
+            return Versioned(None, {}, None)
+        state = cast(str | None, row.state)
+        try:
+            return Versioned(state, self._loads(row.data), cast(int, row.version))
+        except CorruptDataError as error:
+            return Versioned(state, error, cast(int, row.version))
+
+    @database_call(SQL_OUTAGES)
+    async def swap_state_and_data(
+        self, key: StorageKey, expected: int | None, state: StateType, data: Mapping[str, Any]
+    ) -> bool:
+        value = state.state if isinstance(state, State) else state
+        key_id = self._id(key)
+        text = self._dumps(data) if data else None
+        try:
+            return await self._run(lambda st, connection: st.swap_both(connection, key_id, expected, value, text))
+        except IntegrityError:  # another writer made the row since it was read as absent
+            return False
 
     @database_call(SQL_OUTAGES)
     async def delete_user(self, user_id: int) -> int:

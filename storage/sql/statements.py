@@ -8,7 +8,6 @@ reuses their compiled form instead of rebuilding it on every call.
 
 from __future__ import annotations
 
-import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
@@ -36,6 +35,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from storage.interface import new_version
+
 KEY_LENGTH = 255
 STATE_LENGTH = 255
 Field = Literal["state", "data"]
@@ -53,8 +54,8 @@ def fsm_table(metadata: MetaData, table_name: str) -> Table:
         Column("state", String(STATE_LENGTH), nullable=True),
         # TEXT is 64 KiB on MySQL; FSM data may be larger.
         Column("data", Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb"), nullable=True),
-        # A fresh random number on every change of `data`: update_data compares
-        # and swaps on it, and a random one cannot come back after a delete.
+        # A fresh random number on every change: update_data and ApplyOnce's commit
+        # compare and swap on it, and a random one cannot come back after a delete.
         Column("version", BigInteger, nullable=False),
         Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         # Expiry (FSM_TTL) finds the oldest keys by it.
@@ -63,10 +64,6 @@ def fsm_table(metadata: MetaData, table_name: str) -> Table:
         # MySQL's older default character sets cannot hold every character a user types.
         mysql_charset="utf8mb4",
     )
-
-
-def new_version() -> int:
-    return secrets.randbits(62)
 
 
 class FsmStatements:
@@ -78,20 +75,39 @@ class FsmStatements:
         self.table = table
         self.dialect = dialect
         self.read_sql = select(c.state, c.data, c.version).where(key)
-        self.write_state_sql = _upsert(table, dialect, ("state",))
+        self.write_state_sql = _upsert(table, dialect, ("state", "version"))
         self.write_data_sql = _upsert(table, dialect, ("data", "version"))
         self.write_both_sql = _upsert(table, dialect, ("state", "data", "version"))
         self.write_record_sql = _upsert(table, dialect, RECORD)
         self.insert_data_sql = insert(table).values(
             id=bindparam("key"), data=bindparam("new_data"), version=bindparam("new_version")
         )
+        self.insert_both_sql = insert(table).values(
+            id=bindparam("key"),
+            state=bindparam("new_state"),
+            data=bindparam("new_data"),
+            version=bindparam("new_version"),
+        )
+        self.swap_both_sql = (
+            update(table)
+            .where(key, c.version == bindparam("expected"))
+            .values(
+                state=bindparam("new_state"),
+                data=bindparam("new_data"),
+                version=bindparam("new_version"),
+                updated_at=func.now(),
+            )
+        )
+        self.delete_version_sql = delete(table).where(key, c.version == bindparam("expected"))
         self.swap_data_sql = (
             update(table)
             .where(key, c.version == bindparam("expected"))
             .values(data=bindparam("new_data"), version=bindparam("new_version"), updated_at=func.now())
         )
         self.clear_sql: dict[Field, Update] = {
-            "state": update(table).where(key).values(state=None, updated_at=func.now()),
+            "state": update(table)
+            .where(key)
+            .values(state=None, version=bindparam("new_version"), updated_at=func.now()),
             "data": update(table).where(key).values(data=None, version=bindparam("new_version"), updated_at=func.now()),
         }
         self.delete_if_empty_sql = delete(table).where(key, c.state.is_(None), c.data.is_(None))
@@ -110,7 +126,7 @@ class FsmStatements:
             names: update(table)
             .where(key)
             .values({"updated_at": func.now(), **{name: bindparam(f"new_{name}") for name in names}})
-            for names in (("state",), ("data", "version"), ("state", "data", "version"), RECORD)
+            for names in (("state", "version"), ("data", "version"), ("state", "data", "version"), RECORD)
         }
 
     # --- operations: each is one call's work, correct statement by statement ---
@@ -119,7 +135,7 @@ class FsmStatements:
         return connection.execute(self.read_sql, {"key": key}).one_or_none()
 
     def set_state(self, connection: Connection, key: str, state: str) -> None:
-        self._upsert(connection, self.write_state_sql, ("state",), key, new_state=state)
+        self._upsert(connection, self.write_state_sql, ("state", "version"), key, new_state=state)
 
     def set_data(self, connection: Connection, key: str, data: str) -> None:
         self._upsert(connection, self.write_data_sql, ("data", "version"), key, new_data=data)
@@ -164,6 +180,25 @@ class FsmStatements:
         """Write `data` if the row is still at version `expected`; False if it changed."""
         parameters = {"key": key, "expected": expected, "new_data": data, "new_version": new_version()}
         return _changed(connection.execute(self.swap_data_sql, parameters))
+
+    def swap_both(
+        self, connection: Connection, key: str, expected: int | None, state: str | None, data: str | None
+    ) -> bool:
+        """Replace state and data if the row is still at version `expected` (None: still absent).
+
+        False if another writer changed it; the row goes when both are empty.
+        An INSERT that meets a row another writer made raises IntegrityError.
+        """
+        parameters = {"key": key, "expected": expected, "new_state": state, "new_data": data}
+        if state is None and data is None:
+            if expected is None:
+                return self.fetch(connection, key) is None
+            return _changed(connection.execute(self.delete_version_sql, parameters))
+        parameters["new_version"] = new_version()
+        if expected is None:
+            connection.execute(self.insert_both_sql, parameters)
+            return True
+        return _changed(connection.execute(self.swap_both_sql, parameters))
 
     def insert_data(self, connection: Connection, key: str, data: str) -> None:
         """Insert a new row holding `data`; IntegrityError if the key exists."""

@@ -11,6 +11,7 @@ from aiogram.methods import SendMessage
 from aiogram.types import Chat, Message, PhotoSize, Sticker, Update, User, Voice
 
 from bot.apply_once import APPLIED
+from bot.delivery import handle_update
 from bot.setup import create_bot, create_dispatcher
 from handlers.questionnaire import RESPONSE_ID
 from storage import Storages
@@ -62,7 +63,7 @@ class ChatHarness:
     async def send(self, text: str | None = None, user_id: int = 1, content: str = "text") -> list[str]:
         """Deliver one message and return the texts the bot answered with."""
         before = len(self.session.sent_messages())
-        await self.dispatcher.feed_update(self.bot, self.update(user_id, text, content))
+        await handle_update(self.dispatcher, self.bot, self.update(user_id, text, content))
         return [m.text for m in self.session.sent_messages()[before:] if m.chat_id == user_id]
 
     def last_reply(self, user_id: int = 1) -> SendMessage:
