@@ -29,6 +29,7 @@ from aiogram.types import Chat, Message, Update, User
 
 from benchmarks.candidates import Candidate, Opened
 from bot.emulator import BotAPIEmulator, running_emulator
+from bot.delivery import handle_update
 from bot.setup import create_bot, create_dispatcher
 from config import Settings
 from tests.support.mocked_session import MockedSession
@@ -76,7 +77,7 @@ async def run_users(opened: Opened, first_user: int, users: int, concurrency: in
         for user_id in pending:
             for text in answers(user_id):
                 started = time.perf_counter()
-                await dispatcher.feed_update(bot, message_update(next(ids), user_id, text))
+                await handle_update(dispatcher, bot, message_update(next(ids), user_id, text))
                 latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()

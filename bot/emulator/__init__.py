@@ -2,6 +2,6 @@
 and the replicas demo (replicas.py). Tests and `make sandbox` use them; the bot itself never does.
 """
 
-from bot.emulator.server import EMULATOR_BOT_TOKEN, BotAPIEmulator, Fault, running_emulator
+from bot.emulator.server import EMULATOR_BOT_TOKEN, BotAPIEmulator, Chaos, Fault, running_emulator
 
-__all__ = ["EMULATOR_BOT_TOKEN", "BotAPIEmulator", "Fault", "running_emulator"]
+__all__ = ["EMULATOR_BOT_TOKEN", "BotAPIEmulator", "Chaos", "Fault", "running_emulator"]

@@ -17,8 +17,10 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +66,54 @@ class Fault:
 
 
 @dataclass
+class Chaos:
+    """Telegram pushing back at random: a share of each named method's calls is refused.
+
+    A refused call is answered 429 (its `retry_after` up to `max_retry_after`
+    seconds, and once `long_retry_after`), 502, or stalls `stall_seconds`
+    before it is answered. After a 429, as Telegram does, every call but
+    getUpdates is refused until its `retry_after` has passed; each such call
+    that comes more than `grace` seconds after the 429 was answered (not one
+    already on its way then) is counted in `ignored_flood_waits`.
+    """
+
+    shares: dict[str, float]
+    max_retry_after: int = 5
+    long_retry_after: int | None = None
+    stall_seconds: float = 3.0
+    seed: int | None = None
+    grace: float = 1.0
+    flood_since: float = 0.0
+    flood_until: float = 0.0
+    ignored_flood_waits: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    async def apply(self, method: str) -> None:
+        now = time.monotonic()
+        if method != "getUpdates" and now < self.flood_until:
+            self.ignored_flood_waits += now > self.flood_since + self.grace
+            retry = math.ceil(self.flood_until - now)
+            raise BotAPIError(429, f"Too Many Requests: retry after {retry}", retry_after=retry)
+        if self.rng.random() >= self.shares.get(method, 0.0):
+            return
+        kind = self.rng.choice(("429", "502", "stall") if method != "getUpdates" else ("502", "stall"))
+        self.refused[kind] += 1
+        if kind == "stall":
+            await asyncio.sleep(self.stall_seconds)
+            return
+        if kind == "502":
+            raise BotAPIError(502, "Bad Gateway")
+        retry = self.rng.randint(1, self.max_retry_after)
+        if self.long_retry_after is not None:
+            retry, self.long_retry_after = self.long_retry_after, None
+        self.flood_since, self.flood_until = now, now + retry
+        raise BotAPIError(429, f"Too Many Requests: retry after {retry}", retry_after=retry)
+
+
+@dataclass
 class ChatLog:
     """What the bot sent to one chat, and the reply keyboard the user sees now."""
 
@@ -95,6 +145,7 @@ class BotAPIEmulator:
         self.commands: list[dict[str, Any]] = []
         self.calls: list[str] = []
         self.faults: list[Fault] = []
+        self.chaos: Chaos | None = None
         self.webhook_url = ""
         self.webhook_secret: str | None = None
         self.webhook_targets: list[str] = []
@@ -154,6 +205,8 @@ class BotAPIEmulator:
         self.calls.append(method)
         try:
             self._apply_fault(method)
+            if self.chaos is not None:
+                await self.chaos.apply(method)
             result = await handler(await _read_parameters(request))
         except BotAPIError as error:
             return error.response()
