@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -78,7 +79,9 @@ def write(content: bytes, output: Path | None) -> None:
         sys.stdout.buffer.write(content)
         sys.stdout.buffer.flush()
     else:
-        output.write_bytes(content)
+        # Users' answers: readable by the owner only, as the database file is.
+        with os.fdopen(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as file:
+            file.write(content)
 
 
 async def export(settings: StorageSettings, file_format: str, since: datetime | None, output: Path | None) -> int:

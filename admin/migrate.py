@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
@@ -76,7 +77,7 @@ async def plan(source: Storages, target: Storages) -> Plan:
         there = present.get(record.key)
         if there is None:
             result.records.append(record)
-        elif (there.state, there.data) == (record.state, record.data):
+        elif there.state == record.state and same_json(there.data, record.data):
             result.same_records += 1
         else:
             result.conflicting_records.append(record)
@@ -92,10 +93,17 @@ async def plan(source: Storages, target: Storages) -> Plan:
     return result
 
 
+def same_json(one: object, other: object) -> bool:
+    """Equal as stored JSON: `True` is not 1 and 30 is not 30.0, as `==` would have it."""
+    return orjson.dumps(one, option=orjson.OPT_SORT_KEYS) == orjson.dumps(other, option=orjson.OPT_SORT_KEYS)
+
+
 def same_response(one: CompletedResponse, other: CompletedResponse) -> bool:
-    return (one.user_id, one.chat_id, one.answers) == (other.user_id, other.chat_id, other.answers) and abs(
-        (one.completed_at - other.completed_at).total_seconds()
-    ) <= SAME_TIME_SECONDS
+    return (
+        (one.user_id, one.chat_id) == (other.user_id, other.chat_id)
+        and same_json(one.answers, other.answers)
+        and abs((one.completed_at - other.completed_at).total_seconds()) <= SAME_TIME_SECONDS
+    )
 
 
 async def copy(plan: Plan, target: Storages, overwrite: bool) -> int:

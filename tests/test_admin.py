@@ -24,7 +24,8 @@ import pytest_asyncio
 
 from admin.errors import CommandError
 from admin.export import render as render_export
-from admin.migrate import migrate
+from admin.export import write
+from admin.migrate import migrate, same_json
 from admin.stats import count
 from admin.stats import render as render_stats
 from bot.emulator import BotAPIEmulator, running_emulator
@@ -376,3 +377,17 @@ async def test_a_sweep_that_fails_does_not_end_expiry(caplog: pytest.LogCaptureF
 
     assert len(calls) == 2
     assert "Expiry failed this time; it runs again later" in caplog.text
+
+
+def test_an_exported_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    output = tmp_path / "answers.csv"
+    write(b"name\r\nAnn\r\n", output)
+    assert output.read_bytes() == b"name\r\nAnn\r\n"
+    assert output.stat().st_mode & 0o777 == 0o600
+
+
+def test_migrate_tells_a_true_from_a_one_and_30_from_30_0() -> None:
+    """Stored JSON that differs is a conflict, even where Python's == calls the values equal."""
+    assert not same_json({"agreed": True}, {"agreed": 1})
+    assert not same_json({"age": 30}, {"age": 30.0})
+    assert same_json({"name": "Ann", "age": 30}, {"age": 30, "name": "Ann"})

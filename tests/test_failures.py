@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.fsm.storage.base import StorageKey
-from aiogram.types import Chat, Message, Update, User
+from aiogram.methods import AnswerCallbackQuery, SendMessage
+from aiogram.types import CallbackQuery, Chat, Message, Update, User
 
 from bot.delivery import handle_update
 from handlers.errors import SEND_AGAIN, START_OVER
@@ -168,3 +169,33 @@ async def test_finishing_twice_after_a_failure_keeps_one_response(
     assert "Favourite colour: <b>Blue</b>" in summary
     [response] = await chat.storages.responses.for_user(1)
     assert response.answers == {"name": "Ann", "age": 30, "colour": "Blue"}
+
+
+@pytest.mark.parametrize("update_type", ["callback_query", "edited_message"])
+async def test_a_failed_button_press_or_edit_is_answered_not_dropped(
+    chat: ChatHarness, monkeypatch: pytest.MonkeyPatch, update_type: str
+) -> None:
+    """The database is down: a button press gets an alert, an edited message a message; both say send again."""
+    await chat.send("/start")
+
+    async def down(*_: Any, **__: Any) -> None:
+        raise StorageUnavailableError("the database went away")
+
+    monkeypatch.setattr(chat.storages.fsm, "get_versioned", down)
+    user = User(id=1, is_bot=False, first_name="Ann")
+    message = Message(message_id=1, date=datetime.now(UTC), chat=Chat(id=1, type="private"), from_user=user, text="Ann")
+    if update_type == "callback_query":
+        update = Update(
+            update_id=900, callback_query=CallbackQuery(id="cb1", from_user=user, chat_instance="1", data="x")
+        )
+    else:
+        update = Update(update_id=900, edited_message=message)
+    before = len(chat.session.requests)
+    await handle_update(chat.dispatcher, chat.bot, update)
+    [answer] = chat.session.requests[before:]
+    if update_type == "callback_query":
+        assert isinstance(answer, AnswerCallbackQuery)
+        assert (answer.callback_query_id, answer.text, answer.show_alert) == ("cb1", SEND_AGAIN, True)
+    else:
+        assert isinstance(answer, SendMessage)
+        assert answer.text == SEND_AGAIN

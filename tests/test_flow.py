@@ -8,6 +8,7 @@ import pytest
 from aiogram.types import ReplyKeyboardMarkup, ReplyKeyboardRemove
 
 from bot.delivery import handle_update
+from bot.key_locks import KeyLocks
 from states import Questionnaire
 from tests.support.chat import ChatHarness
 
@@ -211,3 +212,6 @@ async def test_many_users_at_once_each_get_their_own_summary(chat: ChatHarness) 
         assert f"Name{user}" in replies[0]
         [response] = await chat.storages.responses.for_user(user)
         assert response.answers["name"] == f"Name{user}"
+    locks = chat.dispatcher.fsm.events_isolation
+    assert isinstance(locks, KeyLocks)
+    assert locks.held == 0, "a user's lock outlived their updates: memory would grow with every user"

@@ -29,6 +29,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool, QueuePool, StaticPool
 
@@ -400,5 +401,20 @@ async def test_a_pool_of_your_own_is_used_as_given(backend: Backend) -> None:
         assert await storage.get_state(storage_key()) == "asking"
         assert isinstance(storage, SQLAlchemyStorage)
         assert isinstance(storage.engines[0].pool, NullPool)
+    finally:
+        await storage.close()
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
+async def test_a_failed_statement_never_quotes_the_values_it_wrote(backend: Backend) -> None:
+    """Error messages reach the logs; the values in them are users' answers."""
+    storage = await backend.open()
+    assert isinstance(storage, SQLAlchemyStorage)
+    row = storage.table.insert().values(id="fsm:1:1", data='{"name": "Private Person"}', version=1)
+    try:
+        await storage.run_on_connection(lambda connection: connection.execute(row))
+        with pytest.raises(IntegrityError) as failed:
+            await storage.run_on_connection(lambda connection: connection.execute(row))
+        assert "Private Person" not in str(failed.value)
     finally:
         await storage.close()

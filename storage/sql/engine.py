@@ -45,6 +45,8 @@ def create_engine_for_url(url: str, **engine_kwargs: Any) -> AsyncEngine:
     around them would only add BEGIN and COMMIT round trips.
     """
     parsed = make_url(url)
+    # Error messages would otherwise quote the statement's values: users' answers, in the logs.
+    engine_kwargs.setdefault("hide_parameters", True)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url, parsed.database, **engine_kwargs)
     timeout_argument = _CONNECT_TIMEOUT_ARGUMENT.get(parsed.get_driver_name())

@@ -60,7 +60,7 @@ class SQLiteThread:
     def __init__(self, async_url: str) -> None:
         # The same file through the standard library's driver, used by one thread only.
         url = make_url(async_url).set(drivername="sqlite")
-        self.engine: Engine = create_engine(url, poolclass=NullPool)
+        self.engine: Engine = create_engine(url, poolclass=NullPool, hide_parameters=True)
         configure_sqlite(self.engine)
         self._calls: queue.SimpleQueue[_Call[Any] | None] = queue.SimpleQueue()
         self._closed = False

@@ -41,9 +41,11 @@ async def fill_in(emulator: BotAPIEmulator, user_id: int, seed: int) -> list[str
     return expected
 
 
-async def everyone_fills_in(emulator: BotAPIEmulator, seed: int) -> dict[int, tuple[list[str], list[str]]]:
+async def everyone_fills_in(
+    emulator: BotAPIEmulator, seed: int, first_user: int = 1
+) -> dict[int, tuple[list[str], list[str]]]:
     """Each user's expected replies and the ones they got, in order."""
-    users = range(1, USERS + 1)
+    users = range(first_user, first_user + USERS)
     expected = await asyncio.gather(*(fill_in(emulator, user_id, seed + user_id) for user_id in users))
     got = [[str(message["text"]) for message in await emulator.bot_messages(user_id)] for user_id in users]
     return dict(zip(users, zip(expected, got, strict=True), strict=True))
