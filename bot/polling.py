@@ -104,6 +104,7 @@ class Poller:
             if updates is None:
                 return
             self._confirmed = offset
+            self.ledger.confirmed(offset)
             backoff.reset()
             started = set(self.ledger.take(update.update_id for update in updates))
             for update in updates:  # in Telegram's order, which is each chat's order
@@ -188,10 +189,11 @@ class Poller:
 
     async def _confirm(self) -> None:
         """Tell Telegram which updates are done: a getUpdates whose offset passes them."""
-        if self.ledger.offset == self._confirmed:
+        offset = self.ledger.offset
+        if offset in (0, self._confirmed):
             return
         try:
-            await self.bot.get_updates(offset=self.ledger.offset, limit=1, timeout=0)
+            await self.bot.get_updates(offset=offset, limit=1, timeout=0)
         except TelegramAPIError as error:
             logger.warning("Could not confirm the last updates (%s); Telegram will deliver them again", error)
 

@@ -5,14 +5,6 @@ from __future__ import annotations
 from bot.update_ledger import UpdateLedger
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_a_fresh_ledger_asks_for_everything() -> None:
     assert UpdateLedger().offset == 0
 
@@ -43,39 +35,27 @@ def test_finished_updates_are_forgotten_once_confirmed() -> None:
     ledger.take([10, 11])
     ledger.finish(10)
     ledger.finish(11)
-    ledger.take([12])
+    ledger.confirmed(12)
     assert ledger.done == set()
 
 
-def test_a_failed_update_holds_the_offset_and_runs_again_after_a_delay() -> None:
-    clock = Clock()
-    ledger = UpdateLedger(retry_delay=1.0, clock=clock)
-    ledger.take([10, 11])
-    assert ledger.finish(10, retry=True)
-    ledger.finish(11)
-
-    assert ledger.offset == 10
-    assert ledger.take([10, 11]) == []  # too early, and 11 is done
-    clock.now = 1.0
-    assert ledger.take([10, 11]) == [10]
-    ledger.finish(10)
-    assert ledger.offset == 12
-
-
-def test_an_update_failing_every_time_is_given_up_and_confirmed() -> None:
-    clock = Clock()
-    ledger = UpdateLedger(max_attempts=3, retry_delay=0.0, clock=clock)
-    for _ in range(2):
-        assert ledger.take([10]) == [10]
-        assert ledger.finish(10, retry=True)
-    assert ledger.take([10]) == [10]
-
-    assert not ledger.finish(10, retry=True)
-    assert ledger.offset == 11
-
-
-def test_a_handler_that_failed_for_good_is_confirmed() -> None:
+def test_once_everything_is_confirmed_a_lower_numbering_is_taken() -> None:
+    """Telegram numbers again from a random value after a week without updates: new ids may be lower."""
     ledger = UpdateLedger()
-    ledger.take([10])
-    assert ledger.finish(10)
-    assert ledger.offset == 11
+    ledger.take([900_000, 900_001])
+    ledger.finish(900_000)
+    ledger.finish(900_001)
+    assert ledger.offset == 900_002
+    ledger.confirmed(900_002)
+    assert ledger.offset == 0  # not an offset that would hide ids below it
+    assert ledger.take([17]) == [17]
+    assert ledger.offset == 17
+
+
+def test_an_offset_below_a_running_update_keeps_it() -> None:
+    ledger = UpdateLedger()
+    ledger.take([10, 11])
+    ledger.finish(11)
+    ledger.confirmed(10)
+    assert ledger.offset == 10
+    assert ledger.take([10, 11]) == []
