@@ -21,6 +21,7 @@ import asyncio
 import os
 import random
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class Person:
     rng: random.Random
     rounds: list[dict[str, object]] = field(default_factory=list)
     expected: set[str] = field(default_factory=set)
+    longest_wait: float = 0.0  # seconds, for the report: how long recovery kept this user waiting
 
     def script(self, round_number: int) -> list[tuple[str, str]]:
         """(message, the answer it must get) for one questionnaire."""
@@ -82,11 +84,13 @@ class Person:
                 return
 
     async def wait_for(self, emulator: BotAPIEmulator, seen: int, answer: str, message: str) -> None:
+        started = time.monotonic()
         try:
             async with asyncio.timeout(REPLY_SECONDS):
                 while True:
                     texts = [m["text"] for m in await emulator.bot_messages(self.user_id)]
                     if answer in texts[seen:]:
+                        self.longest_wait = max(self.longest_wait, time.monotonic() - started)
                         return
                     await emulator.bot_messages(self.user_id, len(texts) + 1, wait=REPLY_SECONDS)
         except TimeoutError:
@@ -150,6 +154,9 @@ async def test_no_message_is_lost_or_misfiled_across_kills_and_deploys(
         finally:
             await bot.stop()
 
+    waits = sorted(person.longest_wait for person in people)
+    median = waits[len(waits) // 2]
+    print(f"\nstorm on {backend_name}: longest wait {waits[-1]:.1f} s, median user's longest {median:.1f} s")
     for person in people:
         texts = {m["text"] for m in await emulator.bot_messages(person.user_id)}
         assert texts <= person.expected, f"STORM_SEED={seed}: user {person.user_id} was told {texts - person.expected}"
