@@ -188,13 +188,15 @@ async def test_every_reply_arrives_in_order_while_telegram_pushes_back(deploymen
     if deployment.backend.name != "postgresql":
         pytest.skip("the long scenario runs once per backend: MongoDB polls in tests/test_telegram_faults.py")
     seed = int(os.environ.get("FAULTS_SEED") or random.randrange(10**6))
-    deployment.emulator.chaos = chaos(long_retry_after=20, seed=seed)
+    pushing_back = deployment.emulator.chaos = chaos(long_retry_after=20, seed=seed)
     try:
         results = await everyone_fills_in(deployment.emulator, seed, first_user=5_000)
     finally:
         deployment.emulator.chaos = None
     for user_id, (expected, got) in results.items():
         assert got == expected, f"user {user_id} (FAULTS_SEED={seed})"
+    assert pushing_back.refused["429"] > 0
+    assert any("left for Telegram to post again" in replica.output() for replica in deployment.replicas)
 
 
 async def test_make_replicas_shows_each_message_taken_by_a_replica(tmp_path: Path) -> None:
