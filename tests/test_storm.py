@@ -8,8 +8,7 @@ it starts answering the backlog, and started again each time; users keep
 writing while it is down. Every message
 must get its answer, no answer may be filed under the wrong question, and
 every summary (and every saved response) must hold exactly that user's
-answers. A reply may arrive twice after a restart (README: Delivery
-guarantees); nothing else may.
+answers. A reply may arrive twice after a restart (docs/delivery.md); nothing else may.
 
 One long scenario per backend.
 `STORM_SEED` replays one run's random choices.
