@@ -1,0 +1,66 @@
+"""The questionnaire as the tests answer it, read from its definition (states/questionnaire.py).
+
+No test spells out the questions: a test goes through the flow with
+`conversation()` or `fill_in()`, which answer each question with its `sample`
+(or with what the test names by the question's key: `typed(name="Bob")`),
+and checks what the bot says with `summary_lines()` and each question's
+`prompt`. A question added to the definition is then answered by every test.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from states import Answer, InvalidAnswer, Question, Questionnaire, questions
+
+Reply = TypeVar("Reply")
+
+
+def asked() -> tuple[Question, ...]:
+    """The questions, in the order they are asked (as the definition stands when called)."""
+    return questions(Questionnaire)
+
+
+def typed(**answers: str) -> list[str]:
+    """What a user types to answer every question in turn: each question's sample, or `answers[key]`."""
+    keys = [question.key for question in asked()]
+    if unknown := set(answers) - set(keys):
+        msg = f"the questionnaire asks no {sorted(unknown)}; it asks {keys}"
+        raise KeyError(msg)
+    return [answers.get(question.key, question.sample) for question in asked()]
+
+
+def conversation(**answers: str) -> list[str]:
+    """`/start`, then every answer: the whole questionnaire as a user types it."""
+    return ["/start", *typed(**answers)]
+
+
+def saved(**answers: str) -> dict[str, Answer]:
+    """The answers as the bot keeps them: each typed text read by its question (`"30"` -> `30`)."""
+    return {question.key: question.read(text.strip()) for question, text in zip(asked(), typed(**answers), strict=True)}
+
+
+def summary_lines(**answers: str) -> list[str]:
+    """The summary's lines for these answers as the user reads them (`Age: 30`), HTML tags taken out."""
+    return [f"{question.label}: {value}" for question, value in zip(asked(), saved(**answers).values(), strict=True)]
+
+
+def shows_summary(reply: str, **answers: str) -> bool:
+    """Whether `reply` is the summary of these answers (in HTML as sent, or as Telegram shows it)."""
+    plain = re.sub(r"</?b>", "", reply).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return all(line in plain for line in summary_lines(**answers))
+
+
+async def fill_in(send: Callable[[str], Awaitable[Reply]], **answers: str) -> list[Reply]:
+    """Send `/start` and every answer through `send`, one after the other; what each send returned."""
+    return [await send(text) for text in conversation(**answers)]
+
+
+def keeps_as_typed(question: Question, text: str) -> bool:
+    """Whether `question` takes `text` as its answer unchanged (free text does; a number question does not)."""
+    try:
+        return question.read(text) == text
+    except InvalidAnswer:
+        return False
