@@ -64,3 +64,8 @@ def keeps_as_typed(question: Question, text: str) -> bool:
         return question.read(text) == text
     except InvalidAnswer:
         return False
+
+
+def saved_first(count: int, **answers: str) -> dict[str, Answer]:
+    """The answers kept after the first `count` questions are answered."""
+    return dict(list(saved(**answers).items())[:count])
