@@ -33,9 +33,10 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def columns_for(responses: Sequence[CompletedResponse]) -> list[str]:
-    # The answers' names are the questions' names in the group: name, age, colour.
-    asked = [question.key for question in questions(Questionnaire)]
-    others = sorted({name for response in responses for name in response.answers} - set(asked))
+    # The answers' names are the questions' names in the group (name, age, colour), in that order.
+    given = {name for response in responses for name in response.answers}
+    asked = [question.key for question in questions(Questionnaire) if question.key in given]
+    others = sorted(given - set(asked))
     return ["user_id", "chat_id", "kind", *asked, *others, "completed_at"]
 
 

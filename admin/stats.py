@@ -63,7 +63,8 @@ def render(stats: Stats, ttl: timedelta | None) -> str:
         f"  abandoned    {stats.abandoned:>6}  silent for longer; {expiry}",
     ]
     for question in questions(Questionnaire):
-        if question.tally is not None:
+        # A question nobody has answered yet (just added) has no section until someone does.
+        if question.tally is not None and (question.key in stats.answers or not stats.finished):
             lines += ["", question.label, *tally(question, stats.answers.get(question.key, []), stats.finished)]
     if stats.other_forms:
         lines += ["", "Other forms, completed"]
