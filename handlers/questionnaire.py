@@ -8,6 +8,8 @@ user is told an answer was taken only once it is saved.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aiogram import F, Router, html
 from aiogram.filters import StateFilter
 from aiogram.fsm.context import FSMContext
@@ -62,7 +64,7 @@ async def take_answer(
     return message.answer(summary(answers), reply_markup=ReplyKeyboardRemove())
 
 
-def summary(answers: dict[str, object]) -> str:
+def summary(answers: Mapping[str, object]) -> str:
     lines = [
         f"• {asked.label}: <b>{html.quote(str(answers.get(asked.key, '?')))}</b>" for asked in questions(Questionnaire)
     ]

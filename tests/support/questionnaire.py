@@ -9,10 +9,14 @@ and checks what the bot says with `summary_lines()` and each question's
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from bot.emulator.telegram_html import parse_html
+from handlers.forms import thanks_for
+from handlers.questionnaire import how_many, summary
 from states import Answer, InvalidAnswer, Question, Questionnaire, questions
 
 Reply = TypeVar("Reply")
@@ -69,3 +73,16 @@ def keeps_as_typed(question: Question, text: str) -> bool:
 def saved_first(count: int, **answers: str) -> dict[str, Answer]:
     """The answers kept after the first `count` questions are answered."""
     return dict(list(saved(**answers).items())[:count])
+
+
+def bot_replies(messages: list[str], answers: dict[str, Answer]) -> list[str]:
+    """What the bot answers to each of `conversation()`'s messages, as the user reads them (HTML parsed)."""
+    questions_asked = asked()
+    greeting = f"Hi! {how_many()}. Send /cancel at any time to stop.\n\n{questions_asked[0].prompt}"
+    replies = [greeting]
+    for question, following in itertools.pairwise(questions_asked):
+        thanks = thanks_for(question, answers[question.key])
+        replies.append(f"{thanks}\n\n{following.prompt}" if thanks else following.prompt)
+    replies.append(summary(answers))
+    assert len(replies) == len(messages)
+    return [parse_html(reply)[0] for reply in replies]
