@@ -14,6 +14,8 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import pytest
+
 from bot.emulator.telegram_html import parse_html
 from handlers.forms import thanks_for
 from handlers.questionnaire import how_many, summary
@@ -86,3 +88,24 @@ def bot_replies(messages: list[str], answers: dict[str, Answer]) -> list[str]:
     replies.append(summary(answers))
     assert len(replies) == len(messages)
     return [parse_html(reply)[0] for reply in replies]
+
+
+def add_question(monkeypatch: pytest.MonkeyPatch, key: str, question: Question, after: Question) -> None:
+    """Put `question` into the questionnaire as `key`, right after `after`, for one test only.
+
+    The same as adding its line to states/questionnaire.py: the class gets the
+    attribute, and the tuples aiogram's StatesGroup keeps of its states list it
+    in its place. monkeypatch puts everything back after the test.
+    """
+    question.__set_name__(Questionnaire, key)
+    monkeypatch.setattr(Questionnaire, key, question, raising=False)
+    states = list(Questionnaire.__states__)
+    states.insert(states.index(after) + 1, question)
+    names = tuple(state.state for state in states if state.state)
+    for attribute, value in (
+        ("__states__", tuple(states)),
+        ("__all_states__", tuple(states)),
+        ("__state_names__", names),
+        ("__all_states_names__", names),
+    ):
+        monkeypatch.setattr(Questionnaire, attribute, value)
