@@ -12,8 +12,8 @@ from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage
 
 from bot.apply_once import ApplyOnce
 from bot.delivery import FloodGate
-from bot.key_locks import KeyLocks
 from bot.guards import CountSends, ReplyGuard, check_dependencies
+from bot.key_locks import KeyLocks
 from config import Settings
 from handlers import get_routers
 from storage import ResponseStore
