@@ -2,8 +2,9 @@
 
 The questions themselves are in states/questionnaire.py; this module asks
 them in that order. Handlers return their reply instead of sending it:
-bot/apply_once.py saves the state change first, then sends the reply, so a
-user is told an answer was taken only once it is saved.
+bot/apply_once.py commits the state change with the reply, and
+bot/delivery.py sends it after, so a user is told an answer was taken only
+once it is saved.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import ClientError, ClientSession
 
-from bot.emulator.sandbox import HELP, HandledUpdates, terminal_chat
+from bot.emulator.sandbox import HELP, SANDBOX_USER_ID, HandledUpdates, terminal_chat
 from bot.emulator.server import EMULATOR_BOT_TOKEN, BotAPIEmulator, running_emulator
 from config import Settings, SettingsError, StorageKind, load_settings
 
@@ -91,8 +91,8 @@ async def run_replicas(settings: Settings, env_file: str, count: int) -> None:
                     f"     [update {update['update_id']} -> replica {addresses.index(url) + 1}:"
                     f" {'handled' if delivered else 'failed, will be posted again'}]"
                 )
-                if delivered:
-                    handled.mark(update["update_id"])
+                if delivered:  # answered only once the reply is out
+                    handled.mark(update["update_id"], len(emulator.chats[SANDBOX_USER_ID].messages))
 
             emulator.on_delivery = delivered_to
             print(HELP.format(user=100_000_001, where=describe(settings)))

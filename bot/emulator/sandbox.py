@@ -18,9 +18,10 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from aiogram import Bot
+from aiogram.methods import TelegramMethod
 from aiogram.types import Update
 
-from bot.emulator.server import BotAPIEmulator, running_emulator
+from bot.emulator.server import BotAPIEmulator, ChatLog, running_emulator
 from bot.polling import Poller
 from bot.running import running_bot
 from config import Settings
@@ -45,12 +46,17 @@ async def run_sandbox(settings: Settings, stdin: TextIO = sys.stdin, stdout: Tex
             handled = HandledUpdates()
             feed = dispatcher.feed_update
 
-            # Every update the poller hands the dispatcher is marked once handled (its replies sent).
+            # Once the dispatcher has handled an update, the messages its handler sent itself are in
+            # the chat; the reply it returned is one more, sent by bot/delivery.py after the commit.
             async def feed_and_mark(bot: Bot, update: Update, **kwargs: Any) -> Any:
+                reply = None
                 try:
-                    return await feed(bot, update, **kwargs)
+                    reply = await feed(bot, update, **kwargs)
+                    return reply
                 finally:
-                    handled.mark(update.update_id)
+                    sent = len(emulator.chats.get(SANDBOX_USER_ID, ChatLog()).messages)
+                    returned = isinstance(reply, TelegramMethod) and reply.__api_method__.startswith("send")
+                    handled.mark(update.update_id, sent + returned)
 
             dispatcher.feed_update = feed_and_mark  # type: ignore[method-assign]
             poller = Poller(bot, dispatcher, settings.shutdown_timeout)
@@ -62,24 +68,26 @@ async def run_sandbox(settings: Settings, stdin: TextIO = sys.stdin, stdout: Tex
 
 
 class HandledUpdates:
-    """Which updates the bot has finished handling, to wait for one of them."""
+    """Which updates the bot has handled, and how many messages the chat holds once each one's replies are out."""
 
     def __init__(self) -> None:
         self._done: dict[int, asyncio.Event] = {}
+        self._messages: dict[int, int] = {}
 
     def _event(self, update_id: int) -> asyncio.Event:
         return self._done.setdefault(update_id, asyncio.Event())
 
-    def mark(self, update_id: int) -> None:
+    def mark(self, update_id: int, messages: int) -> None:
+        self._messages[update_id] = messages
         self._event(update_id).set()
 
-    async def wait(self, update_id: int, timeout: float) -> bool:  # noqa: ASYNC109 - a bound, not a deadline
-        """True once `update_id` is handled; False if `timeout` seconds pass first."""
+    async def wait(self, update_id: int, timeout: float) -> int:  # noqa: ASYNC109 - a bound, not a deadline
+        """The chat's message count once `update_id`'s replies are out; 0 if `timeout` seconds pass first."""
         try:
             await asyncio.wait_for(self._event(update_id).wait(), timeout)
         except TimeoutError:
-            return False
-        return True
+            return 0
+        return self._messages[update_id]
 
 
 async def terminal_chat(
@@ -93,8 +101,8 @@ async def terminal_chat(
         if not text:
             continue
         [update] = await emulator.user_sends(SANDBOX_USER_ID, message_for(text, emulator.keyboard(SANDBOX_USER_ID)))
-        await handled.wait(update["update_id"], REPLY_WAIT_SECONDS)
-        messages = await emulator.bot_messages(SANDBOX_USER_ID)
+        expected = await handled.wait(update["update_id"], REPLY_WAIT_SECONDS)
+        messages = await emulator.bot_messages(SANDBOX_USER_ID, expected, wait=REPLY_WAIT_SECONDS)
         for message in messages[seen:]:
             stdout.write(format_message(message))
         seen = len(messages)
