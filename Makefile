@@ -36,6 +36,7 @@ lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/python -m tools.check_replies handlers
 	$(BIN)/hadolint Dockerfile
 
 unit: $(VENV)/.dev-deps

@@ -117,7 +117,7 @@ class Settings(StorageSettings):
     # On SIGTERM or SIGINT, how long the updates in progress may take to finish;
     # what is still running then is left for Telegram to deliver again.
     shutdown_timeout: float = Field(20.0, ge=0, le=600)
-    # Setting WEBHOOK_URL switches from long polling to a webhook (see README: Scale out).
+    # Setting WEBHOOK_URL switches from long polling to a webhook (see docs/scale-out.md).
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
     web_server_host: str = "0.0.0.0"

@@ -36,10 +36,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="chat with the bot in this terminal, through a local Bot API emulator (no token needed)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="the owner's commands")
-    export = commands.add_parser("export", help="write the completed questionnaires as CSV, JSON or JSON Lines")
+    export = commands.add_parser("export", help="write the completed forms as CSV, JSON or JSON Lines")
     export.add_argument("--format", choices=("csv", "json", "jsonl"), default="csv", help="(default: csv)")
     export.add_argument("--since", type=parse_since, help="only those completed on or after this UTC date or time")
     export.add_argument("--output", type=Path, help="write to this file (default: standard output)")
+    export.add_argument("--kind", help="only this form's responses, e.g. questionnaire (default: every form)")
     commands.add_parser("stats", help="how many started, finished and abandoned, and the answers")
     migrate = commands.add_parser("migrate", help="copy conversations and answers to another database")
     migrate.add_argument(
@@ -69,7 +70,7 @@ def run_command(args: argparse.Namespace) -> int:
         if args.command == "export":
             from admin.export import export
 
-            return asyncio.run(export(settings, args.format, args.since, args.output))
+            return asyncio.run(export(settings, args.format, args.since, args.output, args.kind))
         if args.command == "stats":
             from admin.stats import stats
 

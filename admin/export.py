@@ -1,8 +1,10 @@
-"""`python main.py export`: the completed questionnaires as CSV, JSON or JSON Lines.
+"""`python main.py export`: the completed forms as CSV, JSON or JSON Lines.
 
-One row per completed questionnaire: user id, chat id, each answer in its own
-column (in the order the questions are asked, then any other answer kept by
-an older version of the bot), and the completion time in UTC.
+One row per completed form (the questionnaire, and any other form the bot
+saves): user id, chat id, the form's kind, each answer in its own column
+(the questionnaire's in the order its questions are asked, then any other
+answer: another form's, or one an older version of the bot kept), and the
+completion time in UTC. `--kind` keeps one kind.
 """
 
 from __future__ import annotations
@@ -19,12 +21,10 @@ from typing import Any
 
 from admin.errors import opened
 from config import StorageSettings
-from states import Questionnaire
+from states import Questionnaire, questions
 from storage import CompletedResponse
 
 FORMATS = ("csv", "json", "jsonl")
-# The answers' names are the questions' state names: name, age, colour.
-QUESTIONS = tuple(state.state.rpartition(":")[2] for state in Questionnaire.__all_states__ if state.state)
 # A byte-order mark: without it Excel reads UTF-8 as the local code page (é, emoji garbled).
 CSV_BOM = "\ufeff"
 # A cell starting with one of these is a formula to a spreadsheet (=HYPERLINK(...)): the
@@ -33,14 +33,18 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def columns_for(responses: Sequence[CompletedResponse]) -> list[str]:
-    others = sorted({name for response in responses for name in response.answers} - set(QUESTIONS))
-    return ["user_id", "chat_id", *QUESTIONS, *others, "completed_at"]
+    # The answers' names are the questions' names in the group (name, age, colour), in that order.
+    given = {name for response in responses for name in response.answers}
+    asked = [question.key for question in questions(Questionnaire) if question.key in given]
+    others = sorted(given - set(asked))
+    return ["user_id", "chat_id", "kind", *asked, *others, "completed_at"]
 
 
 def as_row(response: CompletedResponse, columns: list[str]) -> dict[str, Any]:
     fixed = {
         "user_id": response.user_id,
         "chat_id": response.chat_id,
+        "kind": response.kind,
         "completed_at": utc_text(response.completed_at),
     }
     return {column: fixed[column] if column in fixed else response.answers.get(column) for column in columns}
@@ -84,10 +88,14 @@ def write(content: bytes, output: Path | None) -> None:
             file.write(content)
 
 
-async def export(settings: StorageSettings, file_format: str, since: datetime | None, output: Path | None) -> int:
+async def export(
+    settings: StorageSettings, file_format: str, since: datetime | None, output: Path | None, kind: str | None = None
+) -> int:
     async with opened(settings) as storages:
         responses = await storages.responses.completed(since)
+    if kind is not None:
+        responses = [response for response in responses if response.kind == kind]
     write(render(responses, file_format), output)
     if output is not None:
-        print(f"Exported {len(responses)} completed questionnaire(s) to {output}", file=sys.stderr)
+        print(f"Exported {len(responses)} completed form(s) to {output}", file=sys.stderr)
     return 0

@@ -100,7 +100,7 @@ def same_json(one: object, other: object) -> bool:
 
 def same_response(one: CompletedResponse, other: CompletedResponse) -> bool:
     return (
-        (one.user_id, one.chat_id) == (other.user_id, other.chat_id)
+        (one.kind, one.user_id, one.chat_id) == (other.kind, other.user_id, other.chat_id)
         and same_json(one.answers, other.answers)
         and abs((one.completed_at - other.completed_at).total_seconds()) <= SAME_TIME_SECONDS
     )

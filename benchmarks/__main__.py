@@ -1,4 +1,4 @@
-"""`python -m benchmarks`: the whole bot on each storage, then as a process. See README, Performance."""
+"""`python -m benchmarks`: the whole bot on each storage, then as a process. See docs/performance.md."""
 
 from __future__ import annotations
 

@@ -33,13 +33,19 @@ from bot.emulator import BotAPIEmulator, running_emulator
 from bot.setup import create_bot, create_dispatcher
 from config import Settings
 from tests.support.mocked_session import MockedSession
+from tests.support.questionnaire import asked, conversation, shows_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 WARM_UP_USERS = 20
 
 
-def answers(user_id: int) -> tuple[str, ...]:
-    return ("/start", f"Ann{user_id}", "30", "Blue")
+def answers(user_id: int) -> list[str]:
+    """The whole questionnaire from its definition, the first answer naming the user."""
+    return conversation(**own_name(user_id))
+
+
+def own_name(user_id: int) -> dict[str, str]:
+    return {asked()[0].key: f"Ann{user_id}"}
 
 
 def message_update(update_id: int, user_id: int, text: str) -> Update:
@@ -89,7 +95,7 @@ async def run_users(opened: Opened, first_user: int, users: int, concurrency: in
     failed = sum(
         1
         for user_id in range(first_user, first_user + users)
-        if not last_reply.get(user_id, "").startswith(f"Thank you, Ann{user_id}!")
+        if not shows_summary(last_reply.get(user_id, ""), **own_name(user_id))
     )
     return seconds, latencies, failed
 
@@ -165,7 +171,7 @@ async def as_a_process(command: list[str], users: int, questionnaire: bool) -> d
         idle = resident_mb(pid)
 
         async def one_user(user_id: int) -> None:
-            texts = answers(user_id) if questionnaire else ("/start",)
+            texts = answers(user_id) if questionnaire else ["/start"]
             for count, text in enumerate(texts, start=1):
                 await emulator.user_sends(user_id, {"text": text})
                 await emulator.bot_messages(user_id, count, wait=60)

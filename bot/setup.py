@@ -12,6 +12,7 @@ from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage
 
 from bot.apply_once import ApplyOnce
 from bot.delivery import FloodGate
+from bot.guards import CountSends, ReplyGuard, check_dependencies
 from bot.key_locks import KeyLocks
 from config import Settings
 from handlers import get_routers
@@ -28,6 +29,7 @@ def create_bot(settings: Settings, session: BaseSession | None = None) -> Bot:
         default=DefaultBotProperties(parse_mode=ParseMode.HTML),
     )
     bot.session.middleware(FloodGate())
+    bot.session.middleware(CountSends())  # for ReplyGuard: what a handler sends itself
     return bot
 
 
@@ -45,5 +47,9 @@ def create_dispatcher(
         responses=responses,
     )
     dispatcher.update.outer_middleware(ApplyOnce(dispatcher.fsm))
+    # Around every handler of every router: a reply sent before the changes are saved is reported.
+    dispatcher.message.middleware(ReplyGuard())
+    dispatcher.callback_query.middleware(ReplyGuard())
     dispatcher.include_routers(*get_routers())
+    check_dependencies(dispatcher)  # a handler asking for what nothing provides stops the bot here
     return dispatcher

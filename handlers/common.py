@@ -9,26 +9,29 @@ from aiogram.fsm.storage.base import BaseStorage
 from aiogram.methods import SendMessage
 from aiogram.types import BotCommand, Message, ReplyKeyboardRemove, User
 
-from handlers.questionnaire import start_questionnaire
+from handlers.questionnaire import how_many, start_questionnaire
+from states import Questionnaire, questions
 from storage import FsmStorage, ResponseStore
 
 router = Router(name=__name__)
 
 COMMANDS = [
     BotCommand(command="start", description="Start the questionnaire (again)"),
-    BotCommand(command="cancel", description="Stop the questionnaire"),
+    BotCommand(command="cancel", description="Stop it and forget the answers so far"),
+    BotCommand(command="forget", description="Delete everything I keep about you, finished forms included"),
     BotCommand(command="help", description="What this bot does"),
-    BotCommand(command="forget", description="Delete everything the bot keeps about you"),
 ]
 
-HELP = (
-    "I ask three questions (your name, age and favourite colour) and remember "
-    "where you are, even if I am restarted.\n\n"
-    "/start: start the questionnaire (again)\n"
-    "/cancel: stop it and forget the answers so far\n"
-    "/forget: delete everything I keep about you, finished questionnaires included\n"
-    "/help: this message"
-)
+
+def help_text() -> str:
+    asked = [question.label.lower() for question in questions(Questionnaire)]
+    listed = ", ".join(asked[:-1]) + f" and {asked[-1]}" if len(asked) > 1 else asked[0]
+    return (
+        f"I ask {how_many().lower()} (your {listed}) and remember where you are, even if I am restarted.\n\n"
+        + "\n".join(
+            f"/{command.command}: {command.description[0].lower()}{command.description[1:]}" for command in COMMANDS
+        )
+    )
 
 
 @router.message(CommandStart())
@@ -38,7 +41,7 @@ async def start(message: Message, state: FSMContext) -> SendMessage:
 
 @router.message(Command("help"))
 async def show_help(message: Message) -> SendMessage:
-    return message.answer(HELP)
+    return message.answer(help_text())
 
 
 @router.message(Command("cancel"))
@@ -62,6 +65,6 @@ async def forget(
         await state.clear()  # a storage that cannot find a user's other chats (aiogram's own)
     deleted = await responses.delete_for_user(event_from_user.id)
     return message.answer(
-        f"Done: I deleted your answers in progress and {deleted} finished questionnaire(s).",
+        f"Done: I deleted your answers in progress and {deleted} finished form(s).",
         reply_markup=ReplyKeyboardRemove(),
     )

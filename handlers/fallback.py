@@ -1,17 +1,22 @@
-"""Catch-alls, included last: messages outside any flow, and states no handler knows."""
+"""Catch-alls, included last: what no other handler took, in any state.
+
+Commands and flows come before this router, so a command added in a router
+listed before it works in every state, mid-questionnaire included.
+"""
 
 from __future__ import annotations
 
 import logging
 
-from aiogram import Router
+from aiogram import Router, html
 from aiogram.filters import StateFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.methods import SendMessage
 from aiogram.types import Message, ReplyKeyboardRemove
 
 from handlers.errors import START_OVER
-from states import is_defined
+from handlers.forms import ask
+from states import is_defined, question_at
 
 logger = logging.getLogger(__name__)
 router = Router(name=__name__)
@@ -25,10 +30,22 @@ async def outside_the_flow(message: Message) -> SendMessage:
 
 
 @router.message()
-async def unknown_state(message: Message, state: FSMContext, raw_state: str | None) -> SendMessage:
-    """A state of this bot that no handler took the message in; or one from an older version, or written by hand."""
+async def in_a_state(message: Message, state: FSMContext, raw_state: str | None) -> SendMessage:
+    """A message no handler took: the question again, with the reason; or a reset for a state no form defines."""
+    question = question_at(raw_state)
+    if question is not None:  # a photo, a sticker, an unknown command: the same question again
+        return ask(message, question, why_not(message))
     if raw_state is not None and is_defined(raw_state):
         return message.answer(CANNOT_USE)
+    # A state from an older version of the bot, or written by hand.
     logger.warning("Resetting chat %s from unknown state %r", message.chat.id, raw_state)
     await state.clear()
     return message.answer(START_OVER, reply_markup=ReplyKeyboardRemove())
+
+
+def why_not(message: Message) -> str:
+    if not message.text:
+        return "I can only read text here."
+    if message.text.startswith("/"):
+        return f"I don't know the command {html.quote(message.text.split()[0])}. Send /cancel to stop."
+    return "I can't use that here."

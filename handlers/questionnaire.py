@@ -1,138 +1,72 @@
-"""The questionnaire: name, age, favourite colour.
+"""The questionnaire's flow: /start asks the first question, each answer is read and checked, the last one sums up.
 
-Handlers return their reply instead of sending it: bot/apply_once.py saves
-the state change first, then sends the reply, so a user is told an answer
-was taken only once it is saved.
+The questions themselves are in states/questionnaire.py; this module asks
+them in that order. Handlers return their reply instead of sending it:
+bot/apply_once.py commits the state change with the reply, and
+bot/delivery.py sends it after, so a user is told an answer was taken only
+once it is saved.
 """
 
 from __future__ import annotations
 
-import re
-import uuid
-from datetime import UTC, datetime
+from collections.abc import Mapping
 
 from aiogram import F, Router, html
 from aiogram.filters import StateFilter
 from aiogram.fsm.context import FSMContext
-from aiogram.fsm.state import State
 from aiogram.methods import SendMessage
-from aiogram.types import KeyboardButton, Message, ReplyKeyboardMarkup, ReplyKeyboardRemove, User
+from aiogram.types import Message, ReplyKeyboardRemove, User
 
-from states import Questionnaire
-from storage import CompletedResponse, ResponseStore
+from handlers.forms import ask, begin, save_response, thanks_for
+from states import InvalidAnswer, Questionnaire, next_question, question_at, questions
+from storage import ResponseStore
 
 router = Router(name=__name__)
 
-RESPONSE_ID = "response_id"
-MAX_TEXT_LENGTH = 64
-MIN_AGE, MAX_AGE = 1, 120
-COLOURS = ("Red", "Orange", "Yellow", "Green", "Blue", "Purple")
-
-QUESTIONS: dict[State, str] = {
-    Questionnaire.name: "What is your name?",
-    Questionnaire.age: "How old are you?",
-    Questionnaire.colour: "What is your favourite colour? Pick one below or type your own.",
-}
+KIND = "questionnaire"  # what its completed responses are saved as
+NUMBERS = ("no", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine", "Ten")
 
 
-def colour_keyboard() -> ReplyKeyboardMarkup:
-    rows = [COLOURS[i : i + 3] for i in range(0, len(COLOURS), 3)]
-    return ReplyKeyboardMarkup(
-        keyboard=[[KeyboardButton(text=colour) for colour in row] for row in rows],
-        resize_keyboard=True,
-        one_time_keyboard=True,
-        input_field_placeholder="Your favourite colour",
-    )
-
-
-def ask(message: Message, question: State, preface: str = "") -> SendMessage:
-    """The question for `question`, after an optional reason or greeting."""
-    keyboard = colour_keyboard() if question == Questionnaire.colour else ReplyKeyboardRemove()
-    text = f"{preface}\n\n{QUESTIONS[question]}" if preface else QUESTIONS[question]
-    return message.answer(text, reply_markup=keyboard)
+def how_many() -> str:
+    """ "Three quick questions", for as many questions as there are."""
+    count = len(questions(Questionnaire))
+    number = NUMBERS[count] if count < len(NUMBERS) else str(count)
+    return f"{number} quick question{'s' if count != 1 else ''}"
 
 
 async def start_questionnaire(message: Message, state: FSMContext) -> SendMessage:
-    await state.set_state(Questionnaire.name)
-    # The id the completed response will be saved under: a resend after a failure cannot save it twice.
-    await state.set_data({RESPONSE_ID: uuid.uuid4().hex})
-    return ask(message, Questionnaire.name, "Hi! Three quick questions. Send /cancel at any time to stop.")
+    first = questions(Questionnaire)[0]
+    await begin(state, first)
+    return ask(message, first, f"Hi! {how_many()}. Send /cancel at any time to stop.")
 
 
-def short_text_problem(text: str, what: str) -> str | None:
-    """Why `text` is not an acceptable short answer, or None when it is."""
-    if not text:
-        return f"The {what} can't be empty."
-    if len(text) > MAX_TEXT_LENGTH:
-        return f"That's {len(text)} characters; please keep the {what} to {MAX_TEXT_LENGTH}."
-    return None
-
-
-@router.message(Questionnaire.name, F.text, ~F.text.startswith("/"))
-async def take_name(message: Message, state: FSMContext) -> SendMessage:
-    name = (message.text or "").strip()
-    if problem := short_text_problem(name, "name"):
-        return ask(message, Questionnaire.name, problem)
-    await state.update_data(name=name)
-    await state.set_state(Questionnaire.age)
-    return ask(message, Questionnaire.age, f"Nice to meet you, {html.quote(name)}!")
-
-
-@router.message(Questionnaire.age, F.text, ~F.text.startswith("/"))
-async def take_age(message: Message, state: FSMContext) -> SendMessage:
-    text = (message.text or "").strip()
-    if not re.fullmatch(r"\d{1,3}", text, flags=re.ASCII):
-        return ask(message, Questionnaire.age, "Please send your age as a whole number, like 30.")
-    age = int(text)
-    if not MIN_AGE <= age <= MAX_AGE:
-        return ask(message, Questionnaire.age, f"The age must be between {MIN_AGE} and {MAX_AGE}.")
-    await state.update_data(age=age)
-    await state.set_state(Questionnaire.colour)
-    return ask(message, Questionnaire.colour)
-
-
-@router.message(Questionnaire.colour, F.text, ~F.text.startswith("/"))
-async def take_colour(
-    message: Message, state: FSMContext, event_from_user: User, responses: ResponseStore
+@router.message(StateFilter(Questionnaire), F.text, ~F.text.startswith("/"))
+async def take_answer(
+    message: Message, state: FSMContext, raw_state: str | None, event_from_user: User, responses: ResponseStore
 ) -> SendMessage:
-    colour = (message.text or "").strip()
-    if problem := short_text_problem(colour, "colour"):
-        return ask(message, Questionnaire.colour, problem)
+    question = question_at(raw_state)
+    assert question is not None  # the filter let in the questionnaire's states only
+    try:
+        answer = question.read((message.text or "").strip())
+    except InvalidAnswer as problem:
+        return ask(message, question, str(problem))
+    await state.update_data({question.key: answer})
+    following = next_question(question)
+    if following is not None:
+        await state.set_state(following)
+        return ask(message, following, thanks_for(question, answer))
+    # The last answer. Only the questions' own answers are saved, never other keys of the data.
     data = await state.get_data()
-    answers = {name: value for name, value in data.items() if name != RESPONSE_ID} | {"colour": colour}
+    answers = {asked.key: data[asked.key] for asked in questions(Questionnaire) if asked.key in data}
     # Saved before the cleared state is written (after this returns): a failure in between
-    # leaves the user at the last question, and the colour again saves under the same id, once.
-    await responses.save(
-        CompletedResponse(
-            # Sessions started before response ids existed get one now.
-            response_id=data.get(RESPONSE_ID) or uuid.uuid4().hex,
-            user_id=event_from_user.id,
-            chat_id=message.chat.id,
-            answers=answers,
-            completed_at=datetime.now(UTC),
-        )
-    )
+    # leaves the user at the last question, and the answer again saves under the same id, once.
+    await save_response(state, responses, message, event_from_user, KIND, answers)
     await state.clear()
     return message.answer(summary(answers), reply_markup=ReplyKeyboardRemove())
 
 
-def summary(answers: dict[str, object]) -> str:
-    name, age, colour = (html.quote(str(answers.get(key, "?"))) for key in ("name", "age", "colour"))
-    return (
-        f"Thank you, {name}! Here is what I saved:\n"
-        f"• Name: <b>{name}</b>\n"
-        f"• Age: <b>{age}</b>\n"
-        f"• Favourite colour: <b>{colour}</b>\n\n"
-        "Send /start to fill it in again."
-    )
-
-
-@router.message(StateFilter(Questionnaire))
-async def reprompt(message: Message, raw_state: str | None) -> SendMessage:
-    """Anything the current question can't use: a photo, a sticker, an unknown command."""
-    question = next(state for state in QUESTIONS if state.state == raw_state)
-    if message.text:
-        reason = f"I don't know the command {html.quote(message.text.split()[0])}. Send /cancel to stop."
-    else:
-        reason = "I can only read text here."
-    return ask(message, question, reason)
+def summary(answers: Mapping[str, object]) -> str:
+    lines = [
+        f"• {asked.label}: <b>{html.quote(str(answers.get(asked.key, '?')))}</b>" for asked in questions(Questionnaire)
+    ]
+    return "Thank you! Here is what I saved:\n" + "\n".join(lines) + "\n\nSend /start to fill it in again."

@@ -1,8 +1,19 @@
 from aiogram.fsm.state import StatesGroup
 
+from states.form import Answer, InvalidAnswer, Question, Tally, next_question, question_at, questions
 from states.questionnaire import Questionnaire
 
-__all__ = ["Questionnaire", "is_defined"]
+__all__ = [
+    "Answer",
+    "InvalidAnswer",
+    "Question",
+    "Questionnaire",
+    "Tally",
+    "is_defined",
+    "next_question",
+    "question_at",
+    "questions",
+]
 
 
 def is_defined(raw_state: str) -> bool:

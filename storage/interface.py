@@ -13,15 +13,21 @@ from aiogram.fsm.storage.base import BaseStorage, KeyBuilder, StateType, Storage
 
 from storage.errors import CorruptDataError
 
+# Responses saved before forms had kinds are the questionnaire's.
+QUESTIONNAIRE_KIND = "questionnaire"
+
 
 @dataclass(frozen=True)
 class CompletedResponse:
-    # Made when the questionnaire starts: saving the same response twice keeps one.
+    """One completed form: the questionnaire, or any other form a handler saves (its `kind`)."""
+
+    # Made when the form starts: saving the same response twice keeps one.
     response_id: str
     user_id: int
     chat_id: int
     answers: dict[str, Any]
     completed_at: datetime
+    kind: str = QUESTIONNAIRE_KIND  # the form's name: "questionnaire", "feedback", ...
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ class Versioned(NamedTuple):
 
 
 class ResponseStore(Protocol):
-    """Where handlers put finished questionnaires; they never see which database it is."""
+    """Where handlers put completed forms, of every kind; they never see which database it is."""
 
     async def save(self, response: CompletedResponse) -> bool:
         """Keep `response`; False if one with its `response_id` was kept already (nothing changes then)."""

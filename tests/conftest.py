@@ -53,6 +53,14 @@ def _fresh_routers() -> Iterator[None]:
     release_routers()
 
 
+@pytest.fixture(autouse=True)
+def _handlers_keep_the_idiom(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """A handler that sent its reply before its changes were saved (bot/guards.py) fails the test it ran in."""
+    yield
+    slips = [record.getMessage() for record in caplog.get_records("call") if record.name == "bot.guards"]
+    assert not slips, f"a handler broke the reply idiom: {slips}"
+
+
 @pytest.fixture(params=FLOW_BACKENDS)
 async def chat(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChatHarness]:
     name = request.param

@@ -34,6 +34,7 @@ from config import StorageSettings
 from storage import CompletedResponse, FsmRecord, MongoStorage, Storages
 from tests.support.backends import ALL_BACKENDS, MONGO_BACKENDS, SQL_URL_VARIABLES, Backend, backend_params
 from tests.support.bot_process import ROOT, BotProcess, bot_environment, drop_bot_tables, finish
+from tests.support.questionnaire import asked, conversation, saved, shows_summary, typed
 
 AWKWARD = [
     CompletedResponse(
@@ -55,15 +56,16 @@ AWKWARD = [
     ),
 ]
 EXPECTED_CSV = (
-    "\ufeffuser_id,chat_id,name,age,colour,completed_at\r\n"
-    '11,-1001,"Ann, ""Annie""",30,Blue,2026-11-01T09:30:00Z\r\n'
-    '12,12,"Bob\nsecond line",41,🎉 <b>Red</b> & green,2026-11-02T10:00:00Z\r\n'
-    "13,13,'=SUM(A1:A9),18,Zöë; ünïcode,2026-11-03T23:59:59Z\r\n"
+    "\ufeffuser_id,chat_id,kind,name,age,colour,completed_at\r\n"
+    '11,-1001,questionnaire,"Ann, ""Annie""",30,Blue,2026-11-01T09:30:00Z\r\n'
+    '12,12,questionnaire,"Bob\nsecond line",41,🎉 <b>Red</b> & green,2026-11-02T10:00:00Z\r\n'
+    "13,13,questionnaire,'=SUM(A1:A9),18,Zöë; ünïcode,2026-11-03T23:59:59Z\r\n"
 ).encode()
 EXPECTED_JSON = """[
   {
     "user_id": 12,
     "chat_id": 12,
+    "kind": "questionnaire",
     "name": "Bob\\nsecond line",
     "age": 41,
     "colour": "🎉 <b>Red</b> & green",
@@ -72,6 +74,7 @@ EXPECTED_JSON = """[
   {
     "user_id": 13,
     "chat_id": 13,
+    "kind": "questionnaire",
     "name": "=SUM(A1:A9)",
     "age": 18,
     "colour": "Zöë; ünïcode",
@@ -80,15 +83,17 @@ EXPECTED_JSON = """[
 ]
 """.encode()
 EXPECTED_JSONL = (
-    '{"user_id": 11, "chat_id": -1001, "name": "Ann, \\"Annie\\"", "age": 30, "colour": "Blue", '
+    '{"user_id": 11, "chat_id": -1001, "kind": "questionnaire", '
+    '"name": "Ann, \\"Annie\\"", "age": 30, "colour": "Blue", '
     '"completed_at": "2026-11-01T09:30:00Z"}\n'
-    '{"user_id": 12, "chat_id": 12, "name": "Bob\\nsecond line", "age": 41, "colour": "🎉 <b>Red</b> & green", '
+    '{"user_id": 12, "chat_id": 12, "kind": "questionnaire", '
+    '"name": "Bob\\nsecond line", "age": 41, "colour": "🎉 <b>Red</b> & green", '
     '"completed_at": "2026-11-02T10:00:00Z"}\n'
-    '{"user_id": 13, "chat_id": 13, "name": "=SUM(A1:A9)", "age": 18, "colour": "Zöë; ünïcode", '
+    '{"user_id": 13, "chat_id": 13, "kind": "questionnaire", '
+    '"name": "=SUM(A1:A9)", "age": 18, "colour": "Zöë; ünïcode", '
     '"completed_at": "2026-11-03T23:59:59Z"}\n'
 ).encode()
 SHARED_SERVERS = ("postgresql", "mysql")
-LABELS = ("Name", "Age", "Favourite colour")
 
 
 @pytest_asyncio.fixture
@@ -145,13 +150,13 @@ async def test_stats_count_started_finished_abandoned_and_the_answers(storages: 
         "  in progress       1  answered in the last 24 hours\n"
         "  abandoned         1  silent for longer; removed after 30 days (FSM_TTL)\n"
         "\n"
+        "Age\n"
+        "  18 to 65, median 35.5 (4 answers)\n"
+        "\n"
         "Favourite colour\n"
         "  Blue                      2   50%\n"
         "  🎉 <b>Red</b> & green      1   25%\n"
         "  Zöë; ünïcode              1   25%\n"
-        "\n"
-        "Age\n"
-        "  18 to 65, median 35.5 (4 answers)\n"
     )
 
 
@@ -245,13 +250,12 @@ def target_for(name: str, mongo_url: str | None, tmp_path: Path) -> tuple[Backen
         assert mongo_url is not None
         place = f"migrate_{tmp_path.name[-8:].replace('-', '_')}"
         return Backend(name, mongo_url, place), f"{mongo_url.rstrip('/')}/{place}"
-    url = os.environ.get(SQL_URL_VARIABLES[name], "")
-    if not url:
-        pytest.fail(f"{SQL_URL_VARIABLES[name]} is not set")
+    url = os.environ[SQL_URL_VARIABLES[name]]  # set, or backend_params skipped the case
     return Backend(name, url, ""), url
 
 
-@pytest.mark.parametrize("target_name", ["postgresql", "mongo-pymongo"])
+# An empty POSTGRES_TEST_URL leaves PostgreSQL out, as everywhere else.
+@pytest.mark.parametrize("target_name", backend_params("postgresql", "mongo-pymongo"))
 async def test_migrate_there_and_back_mid_questionnaire_and_the_bot_goes_on(
     target_name: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -261,13 +265,14 @@ async def test_migrate_there_and_back_mid_questionnaire_and_the_bot_goes_on(
         await drop_bot_tables(target.url)
     first = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'first' / 'bot.db'}"}
     back = f"sqlite:///{tmp_path / 'back' / 'bot.db'}"
+    names = {user: {asked()[0].key: name} for user, name in ((1, "Ann"), (2, "Bob"), (3, "Cid"), (4, "Dee"))}
+    said = {user: conversation(**answers) for user, answers in names.items()}
     async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
         bot = BotProcess(emulator, api_url, tmp_path / "first.log", first)
         await bot.start()
-        await bot.say(1, "/start")  # at the name
-        await bot.say(2, "/start", "Bob", replies=2)  # at the age
-        await bot.say(3, "/start", "Cid", "33", replies=3)  # at the colour
-        await bot.say(4, "/start", "Dee", "44", "Blue", replies=4)  # done
+        # Users 1, 2 and 3 have answered 0, 1 and 2 questions; user 4 all of them.
+        for user, sent in ((1, 1), (2, 2), (3, 3), (4, len(asked()) + 1)):
+            await bot.say(user, *said[user][:sent], replies=sent)
         code, _, errors = await run_main("migrate", "--to", target_url, env=first, cwd=tmp_path)
         assert (code, errors.strip()) == (
             2,
@@ -286,9 +291,9 @@ async def test_migrate_there_and_back_mid_questionnaire_and_the_bot_goes_on(
 
         bot = BotProcess(emulator, api_url, tmp_path / "target.log", bot_environment(target, tmp_path))
         await bot.start()
-        assert "How old are you?" in (await bot.say(1, "Ann"))[0]
-        assert "favourite colour" in (await bot.say(2, "22"))[0]
-        [cid] = await bot.say(3, "Green")
+        assert asked()[1].prompt in (await bot.say(1, said[1][1]))[0]
+        assert asked()[2].prompt in (await bot.say(2, said[2][2]))[0]
+        *_, [cid] = [await bot.say(3, text) for text in said[3][3:]]
         await bot.stop()
 
         code, shown, errors = await run_main("migrate", "--from", target_url, "--to", back, env=first, cwd=tmp_path)
@@ -297,23 +302,17 @@ async def test_migrate_there_and_back_mid_questionnaire_and_the_bot_goes_on(
 
         bot = BotProcess(emulator, api_url, tmp_path / "back.log", {"DATABASE_URL": back})
         await bot.start()
-        assert "favourite colour" in (await bot.say(1, "30"))[0]
-        [bob] = await bot.say(2, "Red")
-        [ann] = await bot.say(1, "Purple")
+        assert asked()[2].prompt in (await bot.say(1, said[1][2]))[0]
+        *_, [bob] = [await bot.say(2, text) for text in said[2][3:]]
+        *_, [ann] = [await bot.say(1, text) for text in said[1][3:]]
         await bot.stop()
 
-    for summary, answers in (
-        (cid, ("Cid", "33", "Green")),
-        (bob, ("Bob", "22", "Red")),
-        (ann, ("Ann", "30", "Purple")),
-    ):
-        assert all(f"{label}: {answer}" in summary for label, answer in zip(LABELS, answers, strict=True)), summary
+    for summary, user in ((cid, 3), (bob, 2), (ann, 1)):
+        assert shows_summary(summary, **names[user]), summary
     code, exported, _ = await run_main("export", "--format", "jsonl", env={"DATABASE_URL": back}, cwd=tmp_path)
     assert code == 0
-    exported_answers = sorted(
-        (row["name"], row["age"], row["colour"]) for row in map(json.loads, exported.splitlines())
-    )
-    assert exported_answers == [("Ann", 30, "Purple"), ("Bob", 22, "Red"), ("Cid", 33, "Green"), ("Dee", 44, "Blue")]
+    rows = sorted(map(json.loads, exported.splitlines()), key=lambda row: row["user_id"])
+    assert [{key: row[key] for key in saved()} for row in rows] == [saved(**names[user]) for user in (1, 2, 3, 4)]
     if target.is_mongo:
         await target.drop()
     else:
@@ -327,14 +326,14 @@ async def test_an_expired_session_is_removed_by_the_running_bot_and_its_user_tol
         await bot.start()
         try:
             await bot.say(1, "/start")
-            assert "How old are you?" in (await bot.say(1, "Ann"))[0]
+            assert asked()[1].prompt in (await bot.say(1, typed()[0]))[0]
             for _ in range(100):  # the sweep runs every second with a TTL this short
                 if "Removed 1 conversation(s) untouched for more than 0:00:02 (FSM_TTL)" in bot.output():
                     break
                 await asyncio.sleep(0.1)
             else:
                 pytest.fail(f"no expiry logged:\n{bot.output()[-2000:]}")
-            assert await bot.say(1, "30") == ["Send /start to fill in the questionnaire, or /help to learn more."]
+            assert await bot.say(1, typed()[1]) == ["Send /start to fill in the questionnaire, or /help to learn more."]
         finally:
             await bot.stop()
 

@@ -8,13 +8,13 @@ import pytest
 from aiogram import Bot
 from aiogram.exceptions import TelegramNetworkError
 from aiogram.methods import SendMessage, TelegramMethod
-from aiogram.types import ReplyKeyboardMarkup, ReplyKeyboardRemove, Update
+from aiogram.types import ReplyKeyboardRemove, Update
 
 from bot.delivery import handle_update
 from handlers import questionnaire
 from handlers.errors import SOMETHING_WENT_WRONG
-from states import Questionnaire
 from tests.support.chat import ChatHarness
+from tests.support.questionnaire import asked, conversation, saved, saved_first, shows_summary, typed
 
 
 async def deliver(chat: ChatHarness, update: Update) -> list[SendMessage]:
@@ -38,77 +38,79 @@ def fail_next_send(chat: ChatHarness, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_an_answer_delivered_again_is_not_filed_under_the_next_question(chat: ChatHarness) -> None:
-    for text in ("/start", "Ann"):
+    for text in conversation()[:2]:
         await chat.send(text)
-    age = chat.update(1, "30")
+    age = chat.update(1, typed()[1])
     [first] = await deliver(chat, age)
 
     [again] = await deliver(chat, age)
 
-    assert await chat.state() == Questionnaire.colour.state
-    assert await chat.answers() == {"name": "Ann", "age": 30}
+    assert await chat.state() == asked()[2].state
+    assert await chat.answers() == saved_first(2)
     assert again.text == first.text
-    assert "favourite colour" in again.text
-    assert isinstance(again.reply_markup, ReplyKeyboardMarkup)
+    assert asked()[2].prompt in again.text
+    assert again.reply_markup == first.reply_markup
 
 
 async def test_a_reply_lost_after_the_answer_was_saved_is_sent_when_the_update_comes_back(
     chat: ChatHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for text in ("/start", "Ann"):
+    for text in conversation()[:2]:
         await chat.send(text)
-    age = chat.update(1, "30")
+    age = chat.update(1, typed()[1])
     fail_next_send(chat, monkeypatch)
 
     with pytest.raises(TelegramNetworkError):  # left unconfirmed: Telegram delivers it again
         await deliver(chat, age)
-    assert await chat.answers() == {"name": "Ann", "age": 30}
+    assert await chat.answers() == saved_first(2)
     assert not [m for m in chat.session.sent_messages() if m.text == SOMETHING_WENT_WRONG]
 
     [reply] = await deliver(chat, age)
-    assert "favourite colour" in reply.text
-    assert await chat.state() == Questionnaire.colour.state
+    assert asked()[2].prompt in reply.text
+    assert await chat.state() == asked()[2].state
 
 
 async def test_the_last_answer_delivered_again_gets_the_summary_not_send_start(
     chat: ChatHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for text in ("/start", "Ann", "30"):
+    *first, last = conversation()
+    for text in first:
         await chat.send(text)
-    colour = chat.update(1, "Blue")
+    colour = chat.update(1, last)
     fail_next_send(chat, monkeypatch)
     with pytest.raises(TelegramNetworkError):
         await deliver(chat, colour)
 
     [summary] = await deliver(chat, colour)
 
-    assert "Favourite colour: <b>Blue</b>" in summary.text
+    assert shows_summary(summary.text)
     assert isinstance(summary.reply_markup, ReplyKeyboardRemove)
     assert summary.parse_mode == "HTML"
     [response] = await chat.storages.responses.for_user(1)
-    assert response.answers == {"name": "Ann", "age": 30, "colour": "Blue"}
+    assert response.answers == saved()
 
 
 async def test_an_older_update_delivered_again_changes_nothing_and_says_nothing(chat: ChatHarness) -> None:
     await chat.send("/start")
-    name = chat.update(1, "Ann")
+    name = chat.update(1, typed()[0])
     await deliver(chat, name)
-    await chat.send("30")
+    await chat.send(typed()[1])
 
     assert await deliver(chat, name) == []
-    assert await chat.state() == Questionnaire.colour.state
-    assert await chat.answers() == {"name": "Ann", "age": 30}
+    assert await chat.state() == asked()[2].state
+    assert await chat.answers() == saved_first(2)
 
 
 async def test_a_handler_that_fails_half_way_writes_nothing(chat: ChatHarness, monkeypatch: pytest.MonkeyPatch) -> None:
-    for text in ("/start", "Ann", "30"):
+    *first, last = conversation()
+    for text in first:
         await chat.send(text)
 
     def broken(*_: Any) -> str:
         raise RuntimeError("a bug after the state was cleared")
 
     monkeypatch.setattr(questionnaire, "summary", broken)
-    assert await chat.send("Blue") == [SOMETHING_WENT_WRONG]
+    assert await chat.send(last) == [SOMETHING_WENT_WRONG]
 
-    assert await chat.state() == Questionnaire.colour.state
-    assert await chat.answers() == {"name": "Ann", "age": 30}
+    assert await chat.state() == asked()[-1].state
+    assert await chat.answers() == saved_first(len(asked()) - 1)

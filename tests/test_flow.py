@@ -1,4 +1,9 @@
-"""The questionnaire as a user meets it: the real Dispatcher and handlers over a SQLite file."""
+"""The questionnaire as a user meets it: the real Dispatcher and handlers over a SQLite file and MongoDB.
+
+Every question comes from its definition (states/questionnaire.py), through
+tests/support/questionnaire.py: a question added there is asked and answered
+here too.
+"""
 
 from __future__ import annotations
 
@@ -9,67 +14,87 @@ from aiogram.types import ReplyKeyboardMarkup, ReplyKeyboardRemove
 
 from bot.delivery import handle_update
 from bot.key_locks import KeyLocks
-from states import Questionnaire
+from handlers.questionnaire import NUMBERS
+from states import Question, Questionnaire
+from tests.support.backends import storage_key
 from tests.support.chat import ChatHarness
+from tests.support.questionnaire import asked, conversation, fill_in, keeps_as_typed, saved, shows_summary, typed
 
 
-async def answer_all(chat: ChatHarness, user_id: int = 1, name: str = "Ann") -> list[str]:
+async def answer_up_to(chat: ChatHarness, question: Question, user_id: int = 1) -> None:
+    """/start, then the sample answers until `question` is asked."""
     await chat.send("/start", user_id)
-    await chat.send(name, user_id)
-    await chat.send("30", user_id)
-    return await chat.send("Blue", user_id)
+    for before, text in zip(asked(), typed(), strict=True):
+        if before == question:
+            return
+        await chat.send(text, user_id)
 
 
-async def test_full_flow_asks_three_questions_and_sums_up(chat: ChatHarness) -> None:
-    assert "What is your name?" in (await chat.send("/start"))[0]
-    assert await chat.state() == Questionnaire.name.state
-
-    reply = (await chat.send("  Ann  "))[0]
-    assert "Nice to meet you, Ann!" in reply
-    assert "How old are you?" in reply
-    assert await chat.answers() == {"name": "Ann"}
-
-    assert "favourite colour" in (await chat.send("30"))[0]
-    keyboard = chat.last_reply().reply_markup
-    assert isinstance(keyboard, ReplyKeyboardMarkup)
-    assert "Blue" in [button.text for row in keyboard.keyboard for button in row]
-    assert await chat.answers() == {"name": "Ann", "age": 30}
-
-    summary = (await chat.send("Blue"))[0]
-    assert "Ann" in summary
-    assert "30" in summary
-    assert "Blue" in summary
+async def test_each_question_is_asked_in_turn_and_the_summary_names_every_answer(chat: ChatHarness) -> None:
+    questions, answers = asked(), typed()
+    [greeting] = await chat.send("/start")
+    assert greeting.endswith(questions[0].prompt)
+    for number, (question, text) in enumerate(zip(questions, answers, strict=True)):
+        assert await chat.state() == question.state
+        keyboard = chat.last_reply().reply_markup
+        if question.choices:
+            assert isinstance(keyboard, ReplyKeyboardMarkup)
+            assert [button.text for row in keyboard.keyboard for button in row] == list(question.choices)
+        else:
+            assert isinstance(keyboard, ReplyKeyboardRemove)
+        [reply] = await chat.send(f"  {text}  ")
+        assert await chat.answers() == (
+            dict(list(saved().items())[: number + 1]) if number + 1 < len(questions) else {}
+        )
+        if number + 1 < len(questions):
+            assert reply.endswith(questions[number + 1].prompt)
+    assert shows_summary(reply)
     assert isinstance(chat.last_reply().reply_markup, ReplyKeyboardRemove)
     assert await chat.state() is None
-    assert await chat.answers() == {}
 
     [response] = await chat.storages.responses.for_user(1)
-    assert response.answers == {"name": "Ann", "age": 30, "colour": "Blue"}
+    assert response.answers == saved()
+    assert response.kind == "questionnaire"
     assert response.chat_id == 1
 
 
-async def test_free_text_colour_is_accepted(chat: ChatHarness) -> None:
-    await chat.send("/start")
-    await chat.send("Ann")
-    await chat.send("30")
-    assert "Teal" in (await chat.send("Teal"))[0]
+async def test_the_greeting_and_help_count_and_name_the_questions(chat: ChatHarness) -> None:
+    [help_text] = await chat.send("/help")
+    assert all(question.label.lower() in help_text for question in asked())
+    assert all(command in help_text for command in ("/start", "/cancel", "/forget", "/help"))
+    [greeting] = await chat.send("/start")
+    assert f"{NUMBERS[len(asked())]} quick questions" in greeting
+
+
+async def test_an_answer_typed_instead_of_a_button_is_kept(chat: ChatHarness) -> None:
+    own = {question.key: f"Not {question.choices[0]}" for question in asked() if question.choices}
+    replies = await fill_in(chat.send, **own)
+    assert shows_summary(replies[-1][0], **own)
+
+
+@pytest.mark.parametrize("answer", ["   ", "x" * 4000, "/foo"])
+@pytest.mark.parametrize("at", range(len(asked())))
+async def test_a_bad_answer_to_any_question_is_refused_and_asked_again(chat: ChatHarness, at: int, answer: str) -> None:
+    question = asked()[at]
+    await answer_up_to(chat, question)
+    state_before, data_before = await chat.state(), await chat.data()
+
+    [reply] = await chat.send(answer)
+
+    assert reply.endswith(question.prompt)
+    assert reply != question.prompt  # with the reason first
+    assert await chat.state() == state_before
+    assert await chat.data() == data_before
 
 
 @pytest.mark.parametrize(
     ("answer", "reason"),
-    [
-        ("   ", "can't be empty"),
-        ("x" * 65, "keep the name to 64"),
-        ("/foo", "I don't know the command /foo"),
-    ],
+    [("   ", "can't be empty"), ("x" * 65, "keep the name to 64"), ("/foo", "I don't know the command /foo")],
 )
-async def test_bad_name_is_refused_and_asked_again(chat: ChatHarness, answer: str, reason: str) -> None:
-    await chat.send("/start")
+async def test_a_bad_name_is_told_why(chat: ChatHarness, answer: str, reason: str) -> None:
+    await answer_up_to(chat, Questionnaire.name)
     [reply] = await chat.send(answer)
     assert reason in reply
-    assert reply.endswith("What is your name?")
-    assert await chat.state() == Questionnaire.name.state
-    assert await chat.answers() == {}
 
 
 @pytest.mark.parametrize(
@@ -84,62 +109,52 @@ async def test_bad_name_is_refused_and_asked_again(chat: ChatHarness, answer: st
         ("1000", "whole number"),
     ],
 )
-async def test_bad_age_is_refused_and_asked_again(chat: ChatHarness, answer: str, reason: str) -> None:
-    await chat.send("/start")
-    await chat.send("Ann")
+async def test_a_bad_age_is_told_why(chat: ChatHarness, answer: str, reason: str) -> None:
+    await answer_up_to(chat, Questionnaire.age)
     [reply] = await chat.send(answer)
     assert reason in reply
-    assert reply.endswith("How old are you?")
     assert await chat.state() == Questionnaire.age.state
-    assert await chat.answers() == {"name": "Ann"}
 
 
 @pytest.mark.parametrize("content", ["photo", "sticker", "voice"])
-@pytest.mark.parametrize("question", [Questionnaire.name, Questionnaire.age, Questionnaire.colour])
-async def test_non_text_gets_the_same_question_and_changes_nothing(
-    chat: ChatHarness, content: str, question: object
-) -> None:
-    await chat.send("/start")
-    if question != Questionnaire.name:
-        await chat.send("Ann")
-    if question == Questionnaire.colour:
-        await chat.send("30")
+@pytest.mark.parametrize("at", range(len(asked())))
+async def test_non_text_gets_the_same_question_and_changes_nothing(chat: ChatHarness, content: str, at: int) -> None:
+    await answer_up_to(chat, asked()[at])
     state_before, data_before = await chat.state(), await chat.data()
 
     [reply] = await chat.send(content=content)
 
     assert "I can only read text here." in reply
+    assert reply.endswith(asked()[at].prompt)
     assert await chat.state() == state_before
     assert await chat.data() == data_before
 
 
-async def test_too_long_colour_is_refused(chat: ChatHarness) -> None:
-    await chat.send("/start")
-    await chat.send("Ann")
-    await chat.send("30")
-    [reply] = await chat.send("c" * 100)
-    assert "keep the colour to 64" in reply
-    assert isinstance(chat.last_reply().reply_markup, ReplyKeyboardMarkup)
-    assert await chat.state() == Questionnaire.colour.state
-
-
 async def test_user_text_is_html_escaped(chat: ChatHarness) -> None:
-    name = "<b>Ann</b> & <i>co"
-    await chat.send("/start")
-    assert "Nice to meet you, &lt;b&gt;Ann&lt;/b&gt; &amp; &lt;i&gt;co!" in (await chat.send(name))[0]
-    await chat.send("30")
-    summary = (await chat.send("<script>"))[0]
-    assert "&lt;b&gt;Ann&lt;/b&gt;" in summary
-    assert "&lt;script&gt;" in summary
-    assert "<script>" not in summary
-    assert (await chat.answers()) == {}
+    text = "<b>Ann</b> & <i>co"
+    tricky = {question.key: text for question in asked() if keeps_as_typed(question, text)}
+    replies = await fill_in(chat.send, **tricky)
+    shown = "\n".join(reply for batch in replies for reply in batch)
+    assert "&lt;b&gt;Ann&lt;/b&gt; &amp; &lt;i&gt;co" in shown
+    assert "<i>" not in shown
+    assert shows_summary(replies[-1][0], **tricky)
     [response] = await chat.storages.responses.for_user(1)
-    assert response.answers["name"] == name
+    assert response.answers == saved(**tricky)
+
+
+async def test_only_the_questions_answers_are_saved_not_other_keys_of_the_data(chat: ChatHarness) -> None:
+    """A handler may keep helper keys beside the answers; they never become answers (nor export columns)."""
+    *first, last = conversation()
+    for text in first:
+        await chat.send(text)
+    await chat.storages.fsm.update_data(storage_key(1), {"hint_shown": True})
+    await chat.send(last)
+    [response] = await chat.storages.responses.for_user(1)
+    assert response.answers == saved()
 
 
 async def test_cancel_in_the_middle_forgets_the_answers(chat: ChatHarness) -> None:
-    await chat.send("/start")
-    await chat.send("Ann")
+    await answer_up_to(chat, asked()[1])
     [reply] = await chat.send("/cancel")
     assert "Cancelled" in reply
     assert isinstance(chat.last_reply().reply_markup, ReplyKeyboardRemove)
@@ -153,21 +168,20 @@ async def test_cancel_with_nothing_to_cancel_says_so(chat: ChatHarness) -> None:
 
 
 async def test_start_in_the_middle_starts_over(chat: ChatHarness) -> None:
-    await chat.send("/start")
-    await chat.send("Ann")
+    await answer_up_to(chat, asked()[1])
     [reply] = await chat.send("/start")
-    assert "What is your name?" in reply
-    assert await chat.state() == Questionnaire.name.state
+    assert reply.endswith(asked()[0].prompt)
+    assert await chat.state() == asked()[0].state
     assert await chat.answers() == {}
 
 
 async def test_help_works_inside_the_flow_and_changes_nothing(chat: ChatHarness) -> None:
-    await chat.send("/start")
-    await chat.send("Ann")
+    await answer_up_to(chat, asked()[1])
+    state_before, answers_before = await chat.state(), await chat.answers()
     [reply] = await chat.send("/help")
     assert "/cancel" in reply
-    assert await chat.state() == Questionnaire.age.state
-    assert await chat.answers() == {"name": "Ann"}
+    assert await chat.state() == state_before
+    assert await chat.answers() == answers_before
 
 
 @pytest.mark.parametrize("content", ["text", "photo"])
@@ -177,41 +191,40 @@ async def test_messages_outside_the_flow_get_a_hint(chat: ChatHarness, content: 
     assert await chat.state() is None
 
 
-async def test_restart_half_way_continues_at_the_right_question(chat: ChatHarness) -> None:
+async def test_restart_after_each_answer_continues_at_the_right_question(chat: ChatHarness) -> None:
     await chat.send("/start")
-    await chat.send("Ann")
-
-    await chat.restart()
-
-    assert await chat.state() == Questionnaire.age.state
-    assert "favourite colour" in (await chat.send("30"))[0]
-    await chat.restart()
-    summary = (await chat.send("Green"))[0]
-    assert "Ann" in summary
-    assert "30" in summary
-    assert "Green" in summary
+    for question, text in zip(asked(), typed(), strict=True):
+        await chat.restart()
+        assert await chat.state() == question.state
+        [reply] = await chat.send(text)
+    assert shows_summary(reply)
 
 
-async def test_burst_of_three_answers_is_applied_in_order(chat: ChatHarness) -> None:
+async def test_burst_of_all_answers_is_applied_in_order(chat: ChatHarness) -> None:
     """Handled at once in one process, a user's answers are applied in the order they came.
 
     (The order of the replies is the runners' to keep: tests/test_polling.py, tests/test_telegram_faults.py.)
     """
     await chat.send("/start")
-    updates = [chat.update(1, text) for text in ("Ann", "30", "Blue")]
+    updates = [chat.update(1, text) for text in typed()]
     await asyncio.gather(*(handle_update(chat.dispatcher, chat.bot, update) for update in updates))
-    assert any("Blue" in reply for reply in chat.replies(1)[-3:])
+    assert any(shows_summary(reply) for reply in chat.replies(1)[-len(updates) :])
     [response] = await chat.storages.responses.for_user(1)
-    assert response.answers == {"name": "Ann", "age": 30, "colour": "Blue"}
+    assert response.answers == saved()
 
 
 async def test_many_users_at_once_each_get_their_own_summary(chat: ChatHarness) -> None:
     users = range(100, 130)
-    summaries = await asyncio.gather(*(answer_all(chat, user, name=f"Name{user}") for user in users))
+    first = asked()[0].key
+
+    async def one_user(user_id: int) -> list[list[str]]:
+        return await fill_in(lambda text: chat.send(text, user_id), **{first: f"Name{user_id}"})
+
+    summaries = await asyncio.gather(*(one_user(user) for user in users))
     for user, replies in zip(users, summaries, strict=True):
-        assert f"Name{user}" in replies[0]
+        assert shows_summary(replies[-1][0], **{first: f"Name{user}"})
         [response] = await chat.storages.responses.for_user(user)
-        assert response.answers["name"] == f"Name{user}"
+        assert response.answers == saved(**{first: f"Name{user}"})
     locks = chat.dispatcher.fsm.events_isolation
     assert isinstance(locks, KeyLocks)
     assert locks.held == 0, "a user's lock outlived their updates: memory would grow with every user"

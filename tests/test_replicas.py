@@ -26,9 +26,11 @@ import pytest_asyncio
 from aiohttp import ClientSession
 
 from bot.emulator import BotAPIEmulator, running_emulator
+from handlers.forms import thanks_for
 from tests.support.backends import SQL_URL_VARIABLES, Backend, backend_params, make_backend
 from tests.support.bot_process import ROOT, BotProcess, bot_environment, drop_bot_tables, finish
 from tests.support.pushback import chaos, everyone_fills_in
+from tests.support.questionnaire import asked, bot_replies, conversation, saved, shows_summary, typed
 from tests.test_webhook import SECRET, free_port, until_healthy
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -108,58 +110,56 @@ async def fill_in(deployment: Deployment, user_id: int) -> str:
     its own answer rather than for the next message.
     """
     replica = deployment.replicas[0]  # any: the emulator spreads the deliveries
-    steps = [
-        ("/start", "What is your name?"),
-        (f"User{user_id}", "How old are you?"),
-        (str(18 + user_id % 80), "favourite colour"),
-        ("Green", f"Name: User{user_id}"),
-    ]
-    for text, answer in steps:
+    messages = conversation(**named(user_id))
+    for text, answer in zip(messages, bot_replies(messages, saved(**named(user_id))), strict=True):
         await deployment.emulator.user_sends(user_id, {"text": text})
         texts = await replica.wait_for(user_id, answer)
-    return next(text for text in texts if "Name: " in text)
+    return next(text for text in texts if shows_summary(text, **named(user_id)))
+
+
+def named(user_id: int) -> dict[str, str]:
+    return {asked()[0].key: f"User{user_id}"}
 
 
 async def test_a_hundred_users_through_three_replicas(deployment: Deployment) -> None:
     users = range(1, 101)
     summaries = await asyncio.gather(*(fill_in(deployment, user_id) for user_id in users))
     for user_id, summary in zip(users, summaries, strict=True):
-        assert f"Name: User{user_id}" in summary
-        assert f"Age: {18 + user_id % 80}" in summary
+        assert shows_summary(summary, **named(user_id))
     served = [replica.output().count("is handled") for replica in deployment.replicas]
     assert all(served), f"every replica handles updates: {served}"
 
 
 async def test_one_update_posted_to_two_replicas_at_once_is_applied_once(deployment: Deployment) -> None:
     user = 200
-    await deployment.replicas[0].say(user, "/start")
-    await deployment.replicas[0].say(user, "Ann")
-    age = deployment.update(user, "30")
+    await deployment.replicas[0].say(user, *conversation()[:2])
+    age = deployment.update(user, typed()[1])
 
     assert list(await asyncio.gather(deployment.post(0, age), deployment.post(1, age))) == [200, 200]
 
     texts = [m["text"] for m in await deployment.emulator.bot_messages(user)]
-    assert texts[2:] == [texts[2]] * len(texts[2:])  # the colour question, perhaps twice; nothing else
-    assert "favourite colour" in texts[2]
-    [summary] = await deployment.replicas[0].say(user, "Blue")
-    assert "Age: 30" in summary
-    assert "Favourite colour: Blue" in summary
+    assert texts[2:] == [texts[2]] * len(texts[2:])  # the third question, perhaps twice; nothing else
+    assert asked()[2].prompt in texts[2]
+    *_, [summary] = [await deployment.replicas[0].say(user, text) for text in typed()[2:]]
+    assert shows_summary(summary)
 
 
 async def test_one_users_updates_on_three_replicas_at_once_are_handled_one_at_a_time(
     deployment: Deployment,
 ) -> None:
-    """Three names at once: one is taken, and the next two meet the age question, not a lost write."""
+    """Three names at once: one is taken, and the next two meet the second question, not a lost write."""
     user = 300
     await deployment.replicas[0].say(user, "/start")
     names = [deployment.update(user, name) for name in ("Ann", "Bob", "Cid")]
+    second = asked()[1]
 
     await asyncio.gather(*(deployment.post(n, update) for n, update in enumerate(names)))
 
     replies = [m["text"] for m in await deployment.emulator.bot_messages(user)][1:]
     assert len(replies) == 3, replies
-    assert sum("Nice to meet you" in reply for reply in replies) == 1, replies
-    assert sum("whole number" in reply for reply in replies) == 2, replies
+    assert sum(reply.endswith(second.prompt) for reply in replies) == 3, replies
+    taken = [f"{thanks_for(asked()[0], name)}\n\n{second.prompt}" for name in ("Ann", "Bob", "Cid")]
+    assert sum(reply in taken for reply in replies) == 1, replies
 
 
 async def test_a_replica_killed_mid_flow_loses_no_acknowledged_answer(deployment: Deployment) -> None:
@@ -173,8 +173,7 @@ async def test_a_replica_killed_mid_flow_loses_no_acknowledged_answer(deployment
     assert await deployment.replicas[2].stop(signal.SIGKILL) == -signal.SIGKILL
     summaries = await flows
     for user_id, summary in zip(users, summaries, strict=True):
-        assert f"Name: User{user_id}" in summary
-        assert f"Age: {18 + user_id % 80}" in summary
+        assert shows_summary(summary, **named(user_id))
     await deployment.replicas[2].start(ready_on="setWebhook")
 
 
@@ -210,8 +209,9 @@ async def test_make_replicas_shows_each_message_taken_by_a_replica(tmp_path: Pat
         sys.executable, "-m", "bot.emulator.replicas", "--env-file", str(tmp_path / ".env"),
         cwd=ROOT, env=env, stdin=PIPE, stdout=PIPE, stderr=PIPE,
     )  # fmt: skip
-    shown, errors = await finish(demo, 120, b"/start\nAnn\n30\n2\n")
+    lines = [str(len(q.choices)) if q.choices else text for q, text in zip(asked(), typed(), strict=True)]
+    shown, errors = await finish(demo, 120, "".join(f"{line}\n" for line in ["/start", *lines]).encode())
 
     assert demo.returncode == 0, errors
-    assert "Favourite colour: Orange" in shown
+    assert shows_summary(shown, **{q.key: q.choices[-1] for q in asked() if q.choices})
     assert all(f"-> replica {number}: handled" in shown for number in (1, 2, 3)), shown

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import sys
 from pathlib import Path
 
+import pytest
+from aiogram import Router
+from aiogram.filters import Command
+from aiogram.methods import SendMessage
+from aiogram.types import Message
+
+from bot.emulator import EMULATOR_BOT_TOKEN
+from bot.emulator.sandbox import run_sandbox
+from config import load_settings
 from tests.support.bot_process import ROOT, finish
+from tests.support.questionnaire import asked, conversation, shows_summary, typed
+from tests.support.routers import add_router
 
 
 async def start_sandbox(folder: Path) -> asyncio.subprocess.Process:
@@ -43,27 +55,34 @@ async def read_until(stream: asyncio.StreamReader, text: str) -> str:
 
 
 async def test_two_answers_then_end_of_input_then_finish_in_a_second_run(tmp_path: Path) -> None:
-    first = await chat(tmp_path, "/start", "Ann")
-    assert "What is your name?" in first
-    assert "How old are you?" in first
+    first = await chat(tmp_path, *conversation()[:2])
+    assert asked()[0].prompt in first
+    assert asked()[1].prompt in first
     assert (tmp_path / "data" / "bot.db").exists()
 
-    second = await chat(tmp_path, "30", ":photo", "4")
+    # The rest, picking each offered choice by its number (the last one), and a photo in between.
+    lines, picked = [], {}
+    for question, text in zip(asked()[1:], typed()[1:], strict=True):
+        if question.choices:
+            lines.append(str(len(question.choices)))
+            picked[question.key] = question.choices[-1]
+        else:
+            lines.append(text)
+    second = await chat(tmp_path, lines[0], ":photo", *lines[1:])
     assert "I can only read text here." in second
-    assert "[4] Green" in second
-    assert "Name: Ann" in second
-    assert "Age: 30" in second
-    assert "Favourite colour: Green" in second
+    assert all(f"[{len(q.choices)}] {q.choices[-1]}" in second for q in asked()[1:] if q.choices)
+    assert shows_summary(second, **picked)
 
 
 async def test_ctrl_c_half_way_and_start_again(tmp_path: Path) -> None:
+    bob = {asked()[0].key: "Bob"}
     sandbox = await start_sandbox(tmp_path)
     try:
         assert sandbox.stdin is not None
         assert sandbox.stdout is not None
-        sandbox.stdin.write(b"/start\nBob\n")
+        sandbox.stdin.write("".join(f"{line}\n" for line in conversation(**bob)[:2]).encode())
         await sandbox.stdin.drain()
-        await read_until(sandbox.stdout, "How old are you?")
+        await read_until(sandbox.stdout, asked()[1].prompt)
         sandbox.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(sandbox.wait(), 30) == 0
     finally:
@@ -71,7 +90,26 @@ async def test_ctrl_c_half_way_and_start_again(tmp_path: Path) -> None:
             sandbox.kill()
             await sandbox.wait()
 
-    finished = await chat(tmp_path, "41", "Teal")
-    assert "Name: Bob" in finished
-    assert "Age: 41" in finished
-    assert "Favourite colour: Teal" in finished
+    finished = await chat(tmp_path, *typed(**bob)[1:])
+    assert shows_summary(finished, **bob)
+
+
+async def test_every_reply_to_a_message_is_shown_in_its_turn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A handler may send more than one message (here, one sent directly and one returned, a moment apart)."""
+    router = Router(name="two_replies")
+
+    @router.message(Command("two"))
+    async def two_replies(message: Message) -> SendMessage:
+        await message.answer("first of two")
+        await asyncio.sleep(0.5)
+        return message.answer("second of two")
+
+    add_router(monkeypatch, router)
+    settings = load_settings(None, bot_token=EMULATOR_BOT_TOKEN).model_copy(
+        update={"database_url": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"}
+    )
+    shown = io.StringIO()
+    await asyncio.wait_for(run_sandbox(settings, io.StringIO("/two\n"), shown), 60)
+    output = shown.getvalue()
+    assert "bot> first of two" in output
+    assert "bot> second of two" in output

@@ -69,7 +69,7 @@ def calls_with(patches: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[
 CALLS = calls_with(dicts_of(leaves))
 # nx-27017 stores `$set` on a dotted path (update_data on Mongo) with booleans as 0/1 and doubles
 # rounded, and ignores one whose field name has a "["; MongoDB does none of that. On nx-27017,
-# update_data is given none of them (README: where nx-27017 differs).
+# update_data is given none of them (docs/nx-27017.md).
 CALLS_FOR_NX_27017 = calls_with(dicts_of(exact_leaves, data_keys.filter(lambda key: "[" not in key)))
 process = st.integers(0, 1)
 

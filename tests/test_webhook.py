@@ -20,6 +20,7 @@ from bot.webhook import webhook_app
 from storage import create_storages
 from tests.support.backends import settings_for
 from tests.support.bot_process import BotProcess
+from tests.support.questionnaire import asked, bot_replies, conversation, saved, shows_summary, typed
 from tests.support.tcp_proxy import proxied
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -76,12 +77,11 @@ async def test_the_questionnaire_runs_by_webhook(replica: tuple[BotProcess, str]
     assert bot.emulator.webhook_secret == SECRET
     assert "getUpdates" not in bot.emulator.calls
     assert "deleteWebhook" not in bot.emulator.calls
-    assert "What is your name?" in (await bot.say(1, "/start"))[0]
-    assert "How old are you?" in (await bot.say(1, "Ann"))[0]
-    assert "favourite colour" in (await bot.say(1, "30"))[0]
-    [summary] = await bot.say(1, "Blue")
-    assert "Name: Ann" in summary
-    assert "Age: 30" in summary
+    assert asked()[0].prompt in (await bot.say(1, "/start"))[0]
+    assert asked()[1].prompt in (await bot.say(1, typed()[0]))[0]
+    assert asked()[2].prompt in (await bot.say(1, typed()[1]))[0]
+    replies = [await bot.say(1, text) for text in typed()[2:]]
+    assert shows_summary(replies[-1][0])
 
 
 @pytest.mark.parametrize(
@@ -107,7 +107,7 @@ async def test_a_request_without_the_secret_gets_401_and_changes_nothing(
     }
     async with ClientSession() as session, session.post(f"{base}/telegram/updates", json=forged, headers=headers) as r:
         assert r.status == 401
-    assert "How old are you?" in (await bot.say(2, "Ann"))[0]  # still at the first question
+    assert asked()[1].prompt in (await bot.say(2, typed()[0]))[0]  # still at the first question
     assert len(await bot.emulator.bot_messages(2)) == len(before) + 1
 
 
@@ -116,8 +116,9 @@ async def test_an_update_whose_reply_failed_is_posted_again_and_answered(replica
     bot, _ = replica
     await bot.say(3, "/start")
     bot.emulator.faults.append(Fault(method="sendMessage", status=502, count=3))
-    assert await bot.say(3, "Ann") == ["Nice to meet you, Ann!\n\nHow old are you?"]
-    assert "favourite colour" in (await bot.say(3, "30"))[0]
+    [reply] = await bot.say(3, typed()[0])
+    assert reply == acknowledged_first_answer()
+    assert asked()[2].prompt in (await bot.say(3, typed()[1]))[0]
 
 
 async def test_a_long_flood_wait_answers_503_and_the_saved_reply_goes_out_later(
@@ -130,10 +131,15 @@ async def test_a_long_flood_wait_answers_503_and_the_saved_reply_goes_out_later(
     bot, _ = replica
     await bot.say(4, "/start")
     bot.emulator.faults.append(Fault(method="sendMessage", status=429, count=1, retry_after=12))
-    assert await bot.say(4, "Ann") == ["Nice to meet you, Ann!\n\nHow old are you?"]
+    assert await bot.say(4, typed()[0]) == [acknowledged_first_answer()]
     assert "left for Telegram to post again" in bot.output()
     assert "applied already (delivered again); its reply goes out again" in bot.output()
-    assert "favourite colour" in (await bot.say(4, "30"))[0]
+    assert asked()[2].prompt in (await bot.say(4, typed()[1]))[0]
+
+
+def acknowledged_first_answer() -> str:
+    """The bot's reply to the first sample answer, as the user reads it."""
+    return bot_replies(conversation(), saved())[1]
 
 
 async def test_healthz_answers_503_while_the_database_does_not() -> None:

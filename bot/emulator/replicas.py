@@ -20,10 +20,11 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from aiohttp import ClientError, ClientSession
 
-from bot.emulator.sandbox import HELP, terminal_chat
+from bot.emulator.sandbox import HELP, SANDBOX_USER_ID, HandledUpdates, terminal_chat
 from bot.emulator.server import EMULATOR_BOT_TOKEN, BotAPIEmulator, running_emulator
 from config import Settings, SettingsError, StorageKind, load_settings
 
@@ -82,13 +83,21 @@ async def run_replicas(settings: Settings, env_file: str, count: int) -> None:
                 addresses.append(address)
                 print(f"replica {number}: pid {process.pid}, {address}, log {folder / f'replica-{number}.log'}")
             emulator.webhook_targets = addresses
-            emulator.on_delivery = lambda url, update, delivered: print(
-                f"     [update {update['update_id']} -> replica {addresses.index(url) + 1}:"
-                f" {'handled' if delivered else 'failed, will be posted again'}]"
-            )
+            handled = HandledUpdates()
+
+            # A replica answers a webhook only once the update is handled, its replies sent.
+            def delivered_to(url: str, update: dict[str, Any], delivered: bool) -> None:
+                print(
+                    f"     [update {update['update_id']} -> replica {addresses.index(url) + 1}:"
+                    f" {'handled' if delivered else 'failed, will be posted again'}]"
+                )
+                if delivered:  # answered only once the reply is out
+                    handled.mark(update["update_id"], len(emulator.chats[SANDBOX_USER_ID].messages))
+
+            emulator.on_delivery = delivered_to
             print(HELP.format(user=100_000_001, where=describe(settings)))
             stopping = asyncio.Event()
-            await terminal_chat(emulator, stopping.set, sys.stdin, sys.stdout)
+            await terminal_chat(emulator, stopping.set, sys.stdin, sys.stdout, handled)
         finally:
             for process in processes:
                 if process.returncode is None:

@@ -4,6 +4,9 @@ The bot runs exactly as in production (same dispatcher, handlers and
 configured storage) against the Bot API emulator inside this process; you
 are one of its users. Its state is in the configured storage, so stopping the
 sandbox and starting it again resumes the questionnaire where it was.
+
+Each line typed is one message; the sandbox waits until the bot has finished
+handling it, then shows every reply it got, however many.
 """
 
 from __future__ import annotations
@@ -14,7 +17,11 @@ import threading
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from bot.emulator.server import BotAPIEmulator, running_emulator
+from aiogram import Bot
+from aiogram.methods import TelegramMethod
+from aiogram.types import Update
+
+from bot.emulator.server import BotAPIEmulator, ChatLog, running_emulator
 from bot.polling import Poller
 from bot.running import running_bot
 from config import Settings
@@ -36,24 +43,66 @@ async def run_sandbox(settings: Settings, stdin: TextIO = sys.stdin, stdout: Tex
         async with running_bot(bot_settings) as (bot, dispatcher):
             stdout.write(HELP.format(user=SANDBOX_USER_ID, where=describe_storage(settings)))
             stdout.flush()
+            handled = HandledUpdates()
+            feed = dispatcher.feed_update
+
+            # Once the dispatcher has handled an update, the messages its handler sent itself are in
+            # the chat; the reply it returned is one more, sent by bot/delivery.py after the commit.
+            async def feed_and_mark(bot: Bot, update: Update, **kwargs: Any) -> Any:
+                reply = None
+                try:
+                    reply = await feed(bot, update, **kwargs)
+                    return reply
+                finally:
+                    sent = len(emulator.chats.get(SANDBOX_USER_ID, ChatLog()).messages)
+                    returned = isinstance(reply, TelegramMethod) and reply.__api_method__.startswith("send")
+                    handled.mark(update.update_id, sent + returned)
+
+            dispatcher.feed_update = feed_and_mark  # type: ignore[method-assign]
             poller = Poller(bot, dispatcher, settings.shutdown_timeout)
-            chat = asyncio.create_task(terminal_chat(emulator, poller.stop, stdin, stdout))
+            chat = asyncio.create_task(terminal_chat(emulator, poller.stop, stdin, stdout, handled))
             try:
                 await poller.run()
             finally:
                 chat.cancel()
 
 
-async def terminal_chat(emulator: BotAPIEmulator, stop: Callable[[], None], stdin: TextIO, stdout: TextIO) -> None:
-    """Read lines as the user's messages and print the bot's answers, until end of input."""
+class HandledUpdates:
+    """Which updates the bot has handled, and how many messages the chat holds once each one's replies are out."""
+
+    def __init__(self) -> None:
+        self._done: dict[int, asyncio.Event] = {}
+        self._messages: dict[int, int] = {}
+
+    def _event(self, update_id: int) -> asyncio.Event:
+        return self._done.setdefault(update_id, asyncio.Event())
+
+    def mark(self, update_id: int, messages: int) -> None:
+        self._messages[update_id] = messages
+        self._event(update_id).set()
+
+    async def wait(self, update_id: int, timeout: float) -> int:  # noqa: ASYNC109 - a bound, not a deadline
+        """The chat's message count once `update_id`'s replies are out; 0 if `timeout` seconds pass first."""
+        try:
+            await asyncio.wait_for(self._event(update_id).wait(), timeout)
+        except TimeoutError:
+            return 0
+        return self._messages[update_id]
+
+
+async def terminal_chat(
+    emulator: BotAPIEmulator, stop: Callable[[], None], stdin: TextIO, stdout: TextIO, handled: HandledUpdates
+) -> None:
+    """Read lines as the user's messages; after each, once the bot has handled it, print every reply it got."""
     lines = read_lines_in_background(stdin)
     seen = 0
     while (line := await lines.get()) is not None:
         text = line.strip()
         if not text:
             continue
-        await emulator.user_sends(SANDBOX_USER_ID, message_for(text, emulator.keyboard(SANDBOX_USER_ID)))
-        messages = await emulator.bot_messages(SANDBOX_USER_ID, seen + 1, wait=REPLY_WAIT_SECONDS)
+        [update] = await emulator.user_sends(SANDBOX_USER_ID, message_for(text, emulator.keyboard(SANDBOX_USER_ID)))
+        expected = await handled.wait(update["update_id"], REPLY_WAIT_SECONDS)
+        messages = await emulator.bot_messages(SANDBOX_USER_ID, expected, wait=REPLY_WAIT_SECONDS)
         for message in messages[seen:]:
             stdout.write(format_message(message))
         seen = len(messages)

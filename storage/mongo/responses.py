@@ -1,4 +1,4 @@
-"""Completed questionnaires in MongoDB, beside the FSM collection."""
+"""Completed forms (of every kind) in MongoDB, beside the FSM collection."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, database_call
-from storage.interface import CompletedResponse, as_utc
+from storage.interface import QUESTIONNAIRE_KIND, CompletedResponse, as_utc
 from storage.mongo.client import MONGO_OUTAGES
 from storage.mongo.keys import escape_value, unescape_value
 
 
 class MongoResponseStore:
-    """Completed responses in a `questionnaire_responses` collection, one document per response_id."""
+    """Completed forms (of every kind) in a `questionnaire_responses` collection, one document per response_id."""
 
     def __init__(
         self,
@@ -57,6 +57,8 @@ class MongoResponseStore:
                 chat_id=document["chat_id"],
                 answers=unescape_value(document["answers"]),
                 completed_at=as_utc(document["completed_at"]),
+                # Documents saved before there were several forms are the questionnaire's.
+                kind=document.get("kind", QUESTIONNAIRE_KIND),
             )
             async for document in cursor
         ]
@@ -71,6 +73,7 @@ def _document(response: CompletedResponse) -> dict[str, Any]:
     return {
         # The response's own id as _id: saving it twice keeps one.
         "_id": response.response_id,
+        "kind": response.kind,
         "user_id": response.user_id,
         "chat_id": response.chat_id,
         "answers": escape_value(response.answers),

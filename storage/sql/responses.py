@@ -1,4 +1,4 @@
-"""Completed questionnaires in a SQL table beside the FSM table, written through the FSM storage's connection."""
+"""Completed forms (of every kind) in a SQL table beside the FSM table, written through the FSM storage's connection."""
 
 from __future__ import annotations
 
@@ -26,11 +26,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from storage.errors import database_call
-from storage.interface import CompletedResponse, as_utc
+from storage.interface import QUESTIONNAIRE_KIND, CompletedResponse, as_utc
 from storage.sql.engine import SQL_OUTAGES, ensure_table
 from storage.sql.fsm import SQLAlchemyStorage
 
 RESPONSE_ID_LENGTH = 64
+KIND_LENGTH = 64
 
 
 def responses_table(storage: SQLAlchemyStorage, table_name: str = "questionnaire_responses") -> Table:
@@ -39,6 +40,8 @@ def responses_table(storage: SQLAlchemyStorage, table_name: str = "questionnaire
         storage.metadata,
         Column("id", Integer, primary_key=True, autoincrement=True),
         Column("response_id", String(RESPONSE_ID_LENGTH), nullable=True),
+        # Which form: NULL in rows saved before there were several (the questionnaire's).
+        Column("kind", String(KIND_LENGTH), nullable=True),
         Column("user_id", BigInteger, nullable=False, index=True),
         Column("chat_id", BigInteger, nullable=False),
         # JSON text, so changing the questions needs no migration.
@@ -63,9 +66,9 @@ class SQLResponseStore:
 
     @database_call(SQL_OUTAGES)
     async def create_table(self) -> None:
-        # `response_id` came in a later version: an older table gets the column.
+        # `response_id` and `kind` came in later versions: an older table gets the columns.
         await self.storage.run_on_connection(
-            lambda connection: ensure_table(connection, self.table, added_later=("response_id",))
+            lambda connection: ensure_table(connection, self.table, added_later=("response_id", "kind"))
         )
 
     @database_call(SQL_OUTAGES)
@@ -93,6 +96,7 @@ class SQLResponseStore:
     def _row(self, response: CompletedResponse) -> dict[str, Any]:
         return {
             "response_id": response.response_id,
+            "kind": response.kind,
             "user_id": response.user_id,
             "chat_id": response.chat_id,
             "answers": _as_text(self.storage.json_dumps(response.answers)),
@@ -120,6 +124,7 @@ class SQLResponseStore:
                 chat_id=row.chat_id,
                 answers=self.storage.json_loads(row.answers),
                 completed_at=as_utc(row.completed_at),
+                kind=row.kind or QUESTIONNAIRE_KIND,
             )
             for row in rows
         ]

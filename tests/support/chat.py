@@ -13,7 +13,7 @@ from aiogram.types import Chat, Message, PhotoSize, Sticker, Update, User, Voice
 from bot.apply_once import APPLIED
 from bot.delivery import handle_update
 from bot.setup import create_bot, create_dispatcher
-from handlers.questionnaire import RESPONSE_ID
+from handlers.forms import RESPONSE_ID, RETURN_TO
 from storage import Storages
 from tests.support.backends import Backend, release_routers, settings_for, storage_key
 from tests.support.mocked_session import MockedSession
@@ -79,9 +79,9 @@ class ChatHarness:
         return await self.storages.fsm.get_data(storage_key(user_id))
 
     async def answers(self, user_id: int = 1) -> dict[str, object]:
-        """The answers kept so far: the FSM data without the response id /start puts there."""
+        """The answers kept so far: the FSM data without the keys the forms keep beside them."""
         kept = await self.data(user_id)
-        return {name: value for name, value in kept.items() if name not in (RESPONSE_ID, APPLIED)}
+        return {name: value for name, value in kept.items() if name not in (RESPONSE_ID, RETURN_TO, APPLIED)}
 
     async def restart(self) -> None:
         """Stop as the process would (storage closed), then build everything anew on the same database."""

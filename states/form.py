@@ -1,0 +1,118 @@
+"""A question is a `State` that also knows how it is asked, read, shown and counted.
+
+Put `Question`s in a `StatesGroup` and that group is a form: the handlers ask
+its questions in the order the group lists them, and the summary, `/help`,
+`export`, `stats` and the tests read them from there. Adding a question is
+adding one line to the group.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from enum import Enum
+
+from aiogram.fsm.state import State, StatesGroup
+
+# What an answer is kept as: JSON, so changing the questions needs no migration.
+Answer = str | int
+# Reads the text a user sent (stripped); raises InvalidAnswer with what to send instead.
+Reader = Callable[[str], Answer]
+
+
+class InvalidAnswer(ValueError):
+    """The text is not an answer to the question; the message is what the user reads."""
+
+
+class Tally(Enum):
+    """How `python main.py stats` sums up a question's answers."""
+
+    COUNTS = "counts"  # how many gave each answer, the commonest first
+    RANGE = "range"  # lowest, highest and median of whole numbers
+
+
+class Question(State):
+    """One question: its prompt, how the answer is read and checked, its label, and a sample answer.
+
+    The answer is saved under the question's name in the group (`Questionnaire.age` -> `age`).
+    """
+
+    def __init__(
+        self,
+        prompt: str,
+        *,
+        read: Reader,
+        label: str,
+        sample: str,
+        choices: Sequence[str] = (),
+        tally: Tally | None = None,
+        thanks: str = "",
+    ) -> None:
+        super().__init__()
+        self.prompt = prompt
+        self.read = read
+        self.label = label  # in the summary, /help and stats
+        self.sample = sample  # what the tests answer
+        self.choices = tuple(choices)  # offered as keyboard buttons; typing something else is fine
+        self.tally = tally
+        self.thanks = thanks  # said before the next question; "{}" is the answer (HTML-escaped)
+
+    @property
+    def key(self) -> str:
+        """The name the answer is saved under: the attribute's name in its group."""
+        return (self.state or "").rpartition(":")[2]
+
+
+def questions(group: type[StatesGroup]) -> tuple[Question, ...]:
+    """The group's questions, in the order they are asked."""
+    return tuple(state for state in group.__all_states__ if isinstance(state, Question))
+
+
+def question_at(raw_state: str | None) -> Question | None:
+    """The question a user in `raw_state` is answering, in any form of the bot; None if it is no question."""
+    groups = list(StatesGroup.__subclasses__())
+    while groups:
+        group = groups.pop()
+        for question in questions(group):
+            if question.state == raw_state:
+                return question
+        groups.extend(group.__subclasses__())
+    return None
+
+
+def next_question(question: Question) -> Question | None:
+    """The question after `question` in its form; None after the last one."""
+    asked = questions(question.group)
+    position = asked.index(question)
+    return asked[position + 1] if position + 1 < len(asked) else None
+
+
+# Readers for the usual kinds of answer. Each refuses what it cannot keep, with the reason.
+
+
+def short_text(what: str, limit: int = 64) -> Reader:
+    """Any text of 1 to `limit` characters: a name, a colour, a city."""
+
+    def read(text: str) -> str:
+        if not text:
+            raise InvalidAnswer(f"The {what} can't be empty.")
+        if len(text) > limit:
+            raise InvalidAnswer(f"That's {len(text)} characters; please keep the {what} to {limit}.")
+        return text
+
+    return read
+
+
+def whole_number(what: str, low: int, high: int) -> Reader:
+    """A whole number from `low` to `high`, written in ASCII digits."""
+    digits = len(str(high))
+
+    def read(text: str) -> int:
+        if not re.fullmatch(rf"\d{{1,{digits}}}", text, flags=re.ASCII):
+            raise InvalidAnswer(f"Please send your {what} as a whole number.")
+        number = int(text)
+        if not low <= number <= high:
+            raise InvalidAnswer(f"The {what} must be between {low} and {high}.")
+        return number
+
+    return read

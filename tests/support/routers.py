@@ -1,0 +1,16 @@
+"""Build the bot with a router of the test's own, listed where README says a feature goes."""
+
+from __future__ import annotations
+
+import pytest
+from aiogram import Router
+
+import bot.setup
+from handlers import fallback, get_routers
+
+
+def add_router(monkeypatch: pytest.MonkeyPatch, router: Router) -> None:
+    """Every Dispatcher built in this test includes `router` just before `fallback.router` (README's recipe)."""
+    routers = get_routers()
+    routers.insert(routers.index(fallback.router), router)
+    monkeypatch.setattr(bot.setup, "get_routers", lambda: routers)
