@@ -234,7 +234,7 @@ class MongoStorage(FsmStorage):
         index = {"name": name, "expireAfterSeconds": wanted}
         await self.database.command("collMod", self.collection.name, index=index)
         if await self._expiry_index() != (name, wanted):
-            # nx-27017 answers collMod with ok and changes nothing (README: where nx-27017
+            # nx-27017 answers collMod with ok and changes nothing (docs/nx-27017.md:
             # differs); its create_index replaces the index instead.
             await self.collection.create_index("updated_at", expireAfterSeconds=wanted)
 
@@ -318,7 +318,7 @@ def _time_of(document: Mapping[str, Any]) -> datetime:
     moment = document["updated_at"]
     if isinstance(moment, str):
         # nx-27017, the tests' server, keeps a date given to `$set` on an existing document
-        # as text ("2026-11-30 05:02:04.992000"); MongoDB keeps a date. README: where nx-27017 differs.
+        # as text ("2026-11-30 05:02:04.992000"); MongoDB keeps a date. docs/nx-27017.md.
         moment = datetime.fromisoformat(moment)
     return as_utc(moment)
 
