@@ -114,6 +114,11 @@ class Settings(StorageSettings):
     bot_token: SecretStr
     telegram_api_url: str | None = None
     log_level: str = "INFO"
+    # text: one line a person reads; json: one JSON object per line, for a log shipper.
+    log_format: Literal["text", "json"] = "text"
+    # Serve Prometheus metrics at http://WEB_SERVER_HOST:METRICS_PORT/metrics (unset: no listener;
+    # the webhook server has /metrics on WEB_SERVER_PORT anyway).
+    metrics_port: int | None = Field(None, ge=1, le=65535)
     # On SIGTERM or SIGINT, how long the updates in progress may take to finish;
     # what is still running then is left for Telegram to deliver again.
     shutdown_timeout: float = Field(20.0, ge=0, le=600)
@@ -168,6 +173,23 @@ class Settings(StorageSettings):
                 "(1-256 characters of A-Z, a-z, 0-9, _ and -; for example from `openssl rand -hex 32`)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _metrics_port_is_free(self) -> Settings:
+        if self.webhook_url and self.metrics_port == self.web_server_port:
+            raise ValueError(
+                "METRICS_PORT is WEB_SERVER_PORT: the webhook server has /metrics already; "
+                "leave METRICS_PORT unset or pick another port"
+            )
+        return self
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _log_format_is_known(cls, value: object) -> object:
+        text = str(value).strip().lower()
+        if text not in ("text", "json"):
+            raise ValueError("LOG_FORMAT must be text or json")
+        return text
 
     @property
     def webhook_path(self) -> str:

@@ -41,6 +41,7 @@ from aiogram.fsm.storage.base import BaseStorage, StateType, StorageKey
 from aiogram.methods import TelegramMethod
 from aiogram.types import TelegramObject, Update
 
+from bot.metrics import count_commit_conflict, note_already_applied, timed_lock
 from storage import CorruptDataError, FsmStorage, StorageUnavailableError, Versioned
 
 logger = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class ApplyOnce(BaseMiddleware):
         if context is None:  # an update without a user and chat: nothing to keep
             return await handler(event, data)
         # Saves work only (bot/key_locks.py): the fenced commit keeps the data right without it.
-        async with self.fsm.events_isolation.lock(context.key):
+        async with timed_lock(self.fsm.events_isolation.lock(context.key)):
             return await self.apply(handler, cast(Update, event), data, context)
 
     async def apply(self, handler: Handler, update: Update, data: dict[str, Any], context: FSMContext) -> Any:
@@ -136,11 +137,13 @@ class ApplyOnce(BaseMiddleware):
             logger.info(
                 "Update %s: its chat was changed by another writer meanwhile; handling it again", update.update_id
             )
+            count_commit_conflict()  # metrics
         msg = f"update {update.update_id}: its key kept changing under {MAX_COMMIT_ATTEMPTS} commits"
         raise StorageUnavailableError(msg)
 
 
 def redelivered(update: Update, applied: list[int], reply: dict[str, Any] | None) -> TelegramMethod[Any] | None:
+    note_already_applied()  # metrics: counted as already_applied, not applied
     if update.update_id != applied[-1] or reply is None:
         # A later message of this user was handled after it: that one's reply is the one that counts.
         logger.info("Update %s was applied already (delivered again); not applied again", update.update_id)

@@ -30,6 +30,8 @@ from aiogram.methods import GetUpdates, TelegramMethod
 from aiogram.methods.base import TelegramType
 from aiogram.utils.backoff import Backoff, BackoffConfig
 
+from bot.metrics import measure_update, waiting_reply
+
 if TYPE_CHECKING:
     from aiogram import Bot, Dispatcher
     from aiogram.methods import Response
@@ -70,6 +72,7 @@ class FloodGate(BaseRequestMiddleware):
             raise
 
 
+@waiting_reply  # metrics: a reply waiting on Telegram
 async def deliver(bot: Bot, reply: TelegramMethod[Any], patience: float | None = None) -> None:
     """Send `reply`, trying again while Telegram refuses it for now; raise once `patience` s have passed."""
     backoff = Backoff(RESEND_BACKOFF)
@@ -87,6 +90,7 @@ async def deliver(bot: Bot, reply: TelegramMethod[Any], patience: float | None =
         await asyncio.sleep(delay)
 
 
+@measure_update  # metrics: the update's outcome and handling time
 async def handle_update(
     dispatcher: Dispatcher, bot: Bot, update: Update, patience: float | None = None, **kwargs: Any
 ) -> None:

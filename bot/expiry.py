@@ -12,6 +12,7 @@ import contextlib
 import logging
 from datetime import timedelta
 
+from bot.metrics import count_storage_error, count_sweep
 from config import describe_duration
 from storage import FsmStorage, StorageUnavailableError
 
@@ -52,12 +53,16 @@ class ExpirySweeper:
         while True:
             try:
                 removed = await sweep(self.storage, self.ttl)
+                count_sweep("ok", removed)
             except StorageUnavailableError as error:
                 logger.warning("Expiry skipped this time: %s", error)
+                count_sweep("skipped")
+                count_storage_error(error, "expiry")
                 removed = 0
             except Exception:
                 # Expiry must never end for the rest of the run, nor take the bot down with it.
                 # (At shutdown the dispatcher closes the storage before it stops this task.)
                 logger.exception("Expiry failed this time; it runs again later")
+                count_sweep("failed")
                 removed = 0
             await asyncio.sleep(PAUSE_AFTER_A_FULL_BATCH if removed >= BATCH else self.pause)

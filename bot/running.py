@@ -12,6 +12,7 @@ from aiogram import Bot, Dispatcher
 from aiogram.exceptions import TelegramNetworkError, TelegramServerError, TelegramUnauthorizedError
 
 from bot.expiry import ExpirySweeper
+from bot.metrics import MetricsListener
 from bot.setup import create_bot, create_dispatcher
 from config import Settings
 from handlers.common import COMMANDS
@@ -44,6 +45,8 @@ async def running_bot(settings: Settings) -> AsyncIterator[tuple[Bot, Dispatcher
                 dispatcher.startup.register(sweeper.start)
                 dispatcher.shutdown.register(sweeper.stop)
             await introduce(bot, dispatcher, settings)
+            if settings.metrics_port is not None:
+                await serve_metrics(dispatcher, settings.web_server_host, settings.metrics_port)
             yield bot, dispatcher
         finally:
             await bot.session.close()
@@ -75,6 +78,17 @@ async def introduce(bot: Bot, dispatcher: Dispatcher, settings: Settings) -> Non
         await bot.delete_webhook(drop_pending_updates=False)
     await bot.set_my_commands(COMMANDS)
     logger.info("Bot @%s (id %s) is starting", me.username, me.id)
+
+
+async def serve_metrics(dispatcher: Dispatcher, host: str, port: int) -> None:
+    """/metrics on METRICS_PORT from now until the dispatcher's shutdown."""
+    listener = MetricsListener(host, port)
+    try:
+        await listener.start()
+    except OSError as error:
+        msg = f"cannot serve metrics on {host}:{port} ({error.strerror}): choose another METRICS_PORT"
+        raise StartupError(msg) from None
+    dispatcher.shutdown.register(listener.stop)
 
 
 @contextmanager

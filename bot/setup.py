@@ -14,6 +14,7 @@ from bot.apply_once import ApplyOnce
 from bot.delivery import FloodGate
 from bot.guards import CountSends, ReplyGuard, check_dependencies
 from bot.key_locks import KeyLocks
+from bot.metrics import CountTelegramErrors, MeasureUpdates
 from config import Settings
 from handlers import get_routers
 from storage import ResponseStore
@@ -30,6 +31,7 @@ def create_bot(settings: Settings, session: BaseSession | None = None) -> Bot:
     )
     bot.session.middleware(FloodGate())
     bot.session.middleware(CountSends())  # for ReplyGuard: what a handler sends itself
+    bot.session.middleware(CountTelegramErrors())  # metrics: inside FloodGate, only Telegram's own answers
     return bot
 
 
@@ -46,6 +48,7 @@ def create_dispatcher(
         disable_fsm=True,
         responses=responses,
     )
+    dispatcher.update.outer_middleware(MeasureUpdates())  # metrics: how each update's handling ended
     dispatcher.update.outer_middleware(ApplyOnce(dispatcher.fsm))
     # Around every handler of every router: a reply sent before the changes are saved is reported.
     dispatcher.message.middleware(ReplyGuard())

@@ -31,6 +31,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from bot.delivery import TELEGRAM_FAULTS, handle_update
+from bot.metrics import add_metrics_route
 from bot.running import running_bot, stop_on_signals
 from config import Settings
 from storage import FsmStorage, StorageUnavailableError
@@ -49,13 +50,14 @@ async def run_webhook(settings: Settings) -> None:
 
 
 def webhook_app(bot: Bot, dispatcher: Dispatcher, settings: Settings) -> web.Application:
-    """The webhook route (WEBHOOK_URL's path) and /healthz."""
+    """The webhook route (WEBHOOK_URL's path), /healthz and /metrics."""
     assert settings.webhook_secret is not None  # config requires it with WEBHOOK_URL
     app = web.Application()
     app.router.add_post(
         settings.webhook_path, update_handler(bot, dispatcher, settings.webhook_secret.get_secret_value())
     )
     app.router.add_get("/healthz", health_check(dispatcher.fsm.storage))
+    add_metrics_route(app)
     return app
 
 

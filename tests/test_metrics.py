@@ -1,0 +1,227 @@
+"""Prometheus metrics of the real `python main.py`, scraped as Prometheus would while the emulator misbehaves.
+
+Polling serves /metrics on METRICS_PORT, the webhook server on its own port;
+each test reads the counters before and after what a user does and sees them move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from aiohttp import ClientConnectionError, ClientSession
+from prometheus_client.parser import text_string_to_metric_families
+
+from bot.emulator import BotAPIEmulator, Fault, running_emulator
+from tests.support.backends import TOKEN, backend_params, make_backend
+from tests.support.bot_process import ROOT, BotProcess, drop_bot_tables
+from tests.test_webhook import SECRET, free_port, until_healthy
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+# Every label the bot's own metrics may carry: none names a user or a chat.
+BOUNDED_LABELS = {"outcome", "method", "code", "kind", "where", "result", "le"}
+
+
+async def scrape(url: str) -> Samples:
+    async with ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
+
+
+async def until(url: str, condition: Callable[[Samples], bool], seconds: float = 30) -> Samples:
+    """Scrape until `condition` holds (the bot changes the numbers as it works)."""
+    samples: Samples = {}
+    try:
+        async with asyncio.timeout(seconds):
+            while not condition(samples := await scrape(url)):  # noqa: ASYNC110 - another process's numbers
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        bot_lines = {key: v for key, v in samples.items() if key[0].startswith("bot_")}
+        msg = f"the metrics did not get there within {seconds} s: {bot_lines}"
+        raise AssertionError(msg) from None
+    return samples
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def polling(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[BotProcess, str]]:
+    folder = tmp_path_factory.mktemp("metrics-polling")
+    port = free_port()
+    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
+        process = BotProcess(
+            emulator,
+            api_url,
+            folder / "bot.log",
+            {
+                "DATABASE_URL": f"sqlite+aiosqlite:///{folder / 'bot.db'}",
+                "METRICS_PORT": str(port),
+                "WEB_SERVER_HOST": "127.0.0.1",
+                "FSM_TTL": "8s",  # a sweep every 2 s
+            },
+        )
+        await process.start()
+        yield process, f"http://127.0.0.1:{port}/metrics"
+        assert await process.stop(signal.SIGTERM) == 0
+
+
+async def test_polling_serves_every_metric_from_the_start_with_bounded_labels(
+    polling: tuple[BotProcess, str],
+) -> None:
+    _, url = polling
+    samples = await scrape(url)
+    names = {name for name, _ in samples}
+    for outcome in ("applied", "already_applied", "failed", "redelivery"):
+        assert ("bot_updates_total", frozenset({("outcome", outcome)})) in samples
+    for name in (
+        "bot_update_handling_seconds_count",
+        "bot_replies_waiting",
+        "bot_lock_wait_seconds_count",
+        "bot_lock_timeouts_total",
+        "process_resident_memory_bytes",
+    ):
+        assert name in names
+    for name, labels in samples:
+        if name.startswith("bot_"):
+            assert {label for label, _ in labels} <= BOUNDED_LABELS, name
+
+
+async def test_a_reply_waiting_out_a_429_is_seen_waiting_then_sent(polling: tuple[BotProcess, str]) -> None:
+    bot, url = polling
+    before = await scrape(url)
+    bot.emulator.faults.append(Fault(method="sendMessage", status=429, count=1, retry_after=3))
+    await bot.emulator.user_sends(1, {"text": "/start"})
+
+    waiting = await until(url, lambda s: value(s, "bot_replies_waiting") == 1)
+    assert value(waiting, "bot_telegram_errors_total", method="sendMessage", code="429") == 1
+    await bot.wait_for(1, "What is your name?")
+    after = await until(url, lambda s: value(s, "bot_replies_waiting") == 0)
+    assert moved(before, after, "bot_updates_total", outcome="applied") == 1
+    assert moved(before, after, "bot_update_handling_seconds_count") == 1
+    # It waited out the 429 (3 s) inside its handling: it is not among those handled within 2.5 s.
+    assert moved(before, after, "bot_update_handling_seconds_bucket", le="2.5") == 0
+    assert moved(before, after, "bot_lock_wait_seconds_count") == 1
+
+
+async def test_an_update_left_for_redelivery_then_delivered_again_is_counted_both_ways(
+    polling: tuple[BotProcess, str],
+) -> None:
+    """sendMessage fails past the retries: left for Telegram; delivered again, it is applied already."""
+    bot, url = polling
+    await bot.say(2, "/start")
+    before = await scrape(url)
+    bot.emulator.faults.append(Fault(method="sendMessage", status=502, count=3))
+    await bot.emulator.user_sends(2, {"text": "Ann"})
+    await bot.wait_for(2, "How old are you?")
+    after = await until(url, lambda s: value(s, "bot_updates_total", outcome="already_applied") > 0)
+    assert moved(before, after, "bot_updates_total", outcome="redelivery") == 1
+    assert moved(before, after, "bot_updates_total", outcome="already_applied") == 1
+    assert moved(before, after, "bot_updates_total", outcome="applied") == 0
+    assert moved(before, after, "bot_telegram_errors_total", method="sendMessage", code="5xx") == 3
+
+
+async def test_expiry_sweeps_and_what_they_remove_are_counted(polling: tuple[BotProcess, str]) -> None:
+    bot, url = polling
+    await bot.say(3, "/start")  # then left alone for more than FSM_TTL
+    samples = await until(url, lambda s: value(s, "bot_expired_conversations_total") >= 1, seconds=40)
+    assert value(samples, "bot_expiry_sweeps_total", result="ok") >= 1
+    assert value(samples, "bot_expiry_sweeps_total", result="failed") == 0
+
+
+async def test_the_metrics_listener_stops_with_the_bot(tmp_path: Path) -> None:
+    port = free_port()
+    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
+        process = BotProcess(
+            emulator,
+            api_url,
+            tmp_path / "bot.log",
+            {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", "METRICS_PORT": str(port)},
+        )
+        await process.start()
+        assert value(await scrape(f"http://127.0.0.1:{port}/metrics"), "bot_replies_waiting") == 0
+        assert await process.stop(signal.SIGTERM) == 0
+    with pytest.raises(ClientConnectionError):
+        await scrape(f"http://127.0.0.1:{port}/metrics")
+
+
+async def test_the_webhook_server_serves_metrics_that_move(tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
+        process = BotProcess(
+            emulator,
+            api_url,
+            tmp_path / "bot.log",
+            {
+                "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+                "WEBHOOK_URL": f"{base}/telegram/updates",
+                "WEBHOOK_SECRET": SECRET,
+                "WEB_SERVER_HOST": "127.0.0.1",
+                "WEB_SERVER_PORT": str(port),
+            },
+        )
+        await process.start(ready_on="setWebhook")
+        await until_healthy(base)
+        before = await scrape(f"{base}/metrics")
+        emulator.faults.append(Fault(method="sendMessage", status=429, count=1, retry_after=1))
+        await process.say(1, "/start")
+        after = await until(f"{base}/metrics", lambda s: value(s, "bot_updates_total", outcome="applied") >= 1)
+        assert value(before, "bot_updates_total", outcome="applied") == 0
+        assert value(after, "bot_telegram_errors_total", method="sendMessage", code="429") == 1
+        assert value(after, "bot_replies_waiting") == 0
+        assert await process.stop(signal.SIGTERM) == 0
+
+
+@pytest.mark.parametrize("backend_name", backend_params("postgresql"))
+async def test_a_lock_held_elsewhere_times_out_and_is_counted(backend_name: str, tmp_path: Path) -> None:
+    """Another replica holds user 4's lock: the update waits the storage timeout (10 s), fails, and says so."""
+    backend = make_backend(backend_name, tmp_path, None)
+    await drop_bot_tables(backend.url)
+    command = [sys.executable, "-m", "tests.support.lock_holder", backend.name, backend.url, backend.place]
+    holder = await asyncio.create_subprocess_exec(*command, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+    assert holder.stdout is not None
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        async with asyncio.timeout(30):
+            assert await holder.stdout.readline() == b"locked\n"
+        # The holder's key is bot 42's: the emulator plays that bot.
+        async with running_emulator(BotAPIEmulator(token=TOKEN)) as (emulator, api_url):
+            process = BotProcess(
+                emulator,
+                api_url,
+                tmp_path / "bot.log",
+                {"DATABASE_URL": backend.url, "METRICS_PORT": str(port), "WEB_SERVER_HOST": "127.0.0.1"},
+            )
+            await process.start()
+            before = await scrape(url)
+            await emulator.user_sends(4, {"text": "/start"})
+            await process.wait_for(4, "send it again")
+            after = await scrape(url)
+            assert moved(before, after, "bot_lock_timeouts_total") == 1
+            assert value(after, "bot_storage_errors_total", kind="LockTimeoutError", where="update") == 1
+            assert value(after, "bot_updates_total", outcome="failed") == 1
+            assert await process.stop(signal.SIGTERM) == 0
+    finally:
+        holder.kill()
+        await holder.wait()
+        await drop_bot_tables(backend.url)
