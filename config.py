@@ -269,6 +269,8 @@ def _describe(error: ValidationError) -> str:
             lines.append(f"STORAGE must be one of: {known}")
         elif name == "MONGO_DRIVER":
             lines.append("MONGO_DRIVER must be one of: pymongo, motor")
-        else:
+        elif problem["type"] == "value_error":  # the validators' messages name the setting
             lines.append(str(problem["msg"]).removeprefix("Value error, "))
+        else:  # pydantic's own ("Input should be greater than or equal to 1") do not
+            lines.append(f"{name}: {problem['msg']}")
     return "; ".join(lines)

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     secrets = [settings.bot_token.get_secret_value()]
     if settings.webhook_secret is not None:
         secrets.append(settings.webhook_secret.get_secret_value())
-    configure_logging(level, secrets=secrets)
+    configure_logging(level, secrets=secrets, json_lines=settings.log_format == "json" and not args.sandbox)
     try:
         if args.sandbox:
             from bot.emulator.sandbox import run_sandbox
@@ -132,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             asyncio.run(run_polling(settings))
     except StartupError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if settings.log_format == "json":  # a log shipper reads every line
+            logging.getLogger("main").critical("The bot cannot start: %s", error)
+        else:
+            print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         pass

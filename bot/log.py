@@ -1,10 +1,12 @@
-"""Logging set-up: one handler on stderr that never prints a secret."""
+"""Logging set-up: one handler on stderr that never prints a secret, as text or as JSON lines."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 REDACTED = "[redacted]"
 
@@ -33,8 +35,32 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
+class JsonLines(logging.Formatter):
+    """One JSON object per line (LOG_FORMAT=json): time, level, logger, message, and exception if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:  # already redacted by RedactSecrets
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        # ensure_ascii: a line stays one line and ASCII whatever a message holds.
+        return json.dumps(entry, ensure_ascii=True)
+
+
+def configure_logging(level: str, secrets: Iterable[str] = (), json_lines: bool = False) -> None:
+    """Configure the root logger once: `level`, to stderr, secrets redacted; JSON lines if asked."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    formatter = JsonLines() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
     handler.addFilter(RedactSecrets(secrets))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # Python's warnings too, or they would be the one plain-text line among the JSON ones.
+    logging.captureWarnings(json_lines)

@@ -18,11 +18,13 @@ from aiohttp import ClientConnectionError, ClientSession
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.emulator import BotAPIEmulator, Fault, running_emulator
+from config import SettingsError, load_settings
 from tests.support.backends import TOKEN, backend_params, make_backend
 from tests.support.bot_process import ROOT, BotProcess, drop_bot_tables
 from tests.test_webhook import SECRET, free_port, until_healthy
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# The polling bot is one process for the module: its tests share its event loop.
+in_module_loop = pytest.mark.asyncio(loop_scope="module")
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 # Every label the bot's own metrics may carry: none names a user or a chat.
@@ -84,6 +86,7 @@ async def polling(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tup
         assert await process.stop(signal.SIGTERM) == 0
 
 
+@in_module_loop
 async def test_polling_serves_every_metric_from_the_start_with_bounded_labels(
     polling: tuple[BotProcess, str],
 ) -> None:
@@ -105,6 +108,7 @@ async def test_polling_serves_every_metric_from_the_start_with_bounded_labels(
             assert {label for label, _ in labels} <= BOUNDED_LABELS, name
 
 
+@in_module_loop
 async def test_a_reply_waiting_out_a_429_is_seen_waiting_then_sent(polling: tuple[BotProcess, str]) -> None:
     bot, url = polling
     before = await scrape(url)
@@ -122,6 +126,7 @@ async def test_a_reply_waiting_out_a_429_is_seen_waiting_then_sent(polling: tupl
     assert moved(before, after, "bot_lock_wait_seconds_count") == 1
 
 
+@in_module_loop
 async def test_an_update_left_for_redelivery_then_delivered_again_is_counted_both_ways(
     polling: tuple[BotProcess, str],
 ) -> None:
@@ -139,6 +144,7 @@ async def test_an_update_left_for_redelivery_then_delivered_again_is_counted_bot
     assert moved(before, after, "bot_telegram_errors_total", method="sendMessage", code="5xx") == 3
 
 
+@in_module_loop
 async def test_expiry_sweeps_and_what_they_remove_are_counted(polling: tuple[BotProcess, str]) -> None:
     bot, url = polling
     await bot.say(3, "/start")  # then left alone for more than FSM_TTL
@@ -147,6 +153,7 @@ async def test_expiry_sweeps_and_what_they_remove_are_counted(polling: tuple[Bot
     assert value(samples, "bot_expiry_sweeps_total", result="failed") == 0
 
 
+@in_module_loop
 async def test_the_metrics_listener_stops_with_the_bot(tmp_path: Path) -> None:
     port = free_port()
     async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
@@ -163,6 +170,7 @@ async def test_the_metrics_listener_stops_with_the_bot(tmp_path: Path) -> None:
         await scrape(f"http://127.0.0.1:{port}/metrics")
 
 
+@in_module_loop
 async def test_the_webhook_server_serves_metrics_that_move(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -192,6 +200,7 @@ async def test_the_webhook_server_serves_metrics_that_move(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("backend_name", backend_params("postgresql"))
+@in_module_loop
 async def test_a_lock_held_elsewhere_times_out_and_is_counted(backend_name: str, tmp_path: Path) -> None:
     """Another replica holds user 4's lock: the update waits the storage timeout (10 s), fails, and says so."""
     backend = make_backend(backend_name, tmp_path, None)
@@ -225,3 +234,23 @@ async def test_a_lock_held_elsewhere_times_out_and_is_counted(backend_name: str,
         holder.kill()
         await holder.wait()
         await drop_bot_tables(backend.url)
+
+
+@pytest.mark.parametrize(
+    ("settings", "refusal"),
+    [
+        ("METRICS_PORT=0", "METRICS_PORT: Input should be greater than or equal to 1"),
+        ("METRICS_PORT=65536", "METRICS_PORT: Input should be less than or equal to 65535"),
+        (
+            "WEBHOOK_URL=https://bot.example.com/hook\nWEBHOOK_SECRET=s\nWEB_SERVER_PORT=8080\nMETRICS_PORT=8080",
+            "METRICS_PORT is WEB_SERVER_PORT: the webhook server has /metrics already",
+        ),
+    ],
+    ids=["zero", "too-high", "the-webhook-port"],
+)
+def test_a_bad_metrics_port_is_refused_by_name(tmp_path: Path, settings: str, refusal: str) -> None:
+    env = tmp_path / ".env"
+    env.write_text(f"BOT_TOKEN={TOKEN}\n{settings}\n")
+    with pytest.raises(SettingsError) as refused:
+        load_settings(env)
+    assert str(refused.value).startswith(refusal)

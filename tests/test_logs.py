@@ -1,0 +1,104 @@
+"""LOG_FORMAT=json: what a log shipper reads from the real `python main.py`, at DEBUG, through failures.
+
+Every line is one JSON object; the token, the webhook secret and what users
+answered appear in none of them.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from bot.emulator import BotAPIEmulator, Fault, running_emulator
+from config import SettingsError, load_settings
+from tests.support.bot_process import BotProcess
+from tests.test_webhook import SECRET, free_port, until_healthy
+
+# Answers no log line could contain by chance.
+NAME = "Zebediah Quokkaworth"
+COLOUR = "Chartreuse-Marmalade"
+LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+
+
+def json_lines(output: str) -> list[dict[str, str]]:
+    entries = []
+    for line in output.splitlines():
+        entry = json.loads(line)  # a line that is not JSON fails here, and shows itself
+        assert isinstance(entry, dict), line
+        assert {"time", "level", "logger", "message"} <= entry.keys(), line
+        assert entry["level"] in LEVELS, line
+        entries.append(entry)
+    return entries
+
+
+def assert_nothing_secret(output: str, emulator: BotAPIEmulator, *secrets: str) -> None:
+    for secret in (emulator.token, emulator.token.split(":")[1], *secrets):
+        assert secret not in output
+    for answer in (NAME, NAME.split()[1], COLOUR):
+        assert answer not in output
+
+
+async def questionnaire_through_failures(bot: BotProcess, user_id: int) -> None:
+    """The whole questionnaire, its answers met by a 429, by 502s past the retries and redelivery."""
+    assert "What is your name?" in (await bot.say(user_id, "/start"))[0]
+    bot.emulator.faults.append(Fault(method="sendMessage", status=502, count=3))
+    await bot.emulator.user_sends(user_id, {"text": NAME})
+    await bot.wait_for(user_id, "How old are you?")
+    bot.emulator.faults.append(Fault(method="sendMessage", status=429, count=1, retry_after=1))
+    assert "favourite colour" in (await bot.say(user_id, "93"))[0]
+    [summary] = await bot.say(user_id, COLOUR)
+    assert NAME in summary  # the user sees their answers; the logs do not
+
+
+async def test_polling_logs_json_lines_without_secrets_or_answers(tmp_path: Path) -> None:
+    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
+        bot = BotProcess(
+            emulator,
+            api_url,
+            tmp_path / "bot.log",
+            {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", "LOG_FORMAT": "json"},
+        )
+        await bot.start()
+        await questionnaire_through_failures(bot, 1)
+        assert await bot.stop(signal.SIGTERM) == 0
+    entries = json_lines(bot.output())
+    loggers = {entry["logger"] for entry in entries}
+    assert {"bot.running", "bot.polling", "bot.retry"} <= loggers
+    assert any(entry["level"] == "WARNING" and "deliver again" in entry["message"] for entry in entries)
+    assert_nothing_secret(bot.output(), emulator)
+
+
+async def test_webhook_logs_json_lines_without_the_secret(tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
+        bot = BotProcess(
+            emulator,
+            api_url,
+            tmp_path / "bot.log",
+            {
+                "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+                "WEBHOOK_URL": f"{base}/telegram/updates",
+                "WEBHOOK_SECRET": SECRET,
+                "WEB_SERVER_HOST": "127.0.0.1",
+                "WEB_SERVER_PORT": str(port),
+                "LOG_FORMAT": "JSON",
+            },
+        )
+        await bot.start(ready_on="setWebhook")
+        await until_healthy(base)
+        await questionnaire_through_failures(bot, 2)
+        assert await bot.stop(signal.SIGTERM) == 0
+    entries = json_lines(bot.output())
+    assert any(entry["logger"] == "bot.webhook" for entry in entries)
+    assert_nothing_secret(bot.output(), emulator, SECRET)
+
+
+def test_an_unknown_log_format_is_refused_by_name(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text(f"BOT_TOKEN={BotAPIEmulator().token}\nLOG_FORMAT=yaml\n")
+    with pytest.raises(SettingsError, match=r"^LOG_FORMAT must be text or json$"):
+        load_settings(env)
