@@ -1,0 +1,179 @@
+"""compose.yaml, checked as far as a machine without a Docker engine can check it.
+
+The file is read as compose reads it (YAML merge keys, `${VAR:-default}` and
+`${VAR:?error}` filled in from a .env), and what it gives the bot is handed to
+config.py: every setting it names exists, and its values are accepted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+from unittest import mock
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from bot.emulator import EMULATOR_BOT_TOKEN
+from config import Settings
+from tests.support.bot_process import ROOT
+
+COMPOSE = ROOT / "compose.yaml"
+DOTENV = {
+    "BOT_TOKEN": EMULATOR_BOT_TOKEN,
+    "POSTGRES_PASSWORD": "0123456789abcdef",
+    "WEBHOOK_SECRET": "test-secret_0123456789",
+    "BOT_DOMAIN": "bot.example.com",
+}
+BOT_SERVICES = ("bot", "replica-1", "replica-2", "replica-3")
+REPLICAS = BOT_SERVICES[1:]
+_VARIABLE = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|\$(?P<bare>[A-Za-z_]\w*)")
+
+
+class MissingVariableError(Exception):
+    pass
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose's variable substitution, on every string of the file."""
+    if isinstance(value, dict):
+        return {key: interpolate(item, env) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item, env) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group("name") or match.group("bare")
+        op, arg = match.group("op"), match.group("arg") or ""
+        present = env.get(name)
+        missing = present is None or (op is not None and op.startswith(":") and present == "")
+        if op and op.endswith("?") and missing:
+            raise MissingVariableError(f"{name}: {arg}")
+        if op and op.endswith("-") and missing:
+            return arg
+        return present or ""
+
+    return _VARIABLE.sub(substitute, value)
+
+
+def load(env: dict[str, str]) -> dict[str, Any]:
+    data = interpolate(yaml.safe_load(COMPOSE.read_text()), env)
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load(DOTENV)
+
+
+def settings_of(service: dict[str, Any]) -> Settings:
+    """The settings the bot in this service reads: its environment alone, as in its container."""
+    environment = service["environment"]
+    assert isinstance(environment, dict), "environment as a mapping, so each setting is named once"
+    with mock.patch.dict(os.environ, {name: str(value) for name, value in environment.items()}, clear=True):
+        return Settings(_env_file=None)
+
+
+def test_the_bot_and_postgres_start_without_a_profile_and_the_replicas_with_one(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"postgres", "bot", *REPLICAS, "proxy"}
+    assert "profiles" not in services["postgres"]
+    assert "profiles" not in services["bot"]
+    for name in (*REPLICAS, "proxy"):
+        assert services[name]["profiles"] == ["replicas"]
+
+
+@pytest.mark.parametrize("name", BOT_SERVICES)
+def test_every_bot_service_names_only_known_settings(compose: dict[str, Any], name: str) -> None:
+    environment = compose["services"][name]["environment"]
+    known = {field.upper() for field in Settings.model_fields}
+    assert set(environment) <= known, f"{name}: not settings of config.py: {set(environment) - known}"
+
+
+@pytest.mark.parametrize("name", BOT_SERVICES)
+def test_every_bot_service_is_built_from_the_repository_and_its_settings_are_accepted(
+    compose: dict[str, Any], name: str
+) -> None:
+    service = compose["services"][name]
+    build = service["build"]
+    context = build if isinstance(build, str) else build["context"]
+    assert (COMPOSE.parent / context).resolve() == ROOT
+    assert (ROOT / "Dockerfile").is_file()
+    settings = settings_of(service)
+    assert settings.database_url.startswith("postgresql+asyncpg://bot:")
+    assert settings.log_format == "json"
+    # A stop gives the updates in progress SHUTDOWN_TIMEOUT before compose kills the process.
+    assert parse_seconds(service["stop_grace_period"]) > settings.shutdown_timeout
+
+
+def test_the_polling_bot_keeps_its_data_and_serves_metrics(compose: dict[str, Any]) -> None:
+    bot = compose["services"]["bot"]
+    settings = settings_of(bot)
+    assert settings.webhook_url is None
+    assert settings.metrics_port is not None
+    assert str(settings.metrics_port) in bot["expose"]
+    assert any(volume.endswith(":/app/data") for volume in bot["volumes"])
+
+
+def test_the_replicas_are_webhook_servers_the_proxy_reaches(compose: dict[str, Any]) -> None:
+    caddyfile = (ROOT / "deploy" / "Caddyfile").read_text()
+    for name in REPLICAS:
+        settings = settings_of(compose["services"][name])
+        assert settings.webhook_url == "https://bot.example.com/telegram/updates"
+        assert settings.webhook_secret is not None
+        assert f"handle {settings.webhook_path} " in caddyfile
+        assert f"{name}:{settings.web_server_port}" in caddyfile
+        assert "/healthz" in " ".join(compose["services"][name]["healthcheck"]["test"])
+    proxy = compose["services"]["proxy"]
+    assert {"80:80", "443:443"} <= set(proxy["ports"])
+    assert "./deploy/Caddyfile:/etc/caddy/Caddyfile:ro" in proxy["volumes"]
+    assert proxy["environment"]["BOT_DOMAIN"] == "bot.example.com"
+    assert all(proxy["depends_on"][name]["condition"] == "service_healthy" for name in REPLICAS)
+
+
+def test_postgres_has_a_healthcheck_a_named_volume_and_the_bots_wait_for_it(compose: dict[str, Any]) -> None:
+    postgres = compose["services"]["postgres"]
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    environment = postgres["environment"]
+    for name in BOT_SERVICES:
+        service = compose["services"][name]
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+        url = settings_of(service).database_url
+        expected = f"//{environment['POSTGRES_USER']}:{environment['POSTGRES_PASSWORD']}@postgres:5432/"
+        assert expected in url
+        assert url.endswith(f"/{environment['POSTGRES_DB']}")
+    named = set(compose["volumes"])
+    used = {
+        volume.split(":")[0]
+        for service in compose["services"].values()
+        for volume in service.get("volumes", [])
+        if not volume.startswith(".")
+    }
+    assert used == named
+    assert "postgres-data:/var/lib/postgresql/data" in postgres["volumes"]
+
+
+@pytest.mark.parametrize("variable", ["BOT_TOKEN", "POSTGRES_PASSWORD"])
+def test_a_missing_required_variable_is_named(variable: str) -> None:
+    with pytest.raises(MissingVariableError, match=f"{variable}: set {variable} in .env"):
+        load({name: value for name, value in DOTENV.items() if name != variable})
+
+
+def test_replicas_without_their_secret_are_refused_by_the_bot() -> None:
+    """WEBHOOK_SECRET is not required by compose (the polling bot needs none): the bot refuses to start."""
+    without = load({name: value for name, value in DOTENV.items() if name != "WEBHOOK_SECRET"})
+    service = without["services"]["replica-1"]
+    with pytest.raises(ValidationError, match="WEBHOOK_SECRET is not set"):
+        settings_of(service)
+
+
+def parse_seconds(duration: str) -> float:
+    match = re.fullmatch(r"(\d+)(s|m)", duration)
+    assert match, f"a duration like 30s: {duration!r}"
+    return int(match.group(1)) * (60 if match.group(2) == "m" else 1)
