@@ -8,7 +8,11 @@ BIN := $(VENV)/bin
 export POSTGRES_TEST_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 export MYSQL_TEST_URL ?= mysql+asyncmy://root@127.0.0.1:3306/test
 
-.PHONY: run sandbox replicas test lint unit bench clean
+# The image test (tests/test_image.py) builds the Dockerfile with podman, from a base made
+# with debootstrap; as root, make installs both from Debian. PODMAN= leaves the image test out.
+export PODMAN ?= podman
+
+.PHONY: run sandbox replicas test lint unit image-tools bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +43,19 @@ lint: $(VENV)/.dev-deps
 	$(BIN)/python -m tools.check_replies handlers
 	$(BIN)/hadolint Dockerfile
 
-unit: $(VENV)/.dev-deps
+unit: $(VENV)/.dev-deps image-tools
 	$(BIN)/python -m pytest
+
+image-tools:
+	@if [ -n "$(PODMAN)" ] && ! { command -v $(PODMAN) && command -v debootstrap; } >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get install -y -qq --no-install-recommends podman debootstrap >/dev/null \
+			|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends podman debootstrap >/dev/null; }; \
+		else \
+			echo "The image test needs podman and debootstrap: sudo apt-get install podman debootstrap, or PODMAN= make test"; \
+		fi; \
+	fi
 
 test: lint unit
 
