@@ -82,8 +82,11 @@ async def polling(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tup
             },
         )
         await process.start()
-        yield process, f"http://127.0.0.1:{port}/metrics"
+        url = f"http://127.0.0.1:{port}/metrics"
+        yield process, url
         assert await process.stop(signal.SIGTERM) == 0
+    with pytest.raises(ClientConnectionError):  # the listener stopped with the bot
+        await scrape(url)
 
 
 @in_module_loop
@@ -153,26 +156,10 @@ async def test_expiry_sweeps_and_what_they_remove_are_counted(polling: tuple[Bot
 
 
 @in_module_loop
-async def test_the_metrics_listener_stops_with_the_bot(tmp_path: Path) -> None:
-    port = free_port()
-    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
-        process = BotProcess(
-            emulator,
-            api_url,
-            tmp_path / "bot.log",
-            {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", "METRICS_PORT": str(port)},
-        )
-        await process.start()
-        assert value(await scrape(f"http://127.0.0.1:{port}/metrics"), "bot_replies_waiting") == 0
-        assert await process.stop(signal.SIGTERM) == 0
-    with pytest.raises(ClientConnectionError):
-        await scrape(f"http://127.0.0.1:{port}/metrics")
-
-
-@in_module_loop
-async def test_the_webhook_server_serves_metrics_that_move(tmp_path: Path) -> None:
+async def test_the_webhook_server_serves_metrics_that_move_through_a_429_and_a_redelivery(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    url = f"{base}/metrics"
     async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
         process = BotProcess(
             emulator,
@@ -188,43 +175,19 @@ async def test_the_webhook_server_serves_metrics_that_move(tmp_path: Path) -> No
         )
         await process.start(ready_on="setWebhook")
         await until_healthy(base)
-        before = await scrape(f"{base}/metrics")
+        before = await scrape(url)
+        assert value(before, "bot_updates_total", outcome="applied") == 0
         emulator.faults.append(Fault(method="sendMessage", status=429, count=1, retry_after=1))
         await process.say(1, "/start")
-        after = await until(f"{base}/metrics", lambda s: value(s, "bot_updates_total", outcome="applied") >= 1)
-        assert value(before, "bot_updates_total", outcome="applied") == 0
-        assert value(after, "bot_telegram_errors_total", method="sendMessage", code="429") == 1
+        after = await until(url, lambda s: moved(before, s, "bot_updates_total", outcome="applied") == 1)
+        assert moved(before, after, "bot_telegram_errors_total", method="sendMessage", code="429") == 1
         assert value(after, "bot_replies_waiting") == 0
-        assert await process.stop(signal.SIGTERM) == 0
 
-
-@in_module_loop
-async def test_by_webhook_a_reply_refused_past_its_patience_is_left_for_redelivery_then_applied_already(
-    tmp_path: Path,
-) -> None:
-    """A 429 longer than a request may wait: 503, Telegram posts the update again, its saved reply goes out."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
-        process = BotProcess(
-            emulator,
-            api_url,
-            tmp_path / "bot.log",
-            {
-                "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
-                "WEBHOOK_URL": f"{base}/telegram/updates",
-                "WEBHOOK_SECRET": SECRET,
-                "WEB_SERVER_HOST": "127.0.0.1",
-                "WEB_SERVER_PORT": str(port),
-            },
-        )
-        await process.start(ready_on="setWebhook")
-        await until_healthy(base)
-        url = f"{base}/metrics"
-        before = await scrape(url)
+        # A 429 longer than a request may wait: 503, Telegram posts the update again, its saved reply goes out.
+        before = after
         emulator.faults.append(Fault(method="sendMessage", status=429, count=1, retry_after=int(REPLY_PATIENCE) + 1))
-        await emulator.user_sends(1, {"text": "/start"})
-        await process.wait_for(1, "What is your name?", wait=60)
+        await emulator.user_sends(1, {"text": "Ann"})
+        await process.wait_for(1, "How old are you?", wait=60)
         after = await until(url, lambda s: moved(before, s, "bot_updates_total", outcome="already_applied") >= 1)
         # Each handling of it is counted by how it ended: committed but its reply refused, then found applied.
         assert moved(before, after, "bot_updates_total", outcome="redelivery") >= 1
