@@ -132,7 +132,15 @@ class ApplyOnce(BaseMiddleware):
             bot = cast(Bot, data["bot"])
             record = {"updates": [*applied, update.update_id][-REMEMBERED_UPDATES:], "reply": dump_reply(bot, reply)}
             assert isinstance(changes.data, dict)  # unreadable data that was not replaced failed the handler
-            if await commit(context, version, changes.state, changes.data | {APPLIED: record}):
+            try:
+                committed = await commit(context, version, changes.state, changes.data | {APPLIED: record})
+            except StorageUnavailableError:
+                # The write may have reached the database before its time ran out; then "please
+                # send it again" would be untrue, and the resend filed under the next question.
+                if await was_applied(context, update):
+                    return reply
+                raise
+            if committed:
                 return reply
             logger.info(
                 "Update %s: its chat was changed by another writer meanwhile; handling it again", update.update_id
@@ -140,6 +148,16 @@ class ApplyOnce(BaseMiddleware):
             count_commit_conflict()  # metrics
         msg = f"update {update.update_id}: its key kept changing under {MAX_COMMIT_ATTEMPTS} commits"
         raise StorageUnavailableError(msg)
+
+
+async def was_applied(context: FSMContext, update: Update) -> bool:
+    """Whether the key's record lists `update` as applied (False if that cannot be read either)."""
+    try:
+        _, stored, _ = await read(context)
+    except StorageUnavailableError:
+        return False
+    record = {} if isinstance(stored, CorruptDataError) else stored.get(APPLIED) or {}
+    return update.update_id in record.get("updates", [])
 
 
 def redelivered(update: Update, applied: list[int], reply: dict[str, Any] | None) -> TelegramMethod[Any] | None:

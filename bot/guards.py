@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 AIOGRAM_PROVIDES = frozenset(
     {
         "bot",
+        "bots",
         "dispatcher",
         "event_update",
         "event_router",

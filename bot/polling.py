@@ -31,7 +31,7 @@ from aiogram.exceptions import TelegramAPIError, TelegramRetryAfter, TelegramUna
 from aiogram.types import Update
 from aiogram.utils.backoff import Backoff, BackoffConfig
 
-from bot.delivery import RESEND_BACKOFF, TELEGRAM_FAULTS, handle_update
+from bot.delivery import RESEND_BACKOFF, TELEGRAM_FAULTS, handle_update, refused_for_now
 from bot.running import running_bot, stop_on_signals
 from bot.update_ledger import UpdateLedger
 from config import Settings
@@ -154,6 +154,9 @@ class Poller:
                 await handle_update(self.dispatcher, self.bot, update, **self.workflow_data)
                 break
             except TELEGRAM_FAULTS as error:
+                if not refused_for_now(error):
+                    logger.exception("Update %s failed", update.update_id)
+                    break
                 # From a call made while handling (its effects are not committed), or an
                 # error handler's reply: handled again; a committed update is not re-applied.
                 delay = error.retry_after if isinstance(error, TelegramRetryAfter) else next(backoff)

@@ -9,8 +9,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 from aiogram import Bot, Dispatcher
-from aiogram.exceptions import TelegramNetworkError, TelegramServerError, TelegramUnauthorizedError
+from aiogram.exceptions import TelegramRetryAfter, TelegramServerError, TelegramUnauthorizedError
+from aiogram.methods import DeleteWebhook, GetMe, SetMyCommands, SetWebhook, TelegramMethod
+from aiogram.types import User
 
+from bot.delivery import TELEGRAM_FAULTS, deliver
 from bot.expiry import ExpirySweeper
 from bot.metrics import MetricsListener
 from bot.setup import create_bot, create_dispatcher
@@ -20,6 +23,9 @@ from storage import SchemaError, StorageUnavailableError, create_storages
 from storage.sql.in_use import held_while_running
 
 logger = logging.getLogger(__name__)
+
+# How long start-up waits for a busy Telegram (429, 5xx) before it gives up.
+STARTUP_PATIENCE = 60.0
 
 
 class StartupError(Exception):
@@ -56,28 +62,38 @@ async def running_bot(settings: Settings) -> AsyncIterator[tuple[Bot, Dispatcher
 async def introduce(bot: Bot, dispatcher: Dispatcher, settings: Settings) -> None:
     """Check the token, switch to polling or to the webhook, and publish the command menu."""
     try:
-        me = await bot.get_me()
+        me = await first_contact(bot)
     except TelegramUnauthorizedError:
         msg = "Telegram rejected BOT_TOKEN (401 Unauthorized): copy the token from @BotFather again"
         raise StartupError(msg) from None
-    except (TelegramNetworkError, TelegramServerError) as error:
+    except TELEGRAM_FAULTS as error:
         server = bot.session.api.base.split("/bot")[0]
         reason = type(error).__name__
         msg = f"cannot reach the Bot API at {server} ({reason}): check the network or TELEGRAM_API_URL"
         raise StartupError(msg) from None
     # Updates sent while the bot was down are answered, not dropped.
+    # Replicas starting together are where Telegram answers 429: each call waits its turn.
     if settings.webhook_url and settings.webhook_secret:
         # Every replica sets it: the same URL and secret, so the last one changes nothing.
-        await bot.set_webhook(
-            settings.webhook_url,
+        webhook: TelegramMethod[bool] = SetWebhook(
+            url=settings.webhook_url,
             secret_token=settings.webhook_secret.get_secret_value(),
             allowed_updates=dispatcher.resolve_used_update_types(),
             drop_pending_updates=False,
         )
     else:
-        await bot.delete_webhook(drop_pending_updates=False)
-    await bot.set_my_commands(COMMANDS)
+        webhook = DeleteWebhook(drop_pending_updates=False)
+    await deliver(bot, webhook, patience=STARTUP_PATIENCE)
+    await deliver(bot, SetMyCommands(commands=COMMANDS), patience=STARTUP_PATIENCE)
     logger.info("Bot @%s (id %s) is starting", me.username, me.id)
+
+
+async def first_contact(bot: Bot) -> User:
+    """getMe. Telegram busy (429, 5xx) is waited out; no answer at all (a wrong address, no network) is said at once."""
+    try:
+        return await bot.get_me()
+    except (TelegramRetryAfter, TelegramServerError):
+        return await deliver(bot, GetMe(), patience=STARTUP_PATIENCE)
 
 
 async def serve_metrics(dispatcher: Dispatcher, host: str, port: int) -> None:

@@ -26,11 +26,12 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiogram import Bot, Dispatcher
+from aiogram.exceptions import TelegramAPIError
 from aiogram.types import Update
 from aiohttp import web
 from pydantic import ValidationError
 
-from bot.delivery import TELEGRAM_FAULTS, handle_update
+from bot.delivery import handle_update, refused_for_now
 from bot.metrics import add_metrics_route
 from bot.running import running_bot, stop_on_signals
 from config import Settings
@@ -75,9 +76,12 @@ def update_handler(bot: Bot, dispatcher: Dispatcher, secret: str) -> Callable[[w
             return web.json_response({"ok": False, "error": "not an update"}, status=400)
         try:
             await handle_update(dispatcher, bot, update, patience=REPLY_PATIENCE)
-        except TELEGRAM_FAULTS as error:
-            logger.warning("Update %s left for Telegram to post again: %s", update.update_id, error)
-            return web.json_response({"ok": False, "error": "Telegram refused the reply for now"}, status=503)
+        except TelegramAPIError as error:
+            if refused_for_now(error):
+                logger.warning("Update %s left for Telegram to post again: %s", update.update_id, error)
+                return web.json_response({"ok": False, "error": "Telegram refused the reply for now"}, status=503)
+            # Refused for good (the user blocked the bot, a malformed reply): posting it again changes nothing.
+            logger.error("Update %s: Telegram refused its reply for good: %s", update.update_id, error)
         except Exception:
             logger.exception("Update %s failed", update.update_id)
             return web.json_response({"ok": False}, status=500)

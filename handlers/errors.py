@@ -14,14 +14,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from aiogram import Bot, Dispatcher, Router
+from aiogram import Bot, Dispatcher, F, Router
 from aiogram.dispatcher.middlewares.user_context import EventContext
-from aiogram.exceptions import TelegramNetworkError, TelegramRetryAfter, TelegramServerError
 from aiogram.filters import ExceptionTypeFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.methods import TelegramMethod
 from aiogram.types import ErrorEvent, ReplyKeyboardRemove
 
+from bot.delivery import refused_for_now
 from storage import CorruptDataError, StorageUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ async def is_corrupt(context: FSMContext) -> bool:
 
 # Telegram refusing for now: an answer would fail as well. The update stays
 # unconfirmed and is delivered again (bot/polling.py, bot/webhook.py), so nothing is said now.
-@router.error(~ExceptionTypeFilter(TelegramRetryAfter, TelegramServerError, TelegramNetworkError))
+@router.error(~F.exception.func(refused_for_now))
 async def unexpected_error(event: ErrorEvent) -> TelegramMethod[Any] | None:
     logger.error("Update %s failed", event.update.update_id, exc_info=event.exception)
     return apology(event, SOMETHING_WENT_WRONG)

@@ -20,10 +20,11 @@ from aiogram.types import Message, ReplyKeyboardRemove, User
 from handlers.forms import ask, begin, save_response, thanks_for
 from states import InvalidAnswer, Questionnaire, next_question, question_at, questions
 from storage import ResponseStore
+from storage.interface import QUESTIONNAIRE_KIND
 
 router = Router(name=__name__)
 
-KIND = "questionnaire"  # what its completed responses are saved as
+KIND = QUESTIONNAIRE_KIND  # what its completed responses are saved as ("questionnaire")
 NUMBERS = ("no", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine", "Ten")
 
 

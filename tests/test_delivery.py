@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
 from aiogram import Bot
-from aiogram.exceptions import TelegramNetworkError, TelegramRetryAfter, TelegramServerError
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import TelegramEntityTooLarge, TelegramNetworkError, TelegramRetryAfter, TelegramServerError
 from aiogram.methods import GetUpdates, SendMessage, TelegramMethod
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from bot.delivery import FloodGate, deliver
 from tests.support.backends import TOKEN
@@ -85,3 +91,37 @@ async def test_delivery_gives_up_after_its_patience_so_the_update_is_posted_agai
     with pytest.raises(TelegramRetryAfter):
         await deliver(bot, SEND, patience=10)
     assert chain.calls == 1
+
+
+async def test_a_request_too_large_is_not_sent_again() -> None:
+    """aiogram makes a 413 a network error; it never goes through, so it is not retried (its chat would wait)."""
+    bot = Bot(TOKEN)
+    chain = Failing(TelegramEntityTooLarge(method=SEND, message="Request Entity Too Large"))
+    bot.session.middleware(lambda make_request, bot, method: chain(bot, method))
+    with pytest.raises(TelegramEntityTooLarge):
+        await deliver(bot, SEND)
+    assert chain.calls == 1
+
+
+async def test_patience_bounds_a_request_that_stalls() -> None:
+    """A webhook's delivery gives up within its patience even when Telegram never answers the request."""
+    stalled = asyncio.Event()
+
+    async def never_answers(request: web.Request) -> web.Response:
+        stalled.set()
+        await asyncio.sleep(60)
+        return web.json_response({"ok": True, "result": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/bot{token}/{method}", never_answers)
+    async with TestServer(app) as server:
+        session = AiohttpSession(api=TelegramAPIServer.from_base(str(server.make_url(""))))
+        bot = Bot(TOKEN, session=session)
+        try:
+            started = time.monotonic()
+            with pytest.raises(TelegramNetworkError):
+                await deliver(bot, SEND, patience=2)
+            assert stalled.is_set()
+            assert time.monotonic() - started < 10, "the stalled request held the delivery past its patience"
+        finally:
+            await session.close()

@@ -174,6 +174,29 @@ async def test_finishing_twice_after_a_failure_keeps_one_response(
     assert response.answers == saved()
 
 
+async def test_a_save_that_timed_out_after_the_database_took_it_is_not_called_a_failure(
+    chat: ChatHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write reached the database, then its time ran out: the user gets the next question, not
+    "please send it again" (their resend would be filed under the next question)."""
+    *first, last = conversation()
+    for text in first:
+        await chat.send(text)
+    fsm = chat.storages.fsm
+    real_write = fsm.swap_state_and_data
+
+    async def writes_then_times_out(*args: Any, **kwargs: Any) -> bool:
+        monkeypatch.setattr(fsm, "swap_state_and_data", real_write)
+        assert await real_write(*args, **kwargs)
+        raise StorageUnavailableError("SQLAlchemyStorage.swap_state_and_data did not finish within 10 s")
+
+    monkeypatch.setattr(fsm, "swap_state_and_data", writes_then_times_out)
+    [summary] = await chat.send(last)
+    assert shows_summary(summary)
+    [response] = await chat.storages.responses.for_user(1)
+    assert response.answers == saved()
+
+
 @pytest.mark.parametrize("update_type", ["callback_query", "edited_message"])
 async def test_a_failed_button_press_or_edit_is_answered_not_dropped(
     chat: ChatHarness, monkeypatch: pytest.MonkeyPatch, update_type: str

@@ -10,9 +10,9 @@ delivered to both at once. Both fail with an unconditional write in place of
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from aiogram import Bot, Dispatcher, F, Router
@@ -94,9 +94,10 @@ def message_update(update_id: int, text: str) -> Update:
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
-async def test_two_processes_apply_each_update_once(backend: Backend) -> None:
-    """Every update is delivered to both processes at once (a webhook retried on another replica
-    while the first still works on it), two different updates too: each is applied exactly once."""
+async def test_two_processes_apply_each_update_once(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    """Two processes handle different updates of one user at the same moment (a deploy's old and new
+    process, a webhook retried on another replica), then each update is delivered to both at once:
+    every update is applied exactly once."""
     stores = [await backend.open() for _ in range(2)]
     bot = Bot(TOKEN)
     try:
@@ -105,11 +106,14 @@ async def test_two_processes_apply_each_update_once(backend: Backend) -> None:
             assert isinstance(store, FsmStorage)
             processes.append(a_process(store))
         updates = [message_update(500 + n, f"m{n}") for n in range(10)]
-        for first, second in zip(updates[::2], updates[1::2], strict=True):
-            feeds: list[Any] = [process.feed_update(bot, update) for update in (first, second) for process in processes]
-            await asyncio.gather(*feeds)
+        with caplog.at_level(logging.INFO, logger="bot.apply_once"):
+            for first, second in zip(updates[::2], updates[1::2], strict=True):
+                await asyncio.gather(processes[0].feed_update(bot, first), processes[1].feed_update(bot, second))
+            for update in updates[:4]:  # delivered again, to both at once
+                await asyncio.gather(*(process.feed_update(bot, update) for process in processes))
         seen = (await stores[0].get_data(storage_key()))["seen"]
         assert sorted(seen) == sorted(f"m{n}" for n in range(10))
+        assert "handling it again" in caplog.text, "the processes never collided: the test proved nothing"
     finally:
         await bot.session.close()
         for store in stores:

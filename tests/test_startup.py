@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.emulator import BotAPIEmulator, running_emulator
-from tests.support.bot_process import ROOT, finish
+from bot.emulator import BotAPIEmulator, Fault, running_emulator
+from tests.support.bot_process import ROOT, BotProcess, finish
 from tests.support.mongo_server import free_port
+from tests.support.questionnaire import asked
 
 VALID_TOKEN = "123456789:AAHsecretsecretsecretsecretsecret12"
 
@@ -89,3 +90,23 @@ async def test_a_table_another_fsm_storage_made(tmp_path: Path) -> None:
     line = the_one_error_line(stderr)
     assert "the table aiogram_fsm_data has no column version, updated_at" in line
     assert "rename or drop it" in line
+
+
+async def test_a_busy_telegram_at_start_up_is_waited_out(tmp_path: Path) -> None:
+    """Replicas starting together meet 429s and 502s from Telegram: each start-up call waits its turn."""
+    (tmp_path / "data").mkdir()
+    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
+        emulator.faults += [
+            Fault(method="getMe", status=502, count=1),
+            Fault(method="deleteWebhook", status=502, count=2),
+            Fault(method="setMyCommands", status=429, count=1, retry_after=1),
+        ]
+        database = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/data/bot.db"}
+        bot = BotProcess(emulator, api_url, tmp_path / "bot.log", database)
+        await bot.start()
+        try:
+            assert all(fault.count == 0 for fault in emulator.faults)
+            assert emulator.commands, "the command menu was published"
+            assert asked()[0].prompt in (await bot.say(1, "/start"))[0]
+        finally:
+            assert await bot.stop() == 0

@@ -165,3 +165,26 @@ async def test_healthz_answers_503_while_the_database_does_not() -> None:
         finally:
             await bot.session.close()
             await storages.close()
+
+
+async def test_a_reply_refused_for_good_is_not_posted_again(replica: tuple[BotProcess, str]) -> None:
+    """The user blocked the bot (403): the answer is kept, Telegram gets its 200 and stops posting the update."""
+    bot, base = replica
+    await bot.say(6, "/start")
+    bot.emulator.faults.append(Fault(method="sendMessage", status=403, count=1))
+    update = {
+        "update_id": 990_001,
+        "message": {
+            "message_id": 990_001,
+            "date": 0,
+            "chat": {"id": 6, "type": "private"},
+            "from": {"id": 6, "is_bot": False, "first_name": "Ann"},
+            "text": typed()[0],
+        },
+    }
+    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+    async with ClientSession() as session, session.post(f"{base}/telegram/updates", json=update, headers=headers) as r:
+        assert r.status == 200
+    assert "refused its reply for good" in bot.output()
+    # The answer was kept: the next one is taken as the second question's.
+    assert asked()[2].prompt in (await bot.say(6, typed()[1]))[0]

@@ -95,7 +95,7 @@ async def run_replicas(settings: Settings, env_file: str, count: int) -> None:
                     handled.mark(update["update_id"], len(emulator.chats[SANDBOX_USER_ID].messages))
 
             emulator.on_delivery = delivered_to
-            print(HELP.format(user=100_000_001, where=describe(settings)))
+            print(HELP.format(user=SANDBOX_USER_ID, where=describe(settings)))
             stopping = asyncio.Event()
             await terminal_chat(emulator, stopping.set, sys.stdin, sys.stdout, handled)
         finally:
