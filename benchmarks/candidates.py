@@ -39,7 +39,7 @@ def mongo_name(driver: str) -> str:
     return f"MongoDB (ours, {'PyMongo async' if driver == 'pymongo' else 'motor'}), FSM and responses"
 
 
-# The FSM storage, the responses store and the event isolation (None: aiogram's in-process one).
+# The FSM storage, the responses store and the event isolation (None: the bot's own, bot/key_locks.py).
 Opened = tuple[BaseStorage, ResponseStore, BaseEventIsolation | None]
 
 
