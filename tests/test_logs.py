@@ -15,7 +15,7 @@ import pytest
 from bot.emulator import BotAPIEmulator, Fault, running_emulator
 from config import SettingsError, load_settings
 from tests.support.bot_process import BotProcess
-from tests.test_webhook import SECRET, free_port, until_healthy
+from tests.support.webhook import SECRET, free_port, until_healthy, webhook_environment
 
 # Answers no log line could contain by chance.
 NAME = "Zebediah Quokkaworth"
@@ -79,14 +79,7 @@ async def test_webhook_logs_json_lines_without_the_secret(tmp_path: Path) -> Non
             emulator,
             api_url,
             tmp_path / "bot.log",
-            {
-                "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
-                "WEBHOOK_URL": f"{base}/telegram/updates",
-                "WEBHOOK_SECRET": SECRET,
-                "WEB_SERVER_HOST": "127.0.0.1",
-                "WEB_SERVER_PORT": str(port),
-                "LOG_FORMAT": "JSON",
-            },
+            webhook_environment(port, tmp_path / "bot.db") | {"LOG_FORMAT": "JSON"},
         )
         await bot.start(ready_on="setWebhook")
         await until_healthy(base)

@@ -21,7 +21,7 @@ from bot.webhook import REPLY_PATIENCE
 from config import SettingsError, load_settings
 from tests.support.backends import TOKEN
 from tests.support.bot_process import BotProcess
-from tests.test_webhook import SECRET, free_port, until_healthy
+from tests.support.webhook import free_port, until_healthy, webhook_environment
 
 # The polling bot is one process for the module: its tests share its event loop.
 in_module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -165,13 +165,7 @@ async def test_the_webhook_server_serves_metrics_that_move_through_a_429_and_a_r
             emulator,
             api_url,
             tmp_path / "bot.log",
-            {
-                "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
-                "WEBHOOK_URL": f"{base}/telegram/updates",
-                "WEBHOOK_SECRET": SECRET,
-                "WEB_SERVER_HOST": "127.0.0.1",
-                "WEB_SERVER_PORT": str(port),
-            },
+            webhook_environment(port, tmp_path / "bot.db"),
         )
         await process.start(ready_on="setWebhook")
         await until_healthy(base)

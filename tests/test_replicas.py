@@ -31,7 +31,7 @@ from tests.support.backends import SQL_URL_VARIABLES, Backend, backend_params, m
 from tests.support.bot_process import ROOT, BotProcess, bot_environment, drop_bot_tables, finish
 from tests.support.pushback import chaos, everyone_fills_in
 from tests.support.questionnaire import asked, bot_replies, conversation, saved, shows_summary, typed
-from tests.test_webhook import SECRET, free_port, until_healthy
+from tests.support.webhook import SECRET, free_port, until_healthy
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

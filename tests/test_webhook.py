@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -22,16 +20,9 @@ from tests.support.backends import settings_for
 from tests.support.bot_process import BotProcess
 from tests.support.questionnaire import asked, bot_replies, conversation, saved, shows_summary, typed
 from tests.support.tcp_proxy import proxied
+from tests.support.webhook import SECRET, free_port, until_healthy, webhook_environment
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-SECRET = "test-secret_0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -40,35 +31,12 @@ async def replica(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tup
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
-        process = BotProcess(
-            emulator,
-            api_url,
-            folder / "bot.log",
-            {
-                "DATABASE_URL": f"sqlite+aiosqlite:///{folder / 'bot.db'}",
-                "WEBHOOK_URL": f"{base}/telegram/updates",
-                "WEBHOOK_SECRET": SECRET,
-                "WEB_SERVER_HOST": "127.0.0.1",
-                "WEB_SERVER_PORT": str(port),
-            },
-        )
+        process = BotProcess(emulator, api_url, folder / "bot.log", webhook_environment(port, folder / "bot.db"))
         await process.start(ready_on="setWebhook")
         await until_healthy(base)
         yield process, base
         assert await process.stop(signal.SIGTERM) == 0
         assert SECRET not in process.output()
-
-
-async def until_healthy(base: str) -> None:
-    async with ClientSession() as session, asyncio.timeout(30):
-        while True:
-            try:
-                async with session.get(f"{base}/healthz") as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            await asyncio.sleep(0.05)
 
 
 async def test_the_questionnaire_runs_by_webhook(replica: tuple[BotProcess, str]) -> None:
