@@ -9,6 +9,7 @@ from aiogram.fsm.storage.base import BaseStorage
 from aiogram.methods import SendMessage
 from aiogram.types import BotCommand, Message, ReplyKeyboardRemove, User
 
+from handlers.forms import RETURN_TO, come_back
 from handlers.questionnaire import how_many, start_questionnaire
 from states import Questionnaire, questions
 from storage import FsmStorage, ResponseStore
@@ -48,6 +49,8 @@ async def show_help(message: Message) -> SendMessage:
 async def cancel(message: Message, state: FSMContext, raw_state: str | None) -> SendMessage:
     if raw_state is None:
         return message.answer("Nothing to cancel. Send /start to begin the questionnaire.")
+    if RETURN_TO in await state.get_data():  # in a form taken aside (/feedback): back to where the user was
+        return await come_back(message, state, "Cancelled.")
     await state.clear()
     return message.answer(
         "Cancelled, and your answers so far are forgotten. Send /start to begin again.",

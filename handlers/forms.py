@@ -55,7 +55,9 @@ async def begin(state: FSMContext, first: Question) -> None:
 
 async def step_aside(state: FSMContext, first: Question) -> None:
     """Start a form at `first`, keeping where the user was (their state and answers) for `come_back`."""
-    was = {"state": await state.get_state(), "data": await state.get_data()}
+    data = await state.get_data()
+    # Already aside (the same command twice, or another form's): the first place to come back to stays.
+    was = data.get(RETURN_TO) or {"state": await state.get_state(), "data": data}
     await begin(state, first)
     await state.update_data({RETURN_TO: was})
 

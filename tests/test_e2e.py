@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 
 from bot.emulator import BotAPIEmulator, running_emulator
+from handlers.common import COMMANDS
 from tests.support.backends import ALL_BACKENDS, MONGO_BACKENDS, SQL_URL_VARIABLES, make_backend
 from tests.support.bot_process import BotProcess, bot_environment, drop_bot_tables
 from tests.support.questionnaire import asked, conversation, fill_in, keeps_as_typed, shows_summary, typed
@@ -48,7 +49,7 @@ async def test_full_flow_ends_with_a_summary_of_every_answer(bot: BotProcess) ->
         [reply] = await bot.say(1, text)
     assert shows_summary(reply)
     assert bot.emulator.chats[1].keyboard is None
-    assert [c["command"] for c in bot.emulator.commands] == ["start", "cancel", "forget", "help"]
+    assert [c["command"] for c in bot.emulator.commands] == [command.command for command in COMMANDS]
 
 
 async def test_answers_in_one_batch_are_kept_in_order(bot: BotProcess) -> None:

@@ -113,3 +113,14 @@ async def test_every_reply_to_a_message_is_shown_in_its_turn(tmp_path: Path, mon
     output = shown.getvalue()
     assert "bot> first of two" in output
     assert "bot> second of two" in output
+
+
+async def test_stopped_at_a_question_with_buttons_a_number_still_picks_a_button(tmp_path: Path) -> None:
+    """README's demo: answer up to a question with buttons, stop, start again and pick one by its number."""
+    at = next(index for index, question in enumerate(asked()) if question.choices)
+    await chat(tmp_path, *conversation()[: at + 1])
+    question = asked()[at]
+    lines = ["1", *typed()[at + 1 :]]
+    second = await chat(tmp_path, *lines)
+    assert f"You were answering: {question.prompt}" in second
+    assert shows_summary(second, **{question.key: question.choices[0]})

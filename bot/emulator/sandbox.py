@@ -17,14 +17,16 @@ import threading
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from aiogram import Bot
+from aiogram import Bot, Dispatcher
 from aiogram.methods import TelegramMethod
-from aiogram.types import Update
+from aiogram.types import ReplyKeyboardMarkup, Update
 
 from bot.emulator.server import BotAPIEmulator, ChatLog, running_emulator
 from bot.polling import Poller
 from bot.running import running_bot
 from config import Settings
+from handlers.forms import keyboard_for
+from states import question_at
 
 SANDBOX_USER_ID = 100_000_001
 REPLY_WAIT_SECONDS = 10
@@ -33,6 +35,7 @@ HELP = (
     "Type /start to begin. Pick a keyboard button by its number. Send a photo with :photo,\n"
     "a sticker with :sticker. Ctrl-C (or Ctrl-D) stops; run the sandbox again to carry on.\n"
 )
+RESUMED = "You were answering: {prompt}\n(/start begins again from the first question.)\n"
 SPECIAL_MESSAGES = {":photo": {"kind": "photo"}, ":sticker": {"kind": "sticker"}, ":voice": {"kind": "voice"}}
 
 
@@ -42,6 +45,7 @@ async def run_sandbox(settings: Settings, stdin: TextIO = sys.stdin, stdout: Tex
         bot_settings = settings.model_copy(update={"telegram_api_url": api_url, "webhook_url": None})
         async with running_bot(bot_settings) as (bot, dispatcher):
             stdout.write(HELP.format(user=SANDBOX_USER_ID, where=describe_storage(settings)))
+            await show_where_the_user_was(bot, dispatcher, emulator, stdout)
             stdout.flush()
             handled = HandledUpdates()
             feed = dispatcher.feed_update
@@ -65,6 +69,21 @@ async def run_sandbox(settings: Settings, stdin: TextIO = sys.stdin, stdout: Tex
                 await poller.run()
             finally:
                 chat.cancel()
+
+
+async def show_where_the_user_was(bot: Bot, dispatcher: Dispatcher, emulator: BotAPIEmulator, stdout: TextIO) -> None:
+    """After a restart: the question the user is at, with its buttons (the emulator starts with an empty chat)."""
+    context = dispatcher.fsm.resolve_context(bot, chat_id=SANDBOX_USER_ID, user_id=SANDBOX_USER_ID)
+    question = None if context is None else question_at(await context.get_state())
+    if question is None:
+        return
+    stdout.write(RESUMED.format(prompt=question.prompt))
+    if question.choices:
+        keyboard = keyboard_for(question)
+        assert isinstance(keyboard, ReplyKeyboardMarkup)
+        rows = [[button.text for button in row] for row in keyboard.keyboard]
+        emulator.chats.setdefault(SANDBOX_USER_ID, ChatLog()).keyboard = rows
+        stdout.write(format_keyboard(rows))
 
 
 class HandledUpdates:
