@@ -15,6 +15,7 @@ from aiogram.types import User
 
 from bot.delivery import TELEGRAM_FAULTS, deliver
 from bot.expiry import ExpirySweeper
+from bot.guards import MissingDependencyError
 from bot.metrics import MetricsListener
 from bot.setup import create_bot, create_dispatcher
 from config import Settings
@@ -45,7 +46,10 @@ async def running_bot(settings: Settings) -> AsyncIterator[tuple[Bot, Dispatcher
     # SQLite file while its connection is open drops that connection's locks).
     with held_while_running(settings.sqlite_path):
         try:
-            dispatcher = create_dispatcher(storages.fsm, storages.responses)
+            try:
+                dispatcher = create_dispatcher(storages.fsm, storages.responses)
+            except MissingDependencyError as error:  # a handler asks for what nothing provides
+                raise StartupError(str(error)) from None
             if settings.fsm_ttl is not None:
                 sweeper = ExpirySweeper(storages.fsm, settings.fsm_ttl)
                 dispatcher.startup.register(sweeper.start)
