@@ -53,7 +53,26 @@ async def create_storages(settings: StorageSettings, *, owner_command: bool = Fa
             expire_after=settings.fsm_ttl,
             set_expiry_index=not owner_command,
         )
-    return await create_sql_storages(settings.database_url, timeout=timeout)
+    storages = await create_sql_storages(settings.database_url, timeout=timeout)
+    if not owner_command:
+        await _fill_user_ids(storages)
+    return storages
+
+
+# Records an older version wrote without a user id get one at the bot's start, this many per call.
+FILL_BATCH = 1000
+
+
+async def _fill_user_ids(storages: Storages) -> None:
+    """Give every record an older version wrote without a user id its user, a short batch at a time:
+    only the first start after an upgrade finds any (/forget finds them by key meanwhile)."""
+    try:
+        after = None
+        while (after := await storages.fsm.fill_user_ids(after, FILL_BATCH)) is not None:
+            pass
+    except BaseException:
+        await storages.close()
+        raise
 
 
 async def create_sql_storages(database_url: str, timeout: float | None = DEFAULT_TIMEOUT_SECONDS) -> Storages:  # noqa: ASYNC109 - per database call
@@ -103,10 +122,15 @@ async def create_mongo_storages(
         reason = type(error.__cause__ or error).__name__
         msg = f"cannot reach MongoDB ({reason}): check MONGO_URL and that the server runs"
         raise StorageUnavailableError(msg) from error
-    if set_expiry_index:
+    responses = MongoResponseStore(fsm.database, timeout=timeout)
+    storages = Storages(fsm=fsm, responses=responses)
+    if set_expiry_index:  # the bot, not an owner's command
         try:
             await fsm.ensure_expiry_index(expire_after)
+            await fsm.ensure_indexes()
+            await responses.ensure_indexes()
         except BaseException:
             await fsm.close()
             raise
-    return Storages(fsm=fsm, responses=MongoResponseStore(fsm.database, timeout=timeout))
+        await _fill_user_ids(storages)
+    return storages

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from abc import abstractmethod
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
@@ -38,6 +39,21 @@ class FsmRecord:
     state: str | None
     data: dict[str, Any]
     updated_at: datetime  # UTC
+    # The user the key belongs to (the StorageKey's), for /forget; None when it was written
+    # by an older version of the bot and could not be told from the key.
+    user_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TextTally:
+    """The commonest text answers to one question (trimmed), and how many text answers there are in all."""
+
+    top: list[tuple[str, int]] = field(default_factory=list)
+    total: int = 0
+
+
+# The owner's commands read a table a page at a time: memory stays the same whatever its size.
+PAGE_SIZE = 1000
 
 
 class Versioned(NamedTuple):
@@ -65,7 +81,33 @@ class ResponseStore(Protocol):
         ...
 
     async def completed(self, since: datetime | None = None) -> list[CompletedResponse]:
-        """Every response completed at or after `since`, oldest first."""
+        """Every response completed at or after `since`, oldest first (a small table's; see `pages`)."""
+        ...
+
+    def pages(
+        self, since: datetime | None = None, kind: str | None = None, size: int = PAGE_SIZE
+    ) -> AsyncIterator[list[CompletedResponse]]:
+        """What `completed` gives (of one `kind`, if given), read `size` at a time: for tables of any size."""
+        ...
+
+    async def by_ids(self, response_ids: Sequence[str]) -> dict[str, CompletedResponse]:
+        """The responses kept under these ids, by id (those not kept are left out)."""
+        ...
+
+    async def save_many(self, responses: Sequence[CompletedResponse]) -> None:
+        """Keep each response not kept yet under its `response_id`, in one batch (migrate)."""
+        ...
+
+    async def count_kinds(self) -> dict[str, int]:
+        """How many responses each kind has (counted by the database)."""
+        ...
+
+    async def text_answers(self, kind: str, key: str, top: int) -> TextTally:
+        """The `top` commonest text answers under `key` in `kind`'s responses, counted by the database."""
+        ...
+
+    async def whole_numbers(self, kind: str, key: str) -> list[tuple[int, int]]:
+        """Each whole-number answer under `key` in `kind`'s responses with how often it was given, smallest first."""
         ...
 
 
@@ -106,12 +148,38 @@ class FsmStorage(BaseStorage):
         """Delete every key of `user_id`; return how many there were."""
 
     @abstractmethod
-    async def records(self) -> list[FsmRecord]:
-        """Every key's record, sorted by key (for the owner's commands, not for handlers)."""
+    async def records(self, after: str | None = None, limit: int | None = None) -> list[FsmRecord]:
+        """The keys' records sorted by key, from the first after `after`, at most `limit` of them
+        (for the owner's commands, not for handlers: `record_pages` reads them all)."""
+
+    async def record_pages(self, size: int = PAGE_SIZE) -> AsyncIterator[list[FsmRecord]]:
+        """Every key's record, sorted by key, `size` at a time: one short call per page."""
+        after = None
+        while page := await self.records(after, size):
+            yield page
+            after = page[-1].key
 
     @abstractmethod
+    async def records_for(self, keys: Sequence[str]) -> dict[str, FsmRecord]:
+        """The records of these keys, by key (keys without one are left out)."""
+
     async def put_record(self, record: FsmRecord) -> None:
         """Write `record` as it is, its `updated_at` included (migrate)."""
+        await self.put_records([record])
+
+    @abstractmethod
+    async def put_records(self, records: Sequence[FsmRecord]) -> None:
+        """Write `records` as they are, their `updated_at` included, in one batch (migrate)."""
+
+    @abstractmethod
+    async def count_states(self, states: Collection[str], active_since: datetime) -> tuple[int, int]:
+        """How many keys are in one of `states`: (touched since `active_since`, not), counted by the database."""
+
+    @abstractmethod
+    async def fill_user_ids(self, after: str | None, limit: int) -> str | None:
+        """Give up to `limit` of the records an older version wrote without a user id, the first
+        after the key `after`, their user (read from the key); the last key looked at, None when
+        there is none left. Each call is one short batch: the bot's start-up calls it until None."""
 
     @abstractmethod
     async def expire(self, ttl: timedelta, limit: int) -> int:
@@ -138,6 +206,32 @@ def user_key_pattern(key_builder: KeyBuilder, user_id: int) -> tuple[str, str]:
         msg = f"{type(key_builder).__name__} does not end its keys with the user: their keys cannot be told apart"
         raise ValueError(msg)
     return start, end
+
+
+def user_reader(key_builder: KeyBuilder) -> Callable[[str], int | None] | None:
+    """A function giving the user a key belongs to, read from the key itself; None when the
+    builder does not end its keys with the user (see `user_key_pattern`).
+
+    Only for records an older version wrote without a user id: the storages keep each
+    key's `StorageKey.user_id` beside it.
+    """
+    probe = 9_876_543_210
+    try:
+        _, end = user_key_pattern(key_builder, probe)
+    except ValueError:
+        return None
+    at = end.rfind(str(probe))
+    if at < 0:
+        return None
+    pattern = re.compile(re.escape(end[:at]) + r"(-?\d+)" + re.escape(end[at + len(str(probe)) :]) + r"\Z")
+
+    def user_of(key: str) -> int | None:
+        found = pattern.search(key)
+        return int(found.group(1)) if found else None
+
+    # Checked on a key of another shape than the probe's, so a layout this reading misses gives None.
+    sample = key_builder.build(StorageKey(bot_id=5, chat_id=-100123, user_id=77, thread_id=3))
+    return user_of if user_of(sample) == 77 else None
 
 
 def new_version() -> int:

@@ -14,6 +14,7 @@ from aiogram.fsm.storage.memory import MemoryStorage
 
 from storage import FsmStorage
 from tests.support.backends import ALL_BACKENDS, Backend, storage_key
+from tests.support.mocked_session import BOT_USER
 
 pytestmark = pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 
@@ -252,8 +253,8 @@ async def test_delete_user_deletes_that_users_keys_in_every_chat_and_no_one_else
     assert len(await backend.record_ids(storage)) == 3
 
 
-async def test_delete_user_refuses_a_key_builder_that_hides_the_user(backend: Backend) -> None:
-    """Keys ending with the chat cannot be told apart by user: /forget must not delete everybody's."""
+async def test_delete_user_finds_the_user_by_their_id_whatever_the_key_builder(backend: Backend) -> None:
+    """Keys ending with the chat cannot be told apart by user from the key: the user id kept beside it can."""
 
     class ChatLast(KeyBuilder):
         def build(self, key: StorageKey, part: str | None = None) -> str:
@@ -263,11 +264,34 @@ async def test_delete_user_refuses_a_key_builder_that_hides_the_user(backend: Ba
     try:
         assert isinstance(storage, FsmStorage)
         await storage.set_state(storage_key(8), "kept")
-        with pytest.raises(ValueError, match="does not end its keys with the user"):
-            await storage.delete_user(7)
-        assert await storage.get_state(storage_key(8)) == "kept"
+        await storage.set_state(storage_key(7, chat_id=8), "gone")
+        await storage.update_data(storage_key(7, chat_id=-5), {"a": 1})
+        assert await storage.delete_user(7) == 2
+        assert await backend.record_ids(storage) == [f"k:{BOT_USER.id}:8:8"]
     finally:
         await storage.close()
+
+
+async def test_records_written_without_a_user_id_are_filled_in_and_forgotten(
+    storage: BaseStorage, backend: Backend
+) -> None:
+    """Rows an older version wrote (no user id): /forget finds them by key; start-up's fill gives them their user."""
+    assert isinstance(storage, FsmStorage)
+    for key_id in ("fsm:1:7", "fsm:-100:7", "fsm:7:17", "fsm:1:77", "fsm:2:8", "odd key"):
+        await backend.write_raw(storage, key_id, "Questionnaire:age", None)
+    await storage.set_state(storage_key(8, chat_id=3), "Questionnaire:age")
+    await storage.set_state(storage_key(7, chat_id=4), "Questionnaire:age")
+
+    assert await storage.delete_user(7) == 3  # fsm:1:7, fsm:-100:7 and the new one; not 17 nor 77
+    assert await backend.record_ids(storage) == ["fsm:1:77", "fsm:2:8", "fsm:3:8", "fsm:7:17", "odd key"]
+
+    after = await storage.fill_user_ids(None, 2)  # a batch at a time
+    assert after is not None
+    while after is not None:
+        after = await storage.fill_user_ids(after, 2)
+    assert await backend.user_ids(storage) == {"fsm:1:77": 77, "fsm:2:8": 8, "fsm:3:8": 8, "fsm:7:17": 17, "odd key": None}
+    assert await storage.delete_user(8) == 2
+    assert await backend.record_ids(storage) == ["fsm:1:77", "fsm:7:17", "odd key"]
 
 
 async def test_update_data_with_nothing_leaves_no_record(storage: BaseStorage, backend: Backend) -> None:

@@ -16,18 +16,18 @@ any depth) are stored percent-escaped, so `{"a.b": 1}` reads back as
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from aiogram.exceptions import DataNotDictLikeError
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import DefaultKeyBuilder, KeyBuilder, StateType, StorageKey
-from pymongo import ReturnDocument
+from pymongo import DeleteOne, ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
-from storage.interface import FsmRecord, FsmStorage, Versioned, as_utc, new_version, user_key_pattern
+from storage.interface import FsmRecord, FsmStorage, Versioned, as_utc, new_version, user_key_pattern, user_reader
 from storage.mongo.client import MONGO_OUTAGES, Driver, close_client, create_client
 from storage.mongo.keys import escape_key, escape_value, unescape_value
 
@@ -58,6 +58,7 @@ class MongoStorage(FsmStorage):
         self.database = client[db_name]
         self.collection = self.database[collection_name]
         self.key_builder = key_builder or DefaultKeyBuilder()
+        self._user_of = user_reader(self.key_builder)
         self._owns_client = False
 
     @classmethod
@@ -101,9 +102,9 @@ class MongoStorage(FsmStorage):
     async def set_state(self, key: StorageKey, state: StateType = None) -> None:
         value = state.state if isinstance(state, State) else state
         if value is None:
-            await self._clear_field(self._id(key), "state")
+            await self._clear_field(self._id(key), key.user_id, "state")
         else:
-            await self._upsert(self._id(key), {"state": value})
+            await self._upsert(self._id(key), key.user_id, {"state": value})
 
     @database_call(MONGO_OUTAGES)
     async def get_data(self, key: StorageKey) -> dict[str, Any]:
@@ -115,9 +116,9 @@ class MongoStorage(FsmStorage):
             msg = f"Data must be a dict or dict-like object, got {type(data).__name__}"
             raise DataNotDictLikeError(msg)
         if data:
-            await self._upsert(self._id(key), {"data": escape_value(data)})
+            await self._upsert(self._id(key), key.user_id, {"data": escape_value(data)})
         else:
-            await self._clear_field(self._id(key), "data")
+            await self._clear_field(self._id(key), key.user_id, "data")
 
     @database_call(MONGO_OUTAGES)
     async def update_data(self, key: StorageKey, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -125,7 +126,7 @@ class MongoStorage(FsmStorage):
             return await self.get_data(key)
         changes = {f"data.{escape_key(str(name))}": escape_value(value) for name, value in data.items()}
         try:
-            document = await self._upsert(self._id(key), changes, returning=True)
+            document = await self._upsert(self._id(key), key.user_id, changes, returning=True)
         except OperationFailure as error:
             if error.code == _PATH_NOT_VIABLE:
                 msg = "stored FSM data is not a document, so it cannot be updated"
@@ -141,7 +142,7 @@ class MongoStorage(FsmStorage):
     @database_call(MONGO_OUTAGES)
     async def set_state_and_data(self, key: StorageKey, state: StateType, data: Mapping[str, Any]) -> None:
         value = state.state if isinstance(state, State) else state
-        await self._replace(self._id(key), value, data, datetime.now(UTC))
+        await self._replace(self._id(key), key.user_id, value, data, datetime.now(UTC))
 
     @database_call(MONGO_OUTAGES)
     async def get_versioned(self, key: StorageKey) -> Versioned:
@@ -168,33 +169,94 @@ class MongoStorage(FsmStorage):
             return bool((await self.collection.delete_one(fence)).deleted_count)
         if expected is None:
             try:
-                await self.collection.insert_one({"_id": key_id, **_fields(value, data, datetime.now(UTC))})
+                document = {"_id": key_id, **_fields(key.user_id, value, data, datetime.now(UTC))}
+                await self.collection.insert_one(document)
             except DuplicateKeyError:  # another writer made the document since it was read as absent
                 return False
             return True
-        result = await self.collection.update_one(fence, _replacing(value, data, datetime.now(UTC)))
+        result = await self.collection.update_one(fence, _replacing(key.user_id, value, data, datetime.now(UTC)))
         return bool(result.matched_count)
 
     @database_call(MONGO_OUTAGES)
     async def delete_user(self, user_id: int) -> int:
-        """Delete the user's sessions in every chat (for /forget)."""
-        start, end = user_key_pattern(self.key_builder, user_id)
-        pattern = f"^{re.escape(start)}.*{re.escape(end)}$"
-        result = await self.collection.delete_many({"_id": {"$regex": pattern, "$options": "s"}})
-        return int(result.deleted_count)
+        """Delete the user's sessions in every chat (for /forget), found by the index on `user_id`."""
+        deleted = (await self.collection.delete_many({"user_id": user_id})).deleted_count
+        if self._user_of is not None:
+            # Documents an older version wrote without a user (a replica not yet upgraded): the
+            # few without one, by the same index, then by their key.
+            start, end = user_key_pattern(self.key_builder, user_id)
+            pattern = f"^{re.escape(start)}.*{re.escape(end)}$"
+            unfilled = {"user_id": None, "_id": {"$regex": pattern, "$options": "s"}}
+            deleted += (await self.collection.delete_many(unfilled)).deleted_count
+        return int(deleted)
+
+    @database_call(MONGO_OUTAGES)
+    async def ensure_indexes(self) -> None:
+        """The index /forget finds a user's documents by (created once; creating it again changes nothing)."""
+        await self.collection.create_index("user_id")
 
     # --- the owner's commands (export, stats, migrate) and expiry ------------
 
     @database_call(MONGO_OUTAGES)
-    async def records(self) -> list[FsmRecord]:
-        return [
-            FsmRecord(document["_id"], _state_of(document), _data_of(document), _time_of(document))
-            async for document in self.collection.find({}).sort("_id", 1)
-        ]
+    async def records(self, after: str | None = None, limit: int | None = None) -> list[FsmRecord]:
+        found = self.collection.find({} if after is None else {"_id": {"$gt": after}}).sort("_id", 1)
+        if limit is not None:
+            found = found.limit(limit)
+        return [self._record(document) async for document in found]
 
     @database_call(MONGO_OUTAGES)
-    async def put_record(self, record: FsmRecord) -> None:
-        await self._replace(record.key, record.state, record.data, record.updated_at)
+    async def records_for(self, keys: Sequence[str]) -> dict[str, FsmRecord]:
+        if not keys:
+            return {}
+        found = self.collection.find({"_id": {"$in": list(keys)}})
+        return {document["_id"]: self._record(document) async for document in found}
+
+    def _record(self, document: Mapping[str, Any]) -> FsmRecord:
+        user = document.get("user_id")
+        if user is None and self._user_of is not None:
+            user = self._user_of(document["_id"])
+        return FsmRecord(document["_id"], _state_of(document), _data_of(document), _time_of(document), user)
+
+    @database_call(MONGO_OUTAGES)
+    async def put_records(self, records: Sequence[FsmRecord]) -> None:
+        writes: list[UpdateOne | DeleteOne] = []
+        for record in records:
+            user = record.user_id
+            if user is None and self._user_of is not None:
+                user = self._user_of(record.key)
+            if record.state is None and not record.data:
+                writes.append(DeleteOne({"_id": record.key}))
+            else:
+                change = _replacing(user, record.state, record.data, record.updated_at)
+                writes.append(UpdateOne({"_id": record.key}, change, upsert=True))
+        if writes:
+            await self.collection.bulk_write(writes)  # one command for the batch
+
+    @database_call(MONGO_OUTAGES)
+    async def count_states(self, states: Collection[str], active_since: datetime) -> tuple[int, int]:
+        in_states = {"state": {"$in": list(states)}}
+        total = await self.collection.count_documents(in_states)
+        active = await self.collection.count_documents({**in_states, "updated_at": {"$gte": active_since}})
+        return active, total - active
+
+    @database_call(MONGO_OUTAGES)
+    async def fill_user_ids(self, after: str | None, limit: int) -> str | None:
+        user_of = self._user_of
+        if user_of is None:
+            return None
+        unfilled: dict[str, Any] = {"user_id": None}
+        if after is not None:
+            unfilled["_id"] = {"$gt": after}
+        found = self.collection.find(unfilled, {"_id": 1}).sort("_id", 1).limit(limit)
+        keys = [document["_id"] async for document in found]
+        writes = [
+            UpdateOne({"_id": key, "user_id": None}, {"$set": {"user_id": user}})
+            for key in keys
+            if (user := user_of(key)) is not None
+        ]
+        if writes:
+            await self.collection.bulk_write(writes)
+        return keys[-1] if keys else None
 
     @database_call(MONGO_OUTAGES)
     async def expire(self, ttl: timedelta, limit: int) -> int:
@@ -250,16 +312,19 @@ class MongoStorage(FsmStorage):
     def _id(self, key: StorageKey) -> str:
         return self.key_builder.build(key)
 
-    async def _replace(self, key_id: str, state: str | None, data: Mapping[str, Any], updated_at: datetime) -> None:
+    async def _replace(
+        self, key_id: str, user: int | None, state: str | None, data: Mapping[str, Any], updated_at: datetime
+    ) -> None:
         """Replace state and data in one command; the document goes when both are empty."""
         if state is None and not data:
             await self.collection.delete_one({"_id": key_id})
             return
-        await self.collection.update_one({"_id": key_id}, _replacing(state, data, updated_at), upsert=True)
+        await self.collection.update_one({"_id": key_id}, _replacing(user, state, data, updated_at), upsert=True)
 
-    async def _upsert(self, key_id: str, changes: dict[str, Any], returning: bool = False) -> Any:
+    async def _upsert(self, key_id: str, user: int, changes: dict[str, Any], returning: bool = False) -> Any:
         """`$set` the changes on the key's document, creating it if needed; with `returning`, the document after."""
-        update = {"$set": {**changes, "version": new_version(), "updated_at": datetime.now(UTC)}}
+        stamp = {"version": new_version(), "updated_at": datetime.now(UTC), "user_id": user}
+        update = {"$set": {**changes, **stamp}}
         for attempt in range(2):
             try:
                 if not returning:
@@ -279,7 +344,7 @@ class MongoStorage(FsmStorage):
                     raise
         return None  # pragma: no cover
 
-    async def _clear_field(self, key_id: str, field: Field) -> None:
+    async def _clear_field(self, key_id: str, user: int, field: Field) -> None:
         """Empty `state` or `data`; the document goes when the other one is empty too.
 
         The field is removed first and the document read back in the same
@@ -288,7 +353,10 @@ class MongoStorage(FsmStorage):
         other: Field = "data" if field == "state" else "state"
         document = await self.collection.find_one_and_update(
             {"_id": key_id},
-            {"$unset": {field: ""}, "$set": {"version": new_version(), "updated_at": datetime.now(UTC)}},
+            {
+                "$unset": {field: ""},
+                "$set": {"version": new_version(), "updated_at": datetime.now(UTC), "user_id": user},
+            },
             projection=_ONLY_FIELDS,
             return_document=ReturnDocument.AFTER,
         )
@@ -299,16 +367,16 @@ class MongoStorage(FsmStorage):
         await self.collection.delete_one({"_id": key_id, "state": None, "data": None})
 
 
-def _fields(state: str | None, data: Mapping[str, Any], updated_at: datetime) -> dict[str, Any]:
+def _fields(user: int | None, state: str | None, data: Mapping[str, Any], updated_at: datetime) -> dict[str, Any]:
     """A document's fields for `state` and `data` (the empty ones left out), with a new version."""
-    present = {"state": state, "data": escape_value(dict(data)) if data else None}
+    present = {"state": state, "data": escape_value(dict(data)) if data else None, "user_id": user}
     kept = {name: value for name, value in present.items() if value is not None}
     return {**kept, "version": new_version(), "updated_at": updated_at}
 
 
-def _replacing(state: str | None, data: Mapping[str, Any], updated_at: datetime) -> dict[str, Any]:
+def _replacing(user: int | None, state: str | None, data: Mapping[str, Any], updated_at: datetime) -> dict[str, Any]:
     """The update that gives a document exactly `state` and `data`."""
-    update: dict[str, Any] = {"$set": _fields(state, data, updated_at)}
+    update: dict[str, Any] = {"$set": _fields(user, state, data, updated_at)}
     if absent := {name: "" for name in ("state", "data") if name not in update["$set"]}:
         update["$unset"] = absent
     return update

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, database_call
-from storage.interface import QUESTIONNAIRE_KIND, CompletedResponse, as_utc
+from storage.interface import PAGE_SIZE, QUESTIONNAIRE_KIND, CompletedResponse, TextTally, as_utc
 from storage.mongo.client import MONGO_OUTAGES
-from storage.mongo.keys import escape_value, unescape_value
+from storage.mongo.keys import escape_key, escape_value, unescape_value
+
+_DUPLICATE_KEY = 11000
+COMPLETION_ORDER = [("completed_at", 1), ("_id", 1)]
 
 
 class MongoResponseStore:
@@ -49,24 +54,119 @@ class MongoResponseStore:
         return await self._find({} if since is None else {"completed_at": {"$gte": since.astimezone(UTC)}})
 
     async def _find(self, query: dict[str, Any]) -> list[CompletedResponse]:
-        cursor = self.collection.find(query).sort([("completed_at", 1), ("_id", 1)])
-        return [
-            CompletedResponse(
-                response_id=str(document["_id"]),
-                user_id=document["user_id"],
-                chat_id=document["chat_id"],
-                answers=unescape_value(document["answers"]),
-                completed_at=as_utc(document["completed_at"]),
-                # Documents saved before there were several forms are the questionnaire's.
-                kind=document.get("kind", QUESTIONNAIRE_KIND),
-            )
-            async for document in cursor
+        cursor = self.collection.find(query).sort(COMPLETION_ORDER)
+        return [_response(document) async for document in cursor]
+
+    @database_call(MONGO_OUTAGES)
+    async def ensure_indexes(self) -> None:
+        """Export and migrate read in completion order; /forget finds a user's responses."""
+        # On completed_at alone: nx-27017 fails every insert once an index names `_id` (docs/nx-27017.md).
+        await self.collection.create_index("completed_at")
+        await self.collection.create_index("user_id")
+
+    async def pages(
+        self, since: datetime | None = None, kind: str | None = None, size: int = PAGE_SIZE
+    ) -> AsyncIterator[list[CompletedResponse]]:
+        """One cursor, read `size` documents per batch from the server (by the completed_at index)."""
+        query: dict[str, Any] = {} if since is None else {"completed_at": {"$gte": since.astimezone(UTC)}}
+        if kind is not None:
+            query.update(_of_kind(kind))
+        cursor = self.collection.find(query, batch_size=size).sort(COMPLETION_ORDER)
+        page: list[CompletedResponse] = []
+        async for document in cursor:
+            page.append(_response(document))
+            if len(page) == size:
+                yield page
+                page = []
+        if page:
+            yield page
+
+    @database_call(MONGO_OUTAGES)
+    async def by_ids(self, response_ids: Sequence[str]) -> dict[str, CompletedResponse]:
+        if not response_ids:
+            return {}
+        found = self.collection.find({"_id": {"$in": list(response_ids)}})
+        return {str(document["_id"]): _response(document) async for document in found}
+
+    @database_call(MONGO_OUTAGES)
+    async def save_many(self, responses: Sequence[CompletedResponse]) -> None:
+        if not responses:
+            return
+        try:
+            await self.collection.insert_many([_document(response) for response in responses], ordered=False)
+        except BulkWriteError as error:  # those kept already stay as they were; any other error is one
+            if any(failed.get("code") != _DUPLICATE_KEY for failed in error.details.get("writeErrors", [])):
+                raise
+
+    # --- stats: counted by the server (aggregation pipelines) ----------------
+
+    @database_call(MONGO_OUTAGES)
+    async def count_kinds(self) -> dict[str, int]:
+        grouped = await _aggregate(self.collection, [{"$group": {"_id": "$kind", "n": {"$sum": 1}}}])
+        counts: dict[str, int] = {}
+        async for group in grouped:
+            kind = group["_id"] or QUESTIONNAIRE_KIND
+            counts[kind] = counts.get(kind, 0) + int(group["n"])
+        return counts
+
+    @database_call(MONGO_OUTAGES)
+    async def text_answers(self, kind: str, key: str, top: int) -> TextTally:
+        field = f"answers.{escape_key(key)}"
+        texts = {**_of_kind(kind), field: {"$type": "string"}}
+        total = await self.collection.count_documents(texts)
+        pipeline: list[Mapping[str, Any]] = [
+            {"$match": texts},
+            {
+                "$group": {
+                    "_id": {"$trim": {"input": f"${field}"}},
+                    "n": {"$sum": 1},
+                    "first": {"$min": "$completed_at"},
+                }
+            },
+            # Ties in the order first given, as Counter.most_common has them.
+            {"$sort": {"n": -1, "first": 1, "_id": 1}},
+            {"$limit": top},
         ]
+        grouped = await _aggregate(self.collection, pipeline)
+        return TextTally([(str(group["_id"]), int(group["n"])) async for group in grouped], total)
+
+    @database_call(MONGO_OUTAGES)
+    async def whole_numbers(self, kind: str, key: str) -> list[tuple[int, int]]:
+        field = f"answers.{escape_key(key)}"
+        whole = {**_of_kind(kind), "$or": [{field: {"$type": "int"}}, {field: {"$type": "long"}}]}
+        grouped = await _aggregate(
+            self.collection, [{"$match": whole}, {"$group": {"_id": f"${field}", "n": {"$sum": 1}}}]
+        )
+        # nx-27017 matches any number by "int" (docs/nx-27017.md): a fraction is left out here.
+        counted = [(group["_id"], int(group["n"])) async for group in grouped]
+        return sorted((int(value), n) for value, n in counted if isinstance(value, int) and not isinstance(value, bool))
 
     @database_call(MONGO_OUTAGES)
     async def delete_for_user(self, user_id: int) -> int:
         result = await self.collection.delete_many({"user_id": user_id})
         return int(result.deleted_count)
+
+
+async def _aggregate(collection: Any, pipeline: list[Mapping[str, Any]]) -> Any:
+    """The pipeline's cursor: PyMongo's async client gives it awaited, motor at once."""
+    cursor = collection.aggregate(pipeline)
+    return await cursor if inspect.isawaitable(cursor) else cursor
+
+
+def _of_kind(kind: str) -> dict[str, Any]:
+    # Documents saved before there were several forms have no kind: the questionnaire's.
+    return {"kind": {"$in": [kind, None]}} if kind == QUESTIONNAIRE_KIND else {"kind": kind}
+
+
+def _response(document: Mapping[str, Any]) -> CompletedResponse:
+    return CompletedResponse(
+        response_id=str(document["_id"]),
+        user_id=document["user_id"],
+        chat_id=document["chat_id"],
+        answers=unescape_value(document["answers"]),
+        completed_at=as_utc(document["completed_at"]),
+        kind=document.get("kind", QUESTIONNAIRE_KIND),
+    )
 
 
 def _document(response: CompletedResponse) -> dict[str, Any]:

@@ -100,6 +100,13 @@ def ensure_table(connection: Connection, table: Table, added_later: tuple[str, .
     """
     table.create(connection, checkfirst=True)
     present = {column["name"] for column in inspect(connection).get_columns(table.name)}
+    missing = [column.name for column in table.columns if column.name not in present | set(added_later)]
+    if missing:
+        msg = (
+            f"the table {table.name} has no column {', '.join(missing)}: it was made by another program "
+            "(aiogram-sqlalchemy-storage?); rename or drop it, or give the bot another database"
+        )
+        raise SchemaError(msg)
     for name in added_later:
         if name not in present:
             column = table.c[name]
@@ -108,14 +115,6 @@ def ensure_table(connection: Connection, table: Table, added_later: tuple[str, .
             connection.execute(
                 text(f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.quote(name)} {column_type}")
             )
-            present.add(name)
-    missing = [column.name for column in table.columns if column.name not in present]
-    if missing:
-        msg = (
-            f"the table {table.name} has no column {', '.join(missing)}: it was made by another program "
-            "(aiogram-sqlalchemy-storage?); rename or drop it, or give the bot another database"
-        )
-        raise SchemaError(msg)
     # Indexes a newer version added (the FSM table's on updated_at) come to an older table too.
     for index in table.indexes:
         index.create(connection, checkfirst=True)

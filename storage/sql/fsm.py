@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Mapping
-from datetime import timedelta
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
 from aiogram.exceptions import DataNotDictLikeError
@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
-from storage.interface import FsmRecord, FsmStorage, Versioned, as_utc, user_key_pattern
+from storage.interface import FsmRecord, FsmStorage, Versioned, as_utc, user_key_pattern, user_reader
 from storage.sql.engine import SQL_OUTAGES, create_engine_for_url, ensure_table, retried_on_a_closed_connection
 from storage.sql.sqlite_thread import SQLiteThread
 from storage.sql.statements import Field, FsmStatements, fsm_table
@@ -69,6 +69,7 @@ class SQLAlchemyStorage(FsmStorage):
         self._owned_engine: AsyncEngine | None = None
         self._sqlite: SQLiteThread | None = None
         self._statements: dict[str, FsmStatements] = {}
+        self._user_of = user_reader(self.key_builder)
 
     @classmethod
     async def from_url(
@@ -109,7 +110,8 @@ class SQLAlchemyStorage(FsmStorage):
     @database_call(SQL_OUTAGES)
     async def create_table(self) -> None:
         """Create the FSM table if it does not exist yet; SchemaError if one exists without our columns."""
-        await self.run_on_connection(lambda connection: ensure_table(connection, self.table))
+        # `user_id` came in a later version: an older table gets the column (and its index).
+        await self.run_on_connection(lambda connection: ensure_table(connection, self.table, added_later=("user_id",)))
 
     @property
     def engines(self) -> list[Engine]:
@@ -168,9 +170,9 @@ class SQLAlchemyStorage(FsmStorage):
         value = state.state if isinstance(state, State) else state
         key_id = self._id(key)
         if value is None:
-            await self._clear(key_id, "state")
+            await self._clear(key_id, key.user_id, "state")
         else:
-            await self._run(lambda st, connection: st.set_state(connection, key_id, value))
+            await self._run(lambda st, connection: st.set_state(connection, key_id, key.user_id, value))
 
     @database_call(SQL_OUTAGES)
     async def get_data(self, key: StorageKey) -> dict[str, Any]:
@@ -186,9 +188,9 @@ class SQLAlchemyStorage(FsmStorage):
         key_id = self._id(key)
         if data:
             text = self._dumps(data)
-            await self._run(lambda st, connection: st.set_data(connection, key_id, text))
+            await self._run(lambda st, connection: st.set_data(connection, key_id, key.user_id, text))
         else:
-            await self._clear(key_id, "data")
+            await self._clear(key_id, key.user_id, "data")
 
     @database_call(SQL_OUTAGES)
     async def update_data(self, key: StorageKey, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -204,9 +206,9 @@ class SQLAlchemyStorage(FsmStorage):
             merged = current | patch
             text = self._dumps(merged)
             if row is None:
-                st.insert_data(connection, key_id, text)  # IntegrityError if another writer inserted first
+                st.insert_data(connection, key_id, key.user_id, text)  # IntegrityError if another inserted first
                 return merged
-            return merged if st.swap_data(connection, key_id, row.version, text) else None
+            return merged if st.swap_data(connection, key_id, key.user_id, row.version, text) else None
 
         for _ in range(_MAX_CAS_ATTEMPTS):
             try:
@@ -229,7 +231,7 @@ class SQLAlchemyStorage(FsmStorage):
         value = state.state if isinstance(state, State) else state
         key_id = self._id(key)
         text = self._dumps(data) if data else None
-        await self._run(lambda st, connection: st.set_both(connection, key_id, value, text))
+        await self._run(lambda st, connection: st.set_both(connection, key_id, key.user_id, value, text))
 
     @database_call(SQL_OUTAGES)
     async def get_versioned(self, key: StorageKey) -> Versioned:
@@ -251,29 +253,81 @@ class SQLAlchemyStorage(FsmStorage):
         key_id = self._id(key)
         text = self._dumps(data) if data else None
         try:
-            return await self._run(lambda st, connection: st.swap_both(connection, key_id, expected, value, text))
+            return await self._run(
+                lambda st, connection: st.swap_both(connection, key_id, key.user_id, expected, value, text)
+            )
         except IntegrityError:  # another writer made the row since it was read as absent
             return False
 
     @database_call(SQL_OUTAGES)
     async def delete_user(self, user_id: int) -> int:
-        """Delete the user's sessions in every chat (for /forget)."""
-        start, end = user_key_pattern(self.key_builder, user_id)
-        return await self._run(lambda st, connection: st.delete_like(connection, start, end))
+        """Delete the user's sessions in every chat (for /forget), found by the index on the user."""
+        # Rows an older version wrote without a user id, if the key builder lets them be found by key.
+        pattern = user_key_pattern(self.key_builder, user_id) if self._user_of is not None else None
+        return await self._run(lambda st, connection: st.delete_user(connection, user_id, pattern))
 
     # --- the owner's commands (export, stats, migrate) and expiry ------------
 
     @database_call(SQL_OUTAGES)
-    async def records(self) -> list[FsmRecord]:
-        rows = await self._run(lambda st, connection: st.read_all(connection))
-        return [FsmRecord(row.id, row.state, self._loads(row.data), as_utc(row.updated_at)) for row in rows]
+    async def records(self, after: str | None = None, limit: int | None = None) -> list[FsmRecord]:
+        rows = await self._run(lambda st, connection: st.read(connection, after, limit))
+        return [self._record(row) for row in rows]
 
     @database_call(SQL_OUTAGES)
-    async def put_record(self, record: FsmRecord) -> None:
-        text = self._dumps(record.data) if record.data else None
-        await self._run(
-            lambda st, connection: st.set_both(connection, record.key, record.state, text, record.updated_at)
-        )
+    async def records_for(self, keys: Sequence[str]) -> dict[str, FsmRecord]:
+        rows = await self._run(lambda st, connection: st.read_keys(connection, keys))
+        return {row.id: self._record(row) for row in rows}
+
+    def _record(self, row: Any) -> FsmRecord:
+        user = row.user_id if row.user_id is not None or self._user_of is None else self._user_of(row.id)
+        return FsmRecord(row.id, row.state, self._loads(row.data), as_utc(row.updated_at), user)
+
+    @database_call(SQL_OUTAGES)
+    async def put_records(self, records: Sequence[FsmRecord]) -> None:
+        # A record with neither state nor data is no record: the key has none (as set_state_and_data).
+        empty = [record.key for record in records if record.state is None and not record.data]
+        kept = [
+            (
+                record.key,
+                self._user_for(record),
+                record.state,
+                self._dumps(record.data) if record.data else None,
+                record.updated_at,
+            )
+            for record in records
+            if record.state is not None or record.data
+        ]
+
+        def put(st: FsmStatements, connection: Connection) -> None:
+            st.put_records(connection, kept)
+            for key in empty:
+                st.set_both(connection, key, None, None, None)
+
+        await self._run(put)
+
+    def _user_for(self, record: FsmRecord) -> int | None:
+        if record.user_id is not None or self._user_of is None:
+            return record.user_id
+        return self._user_of(record.key)
+
+    @database_call(SQL_OUTAGES)
+    async def count_states(self, states: Collection[str], active_since: datetime) -> tuple[int, int]:
+        total, active = await self._run(lambda st, connection: st.count_states(connection, states, active_since))
+        return active, total - active
+
+    @database_call(SQL_OUTAGES)
+    async def fill_user_ids(self, after: str | None, limit: int) -> str | None:
+        user_of = self._user_of
+        if user_of is None:
+            return None
+
+        def fill(st: FsmStatements, connection: Connection) -> str | None:
+            keys = st.unfilled(connection, after, limit)
+            found = [(key, user) for key in keys if (user := user_of(key)) is not None]
+            st.fill(connection, found)
+            return keys[-1] if keys else None
+
+        return await self._run(fill)
 
     @database_call(SQL_OUTAGES)
     async def expire(self, ttl: timedelta, limit: int) -> int:
@@ -285,8 +339,8 @@ class SQLAlchemyStorage(FsmStorage):
         # Custom builders written for aiogram-sqlalchemy-storage take no `part`.
         return self.key_builder.build(key)
 
-    async def _clear(self, key_id: str, field: Field) -> None:
-        await self._run(lambda st, connection: st.clear_field(connection, key_id, field))
+    async def _clear(self, key_id: str, user: int | None, field: Field) -> None:
+        await self._run(lambda st, connection: st.clear_field(connection, key_id, user, field))
 
     async def _run(self, operation: Callable[[FsmStatements, Connection], T]) -> T:
         return await self.run_on_connection(lambda connection: operation(self._statements_for(connection), connection))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -11,22 +12,30 @@ from sqlalchemy import (
     Connection,
     CursorResult,
     DateTime,
+    Executable,
     Index,
     Integer,
     String,
     Table,
     Text,
+    and_,
     delete,
+    func,
+    or_,
     select,
     true,
+    tuple_,
     update,
 )
-from sqlalchemy.dialects import mysql
+from sqlalchemy import (
+    cast as sql_cast,
+)
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from storage.errors import database_call
-from storage.interface import QUESTIONNAIRE_KIND, CompletedResponse, as_utc
+from storage.interface import PAGE_SIZE, QUESTIONNAIRE_KIND, CompletedResponse, TextTally, as_utc
 from storage.sql.engine import SQL_OUTAGES, ensure_table
 from storage.sql.fsm import SQLAlchemyStorage
 
@@ -53,6 +62,8 @@ def responses_table(storage: SQLAlchemyStorage, table_name: str = "questionnaire
     )
     # Saving a response twice (a resend after a failure) keeps one.
     Index(f"uq_{table_name}_response_id", table.c.response_id, unique=True)
+    # Export and migrate read in completion order, a page at a time.
+    Index(f"ix_{table_name}_completed_at", table.c.completed_at, table.c.id)
     return table
 
 
@@ -100,7 +111,7 @@ class SQLResponseStore:
             "user_id": response.user_id,
             "chat_id": response.chat_id,
             "answers": _as_text(self.storage.json_dumps(response.answers)),
-            "completed_at": response.completed_at.astimezone(UTC).replace(tzinfo=None),
+            "completed_at": _naive_utc(response.completed_at),
         }
 
     @database_call(SQL_OUTAGES)
@@ -111,29 +122,163 @@ class SQLResponseStore:
     async def completed(self, since: datetime | None = None) -> list[CompletedResponse]:
         if since is None:
             return await self._select(true())
-        return await self._select(self.table.c.completed_at >= since.astimezone(UTC).replace(tzinfo=None))
+        return await self._select(self.table.c.completed_at >= _naive_utc(since))
 
     async def _select(self, where: ColumnElement[bool]) -> list[CompletedResponse]:
         c = self.table.c
         statement = select(self.table).where(where).order_by(c.completed_at, c.id)
         rows = await self.storage.run_on_connection(lambda connection: connection.execute(statement).all())
-        return [
-            CompletedResponse(
-                response_id=row.response_id or str(row.id),
-                user_id=row.user_id,
-                chat_id=row.chat_id,
-                answers=self.storage.json_loads(row.answers),
-                completed_at=as_utc(row.completed_at),
-                kind=row.kind or QUESTIONNAIRE_KIND,
+        return [self._response(row) for row in rows]
+
+    def _response(self, row: Any) -> CompletedResponse:
+        return CompletedResponse(
+            response_id=row.response_id or str(row.id),
+            user_id=row.user_id,
+            chat_id=row.chat_id,
+            answers=self.storage.json_loads(row.answers),
+            completed_at=as_utc(row.completed_at),
+            kind=row.kind or QUESTIONNAIRE_KIND,
+        )
+
+    async def pages(
+        self, since: datetime | None = None, kind: str | None = None, size: int = PAGE_SIZE
+    ) -> AsyncIterator[list[CompletedResponse]]:
+        """In completion order, a page per call: each page starts after the last row of the one before
+        (by the index on completed_at and id), so no page costs more than the first."""
+        c = self.table.c
+        where = true() if since is None else c.completed_at >= _naive_utc(since)
+        if kind is not None:
+            where = and_(where, self._of_kind(kind))
+        last: tuple[datetime, int] | None = None
+        while True:
+            after = true() if last is None else tuple_(c.completed_at, c.id) > tuple_(*last)
+            statement = select(self.table).where(where, after).order_by(c.completed_at, c.id).limit(size)
+            rows = await self._read(statement)
+            if not rows:
+                return
+            last = (rows[-1].completed_at, rows[-1].id)
+            yield [self._response(row) for row in rows]
+
+    @database_call(SQL_OUTAGES)
+    async def _read(self, statement: Executable) -> list[Any]:
+        return await self.storage.run_on_connection(lambda connection: list(connection.execute(statement).all()))
+
+    @database_call(SQL_OUTAGES)
+    async def by_ids(self, response_ids: Sequence[str]) -> dict[str, CompletedResponse]:
+        if not response_ids:
+            return {}
+        statement = select(self.table).where(self.table.c.response_id.in_(list(response_ids)))
+        rows = await self.storage.run_on_connection(lambda connection: connection.execute(statement).all())
+        return {response.response_id: response for response in map(self._response, rows)}
+
+    @database_call(SQL_OUTAGES)
+    async def save_many(self, responses: Sequence[CompletedResponse]) -> None:
+        rows = [self._row(response) for response in responses]
+        if not rows:
+            return
+
+        def save(connection: Connection) -> None:
+            statement = _insert_if_new(self.table, connection.dialect.name)
+            if statement is not None:
+                connection.execute(statement, rows)  # the driver's executemany: one batch
+                return
+            for row in rows:  # another dialect: one at a time, each kept once
+                try:
+                    with connection.begin_nested():
+                        connection.execute(self.table.insert().values(row))
+                except IntegrityError:
+                    pass
+
+        await self.storage.run_on_connection(save)
+
+    # --- stats: counted by the database, whatever the table's size -------------
+
+    def _of_kind(self, kind: str) -> ColumnElement[bool]:
+        c = self.table.c
+        return or_(c.kind == kind, c.kind.is_(None)) if kind == QUESTIONNAIRE_KIND else c.kind == kind
+
+    @database_call(SQL_OUTAGES)
+    async def count_kinds(self) -> dict[str, int]:
+        kind = func.coalesce(self.table.c.kind, QUESTIONNAIRE_KIND)
+        rows = await self._read(select(kind, func.count()).group_by(kind))
+        return {str(name): int(number) for name, number in rows}
+
+    @database_call(SQL_OUTAGES)
+    async def text_answers(self, kind: str, key: str, top: int) -> TextTally:
+        def count(connection: Connection) -> TextTally:
+            answer = _Answer(self.table, connection.dialect.name, key)
+            where = and_(self._of_kind(kind), answer.is_text)
+            total = connection.execute(select(func.count()).where(where)).scalar_one()
+            text = func.trim(answer.text)
+            c = self.table.c
+            commonest = (
+                select(text, func.count())
+                .where(where)
+                .group_by(text)
+                # Ties in the order first given, as Counter.most_common has them.
+                .order_by(func.count().desc(), func.min(c.completed_at), func.min(c.id))
+                .limit(top)
             )
-            for row in rows
-        ]
+            return TextTally([(str(value), int(number)) for value, number in connection.execute(commonest)], total)
+
+        return await self.storage.run_on_connection(count)
+
+    @database_call(SQL_OUTAGES)
+    async def whole_numbers(self, kind: str, key: str) -> list[tuple[int, int]]:
+        def count(connection: Connection) -> list[tuple[int, int]]:
+            answer = _Answer(self.table, connection.dialect.name, key)
+            grouped = (
+                select(answer.text, func.count()).where(self._of_kind(kind), answer.is_whole).group_by(answer.text)
+            )
+            return sorted((int(value), int(number)) for value, number in connection.execute(grouped))
+
+        return await self.storage.run_on_connection(count)
 
     @database_call(SQL_OUTAGES)
     async def delete_for_user(self, user_id: int) -> int:
         statement = delete(self.table).where(self.table.c.user_id == user_id)
         result = await self.storage.run_on_connection(lambda connection: connection.execute(statement))
         return cast(CursorResult[Any], result).rowcount
+
+
+class _Answer:
+    """One answer in the `answers` JSON text, as the dialect reads it: its JSON type and its text."""
+
+    def __init__(self, table: Table, dialect: str, key: str) -> None:
+        answers = table.c.answers
+        path = '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if dialect == "postgresql":
+            element = sql_cast(answers, postgresql.JSON)[key]
+            json_type = func.json_typeof(element)
+            self.text: ColumnElement[Any] = element.astext
+            self.is_text = json_type == "string"
+            # A JSON number written without a fraction or exponent: what Python reads as an int.
+            self.is_whole = and_(json_type == "number", self.text.regexp_match("^-?[0-9]+$"))
+        elif dialect in ("mysql", "mariadb"):
+            element = func.json_extract(answers, path)
+            json_type = func.json_type(element)
+            self.text = func.json_unquote(element)
+            self.is_text = json_type == "STRING"
+            self.is_whole = json_type.in_(["INTEGER", "UNSIGNED INTEGER"])
+        else:  # SQLite's JSON1 functions; other dialects with json_extract and json_type alike
+            self.text = func.json_extract(answers, path)
+            self.is_text = func.json_type(answers, path) == "text"
+            self.is_whole = func.json_type(answers, path) == "integer"
+
+
+def _insert_if_new(table: Table, dialect: str) -> Executable | None:
+    """An INSERT that keeps what is already kept under the same response_id; None: no such statement."""
+    if dialect in ("sqlite", "postgresql"):
+        dialect_insert = sqlite.insert(table) if dialect == "sqlite" else postgresql.insert(table)
+        return dialect_insert.on_conflict_do_nothing(index_elements=[table.c.response_id])
+    if dialect in ("mysql", "mariadb"):
+        statement = mysql.insert(table)
+        return statement.on_duplicate_key_update(response_id=statement.inserted.response_id)
+    return None
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def _as_text(dumped: str | bytes) -> str:

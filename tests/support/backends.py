@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from aiogram.fsm.storage.base import BaseStorage, StorageKey
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from config import MongoDriver, Settings
@@ -82,6 +82,15 @@ class Backend:
         assert isinstance(storage, SQLAlchemyStorage)
         async with storage.sessionmaker() as session:
             return sorted((await session.execute(storage.table.select())).scalars().all())
+
+    async def user_ids(self, storage: BaseStorage) -> dict[str, int | None]:
+        """Each record's user id as stored (None: none kept), by key."""
+        if isinstance(storage, MongoStorage):
+            return {d["_id"]: d.get("user_id") async for d in storage.collection.find({}, {"user_id": 1})}
+        assert isinstance(storage, SQLAlchemyStorage)
+        async with storage.sessionmaker() as session:
+            rows = await session.execute(select(storage.table.c.id, storage.table.c.user_id))
+            return {key: user for key, user in rows}
 
     async def write_raw(self, storage: BaseStorage, key_id: str, state: object, data: object) -> None:
         """Put a record straight into the database, bypassing the storage's checks."""
