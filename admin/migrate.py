@@ -5,11 +5,17 @@ every completed response, between any two of SQLite, PostgreSQL, MariaDB
 / MySQL and MongoDB. What the target already holds is compared first:
 the same record is skipped (so a second run copies nothing), and a
 different one is a conflict: nothing is written unless `--overwrite`.
+
+Both tables are read a page at a time (storage.interface.PAGE_SIZE): a first
+pass only compares each page with the target, a second compares it again and
+writes what is missing, each page in one batch. Memory stays the same
+whatever the number of records.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,7 +26,7 @@ from tqdm import tqdm
 
 from admin.errors import CommandError, opened
 from config import StorageKind, StorageSettings, to_async_database_url
-from storage import CompletedResponse, FsmRecord, Storages
+from storage import CompletedResponse, Storages
 from storage.sql.in_use import in_use
 
 SHOWN_CONFLICTS = 5
@@ -54,42 +60,81 @@ def describe(settings: StorageSettings) -> str:
 
 @dataclass
 class Plan:
-    """What copying would do: new records to write, ones already there, and conflicts."""
+    """What copying would do, counted page by page: new records, ones already there, and conflicts."""
 
-    records: list[FsmRecord] = field(default_factory=list)
+    new_records: int = 0
     same_records: int = 0
-    conflicting_records: list[FsmRecord] = field(default_factory=list)
-    responses: list[CompletedResponse] = field(default_factory=list)
+    conflicting_records: int = 0
+    new_responses: int = 0
     same_responses: int = 0
-    conflicting_responses: list[CompletedResponse] = field(default_factory=list)
+    conflicting_responses: int = 0
+    shown_conflicts: list[str] = field(default_factory=list)  # the first few, to name them
 
     @property
-    def conflicts(self) -> list[str]:
-        return [record.key for record in self.conflicting_records] + [
-            f"response {response.response_id}" for response in self.conflicting_responses
-        ]
+    def conflicts(self) -> int:
+        return self.conflicting_records + self.conflicting_responses
+
+    def conflict(self, name: str) -> None:
+        if len(self.shown_conflicts) < SHOWN_CONFLICTS:
+            self.shown_conflicts.append(name)
+
+
+@dataclass
+class Page:
+    """One page of the source, sorted against the target."""
+
+    new: list[Any] = field(default_factory=list)
+    same: int = 0
+    conflicting: list[Any] = field(default_factory=list)
+
+
+async def record_pages(source: Storages, target: Storages) -> AsyncIterator[Page]:
+    """The source's FSM records a page at a time, each page compared with what the target holds."""
+    async for records in source.fsm.record_pages():
+        present = await target.fsm.records_for([record.key for record in records])
+        page = Page()
+        for record in records:
+            there = present.get(record.key)
+            if there is None:
+                page.new.append(record)
+            elif there.state == record.state and same_json(there.data, record.data):
+                page.same += 1
+            else:
+                page.conflicting.append(record)
+        yield page
+
+
+async def response_pages(source: Storages, target: Storages) -> AsyncIterator[Page]:
+    """The source's completed responses a page at a time, each page compared with what the target holds."""
+    async for responses in source.responses.pages():
+        kept = await target.responses.by_ids([response.response_id for response in responses])
+        page = Page()
+        for response in responses:
+            existing = kept.get(response.response_id)
+            if existing is None:
+                page.new.append(response)
+            elif same_response(existing, response):
+                page.same += 1
+            else:
+                page.conflicting.append(response)
+        yield page
 
 
 async def plan(source: Storages, target: Storages) -> Plan:
+    """The first pass: compare only, page by page, writing nothing."""
     result = Plan()
-    present = {record.key: record for record in await target.fsm.records()}
-    for record in await source.fsm.records():
-        there = present.get(record.key)
-        if there is None:
-            result.records.append(record)
-        elif there.state == record.state and same_json(there.data, record.data):
-            result.same_records += 1
-        else:
-            result.conflicting_records.append(record)
-    kept = {response.response_id: response for response in await target.responses.completed()}
-    for response in await source.responses.completed():
-        existing = kept.get(response.response_id)
-        if existing is None:
-            result.responses.append(response)
-        elif same_response(existing, response):
-            result.same_responses += 1
-        else:
-            result.conflicting_responses.append(response)
+    async for page in record_pages(source, target):
+        result.new_records += len(page.new)
+        result.same_records += page.same
+        result.conflicting_records += len(page.conflicting)
+        for record in page.conflicting:
+            result.conflict(record.key)
+    async for page in response_pages(source, target):
+        result.new_responses += len(page.new)
+        result.same_responses += page.same
+        result.conflicting_responses += len(page.conflicting)
+        for response in page.conflicting:
+            result.conflict(f"response {response.response_id}")
     return result
 
 
@@ -106,31 +151,40 @@ def same_response(one: CompletedResponse, other: CompletedResponse) -> bool:
     )
 
 
-async def copy(plan: Plan, target: Storages, overwrite: bool) -> int:
-    """Write what `plan` found missing (and with `overwrite`, what conflicts); how many responses were new."""
-    records = plan.records + (plan.conflicting_records if overwrite else [])
-    replaced = plan.conflicting_responses if overwrite else []
-    total = len(records) + len(plan.responses) + len(replaced)
-    saved = 0
+async def copy(planned: Plan, source: Storages, target: Storages, overwrite: bool) -> Plan:
+    """The second pass: compare each page again and write what is missing (with `overwrite`, what
+    differs too), each page in one batch. What it found, counted as it wrote."""
+    copied = Plan()
+    total = planned.new_records + planned.new_responses
+    if overwrite:
+        total += planned.conflicts
     # tqdm draws on a terminal only (disable=None), so output sent to a file stays clean.
     with tqdm(total=total, unit="record", desc="Copying", file=sys.stderr, disable=None) as progress:
-        for record in records:
-            await target.fsm.put_record(record)
-            progress.update()
-        for response in plan.responses:
-            saved += await target.responses.save(response)  # False: another writer saved it meanwhile
-            progress.update()
-        for response in replaced:
-            await target.responses.replace(response)
-            progress.update()
-    return saved
+        async for page in record_pages(source, target):
+            written = page.new + (page.conflicting if overwrite else [])
+            await target.fsm.put_records(written)
+            copied.new_records += len(page.new)
+            copied.same_records += page.same
+            copied.conflicting_records += len(page.conflicting)
+            progress.update(len(written))
+        async for page in response_pages(source, target):
+            await target.responses.save_many(page.new)
+            for response in page.conflicting if overwrite else []:
+                await target.responses.replace(response)
+            copied.new_responses += len(page.new)
+            copied.same_responses += page.same
+            copied.conflicting_responses += len(page.conflicting)
+            progress.update(len(page.new) + (len(page.conflicting) if overwrite else 0))
+    return copied
 
 
-def conflicts_message(target_name: str, conflicts: list[str]) -> str:
-    shown = ", ".join(conflicts[:SHOWN_CONFLICTS])
-    more = f" and {len(conflicts) - SHOWN_CONFLICTS} more" if len(conflicts) > SHOWN_CONFLICTS else ""
+def conflicts_message(target_name: str, planned: Plan) -> str:
+    shown = ", ".join(planned.shown_conflicts)
+    more = (
+        f" and {planned.conflicts - len(planned.shown_conflicts)} more" if planned.conflicts > SHOWN_CONFLICTS else ""
+    )
     return (
-        f"{target_name} already holds different data for {len(conflicts)} key(s) ({shown}{more}): "
+        f"{target_name} already holds different data for {planned.conflicts} key(s) ({shown}{more}): "
         "nothing was copied; --overwrite replaces them with the source's"
     )
 
@@ -150,15 +204,14 @@ async def migrate(settings: StorageSettings, to: str, source_url: str | None, ov
     ):
         planned = await plan(source, target)
         if planned.conflicts and not overwrite:
-            raise CommandError(conflicts_message(target_name, planned.conflicts))
-        saved = await copy(planned, target, overwrite)
-    there_already = planned.same_responses + len(planned.responses) - saved
+            raise CommandError(conflicts_message(target_name, planned))
+        copied = await copy(planned, source, target, overwrite)
     print(f"Copied from {source_name} to {target_name}:")
-    print(counts("conversations", len(planned.records), planned.same_records, planned.conflicting_records, overwrite))
-    print(counts("answers", saved, there_already, planned.conflicting_responses, overwrite))
+    print(counts("conversations", copied.new_records, copied.same_records, copied.conflicting_records, overwrite))
+    print(counts("answers", copied.new_responses, copied.same_responses, copied.conflicting_responses, overwrite))
     return 0
 
 
-def counts(what: str, copied: int, there_already: int, conflicting: list[Any], overwrite: bool) -> str:
-    replaced = f", {len(conflicting)} replaced" if overwrite and conflicting else ""
+def counts(what: str, copied: int, there_already: int, conflicting: int, overwrite: bool) -> str:
+    replaced = f", {conflicting} replaced" if overwrite and conflicting else ""
     return f"  {what:<14} {copied:>6} copied, {there_already} there already{replaced}"

@@ -6,16 +6,14 @@ forms' responses are counted by kind.
 
 from __future__ import annotations
 
-import statistics
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from admin.errors import opened
 from config import StorageSettings, describe_duration
-from states import Question, Questionnaire, Tally, questions
-from storage import CompletedResponse, FsmRecord
-from storage.interface import QUESTIONNAIRE_KIND
+from states import Questionnaire, Tally, questions
+from storage import Storages
+from storage.interface import QUESTIONNAIRE_KIND, TextTally
 
 # A questionnaire nobody answered for this long counts as abandoned (FSM_TTL removes it later).
 ABANDONED_AFTER = timedelta(days=1)
@@ -27,29 +25,30 @@ class Stats:
     finished: int = 0
     in_progress: int = 0
     abandoned: int = 0
-    answers: dict[str, list[object]] = field(default_factory=dict)  # by question key
-    other_forms: Counter[str] = field(default_factory=Counter)  # completed, by kind
+    texts: dict[str, TextTally] = field(default_factory=dict)  # by question key (Tally.COUNTS)
+    numbers: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # (Tally.RANGE): value, how often
+    other_forms: dict[str, int] = field(default_factory=dict)  # completed, by kind
 
     @property
     def started(self) -> int:
         return self.finished + self.in_progress + self.abandoned
 
 
-def count(records: list[FsmRecord], responses: list[CompletedResponse], now: datetime) -> Stats:
-    stats = Stats()
-    for record in records:
-        if record.state in Questionnaire.__all_states_names__:
-            if now - record.updated_at > ABANDONED_AFTER:
-                stats.abandoned += 1
-            else:
-                stats.in_progress += 1
-    for response in responses:
-        if response.kind != QUESTIONNAIRE_KIND:
-            stats.other_forms[response.kind] += 1
-            continue
-        stats.finished += 1
-        for name, answer in response.answers.items():
-            stats.answers.setdefault(name, []).append(answer)
+async def count(storages: Storages, now: datetime) -> Stats:
+    """Every number counted by the database: the answers are never read into memory."""
+    in_progress, abandoned = await storages.fsm.count_states(
+        Questionnaire.__all_states_names__, active_since=now - ABANDONED_AFTER
+    )
+    kinds = await storages.responses.count_kinds()
+    stats = Stats(finished=kinds.pop(QUESTIONNAIRE_KIND, 0), in_progress=in_progress, abandoned=abandoned)
+    stats.other_forms = kinds
+    for question in questions(Questionnaire):
+        if question.tally is Tally.RANGE:
+            stats.numbers[question.key] = await storages.responses.whole_numbers(QUESTIONNAIRE_KIND, question.key)
+        elif question.tally is not None:
+            stats.texts[question.key] = await storages.responses.text_answers(
+                QUESTIONNAIRE_KIND, question.key, TOP_ANSWERS
+            )
     return stats
 
 
@@ -64,27 +63,43 @@ def render(stats: Stats, ttl: timedelta | None) -> str:
     ]
     for question in questions(Questionnaire):
         # A question nobody has answered yet (just added) has no section until someone does.
-        if question.tally is not None and (question.key in stats.answers or not stats.finished):
-            lines += ["", question.label, *tally(question, stats.answers.get(question.key, []), stats.finished)]
+        if question.tally is Tally.RANGE:
+            numbers = stats.numbers.get(question.key, [])
+            if numbers or not stats.finished:
+                lines += ["", question.label, *number_range(numbers)]
+        elif question.tally is not None:
+            texts = stats.texts.get(question.key, TextTally())
+            if texts.total or not stats.finished:
+                lines += ["", question.label, *text_counts(texts, stats.finished)]
     if stats.other_forms:
         lines += ["", "Other forms, completed"]
         lines += [f"  {kind[:20]:<20} {number:>6}" for kind, number in sorted(stats.other_forms.items())]
     return "\n".join(lines) + "\n"
 
 
-def tally(question: Question, answers: list[object], finished: int) -> list[str]:
-    if question.tally is Tally.RANGE:
-        numbers = [answer for answer in answers if isinstance(answer, int) and not isinstance(answer, bool)]
-        if not numbers:
-            return ["  (no answers yet)"]
-        low, middle, high = min(numbers), statistics.median(numbers), max(numbers)
-        return [f"  {low} to {high}, median {middle:g} ({len(numbers)} answers)"]
-    counted = Counter(answer.strip() for answer in answers if isinstance(answer, str))
-    if not counted:
+def number_range(numbers: list[tuple[int, int]]) -> list[str]:
+    """The smallest, the median and the largest answer, from each answer's count (smallest first)."""
+    answers = sum(n for _, n in numbers)
+    if not answers:
         return ["  (no answers yet)"]
-    top = counted.most_common(TOP_ANSWERS)
-    lines = [f"  {answer[:20]:<20} {number:>6}{_share(number, finished)}" for answer, number in top]
-    if others := sum(counted.values()) - sum(number for _, number in top):
+    middle = (nth(numbers, (answers - 1) // 2) + nth(numbers, answers // 2)) / 2
+    return [f"  {numbers[0][0]} to {numbers[-1][0]}, median {middle:g} ({answers} answers)"]
+
+
+def nth(numbers: list[tuple[int, int]], position: int) -> int:
+    """The answer at `position` (from 0) in the sorted answers that `numbers` counts."""
+    for value, n in numbers:
+        if position < n:
+            return value
+        position -= n
+    raise IndexError(position)
+
+
+def text_counts(texts: TextTally, finished: int) -> list[str]:
+    if not texts.total:
+        return ["  (no answers yet)"]
+    lines = [f"  {answer[:20]:<20} {number:>6}{_share(number, finished)}" for answer, number in texts.top]
+    if others := texts.total - sum(number for _, number in texts.top):
         lines.append(f"  {'(other answers)':<20} {others:>6}{_share(others, finished)}")
     return lines
 
@@ -95,7 +110,6 @@ def _share(part: int, whole: int) -> str:
 
 async def stats(settings: StorageSettings) -> int:
     async with opened(settings) as storages:
-        records = await storages.fsm.records()
-        responses = await storages.responses.completed()
-    print(render(count(records, responses, datetime.now(UTC)), settings.fsm_ttl), end="")
+        counted = await count(storages, datetime.now(UTC))
+    print(render(counted, settings.fsm_ttl), end="")
     return 0

@@ -18,14 +18,23 @@ from storage import FsmStorage, StorageUnavailableError
 
 logger = logging.getLogger(__name__)
 
-BATCH = 1000  # keys removed per sweep at most: one sweep never holds the database long
+BATCH = 1000  # keys removed per statement at most: one never holds the database long
+# Batches per sweep at most: while a full batch went, the next goes at once, up to this many
+# (100,000 keys); users' calls take their turns between batches.
+BATCHES_PER_SWEEP = 100
 LONGEST_PAUSE = 600.0  # seconds between sweeps, or less for a short FSM_TTL
-PAUSE_AFTER_A_FULL_BATCH = 1.0  # more keys are waiting: go on soon, leaving room for users
+PAUSE_AFTER_A_FULL_SWEEP = 1.0  # more keys are waiting: go on soon, leaving room for users
 
 
-async def sweep(storage: FsmStorage, ttl: timedelta, limit: int = BATCH) -> int:
-    """Remove up to `limit` expired conversations; how many went (logged when any)."""
-    removed = await storage.expire(ttl, limit)
+async def sweep(storage: FsmStorage, ttl: timedelta, limit: int = BATCH, batches: int = 1) -> int:
+    """Remove expired conversations, `limit` at a time, another batch at once while a full one went,
+    at most `batches` of them; how many went (logged when any)."""
+    removed = 0
+    for _ in range(batches):
+        went = await storage.expire(ttl, limit)
+        removed += went
+        if went < limit:
+            break
     if removed:
         logger.info("Removed %d conversation(s) untouched for more than %s (FSM_TTL)", removed, describe_duration(ttl))
     return removed
@@ -52,7 +61,7 @@ class ExpirySweeper:
     async def _run(self) -> None:
         while True:
             try:
-                removed = await sweep(self.storage, self.ttl)
+                removed = await sweep(self.storage, self.ttl, BATCH, BATCHES_PER_SWEEP)
                 count_sweep("ok", removed)
             except StorageUnavailableError as error:
                 logger.warning("Expiry skipped this time: %s", error)
@@ -65,4 +74,5 @@ class ExpirySweeper:
                 logger.exception("Expiry failed this time; it runs again later")
                 count_sweep("failed")
                 removed = 0
-            await asyncio.sleep(PAUSE_AFTER_A_FULL_BATCH if removed >= BATCH else self.pause)
+            full = removed >= BATCH * BATCHES_PER_SWEEP
+            await asyncio.sleep(PAUSE_AFTER_A_FULL_SWEEP if full else self.pause)

@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from config import DEFAULT_FSM_TTL, MongoDriver, StorageKind, StorageSettings
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, SchemaError, StorageUnavailableError
-from storage.interface import FsmStorage, ResponseStore
+from storage.interface import FsmStorage, ResponseRecords
 from storage.sql.fsm import SQLAlchemyStorage
 from storage.sql.responses import SQLResponseStore
 
@@ -26,7 +26,7 @@ class Storages:
     """
 
     fsm: FsmStorage
-    responses: ResponseStore
+    responses: ResponseRecords
 
     async def close(self) -> None:
         await self.fsm.close()

@@ -84,6 +84,10 @@ class ResponseStore(Protocol):
         """Every response completed at or after `since`, oldest first (a small table's; see `pages`)."""
         ...
 
+
+class ResponseRecords(ResponseStore, Protocol):
+    """A ResponseStore as the owner's commands read it: a page at a time, counted by the database."""
+
     def pages(
         self, since: datetime | None = None, kind: str | None = None, size: int = PAGE_SIZE
     ) -> AsyncIterator[list[CompletedResponse]]:

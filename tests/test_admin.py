@@ -135,18 +135,22 @@ async def test_stats_count_started_finished_abandoned_and_the_answers(storages: 
     await storages.responses.save(
         CompletedResponse("r4", 14, 14, {"name": "Dee", "age": 65, "colour": "Blue"}, now - timedelta(hours=1))
     )
+    # Counted by the database as Python counted them: True and 44.5 are not whole numbers, " Blue " is Blue.
+    await storages.responses.save(CompletedResponse("r5", 15, 15, {"age": True, "colour": " Blue "}, now))
+    await storages.responses.save(CompletedResponse("r6", 16, 16, {"age": 44.5, "colour": 7}, now))
+    await storages.responses.save(CompletedResponse("r7", 17, 17, {"text": "Nice"}, now, kind="feedback"))
     await storages.fsm.put_record(FsmRecord("fsm:1:20:20", "Questionnaire:age", {"name": "Eve"}, now))
     await storages.fsm.put_record(
         FsmRecord("fsm:1:21:21", "Questionnaire:colour", {"name": "Fay", "age": 20}, now - timedelta(days=3))
     )
     await storages.fsm.put_record(FsmRecord("fsm:1:22:22", None, {"__applied_updates__": {"updates": [1]}}, now))
 
-    stats = count(await storages.fsm.records(), await storages.responses.completed(), now)
+    stats = await count(storages, now)
 
     assert render_stats(stats, timedelta(days=30)) == (
         "Questionnaires\n"
-        "  started           6\n"
-        "  finished          4   67%\n"
+        "  started           8\n"
+        "  finished          6   75%\n"
         "  in progress       1  answered in the last 24 hours\n"
         "  abandoned         1  silent for longer; removed after 30 days (FSM_TTL)\n"
         "\n"
@@ -154,9 +158,12 @@ async def test_stats_count_started_finished_abandoned_and_the_answers(storages: 
         "  18 to 65, median 35.5 (4 answers)\n"
         "\n"
         "Favourite colour\n"
-        "  Blue                      2   50%\n"
-        "  🎉 <b>Red</b> & green      1   25%\n"
-        "  Zöë; ünïcode              1   25%\n"
+        "  Blue                      3   50%\n"
+        "  🎉 <b>Red</b> & green      1   17%\n"
+        "  Zöë; ünïcode              1   17%\n"
+        "\n"
+        "Other forms, completed\n"
+        "  feedback                  1\n"
     )
 
 
@@ -180,6 +187,19 @@ async def test_expiry_removes_exactly_the_conversations_untouched_longer_than_th
         ("fsm:1:2:2", "Questionnaire:age", {"name": "fsm:1:2:2"}),
         ("fsm:1:4:4", "Questionnaire:age", {"name": "fsm:1:4:4"}),
     ]
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+async def test_a_sweep_goes_on_while_batches_come_back_full_up_to_its_bound(storages: Storages) -> None:
+    if isinstance(storages.fsm, MongoStorage):
+        await storages.fsm.ensure_expiry_index(None)  # the sweep alone, not the server's TTL monitor
+    old = datetime.now(UTC) - timedelta(days=40)
+    await storages.fsm.put_records([FsmRecord(f"fsm:{n}:{n}", "Questionnaire:age", {}, old) for n in range(1, 8)])
+    ttl = timedelta(days=30)
+
+    assert await sweep(storages.fsm, ttl, limit=2, batches=2) == 4  # full batches, then the bound
+    assert await sweep(storages.fsm, ttl, limit=2, batches=10) == 3  # 2, then 1: no more waiting
+    assert await storages.fsm.records() == []
 
 
 @pytest.mark.parametrize("backend", backend_params(*MONGO_BACKENDS), indirect=True)

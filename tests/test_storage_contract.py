@@ -289,7 +289,8 @@ async def test_records_written_without_a_user_id_are_filled_in_and_forgotten(
     assert after is not None
     while after is not None:
         after = await storage.fill_user_ids(after, 2)
-    assert await backend.user_ids(storage) == {"fsm:1:77": 77, "fsm:2:8": 8, "fsm:3:8": 8, "fsm:7:17": 17, "odd key": None}
+    filled = {"fsm:1:77": 77, "fsm:2:8": 8, "fsm:3:8": 8, "fsm:7:17": 17, "odd key": None}
+    assert await backend.user_ids(storage) == filled
     assert await storage.delete_user(8) == 2
     assert await backend.record_ids(storage) == ["fsm:1:77", "fsm:7:17", "odd key"]
 

@@ -96,7 +96,7 @@ async def test_export_and_stats_show_an_added_question(chat: ChatHarness, probe:
     header = render_export(responses, "csv").decode("utf-8-sig").splitlines()[0]
     keys = ",".join(question.key for question in asked())
     assert header == f"user_id,chat_id,kind,{keys},completed_at"
-    shown = render_stats(count(await chat.storages.fsm.records(), responses, datetime.now(UTC)), None)
+    shown = render_stats(await count(chat.storages, datetime.now(UTC)), None)
     assert "\nProbe city\n  Lisbon                    1   50%\n  Porto                     1   50%\n" in shown
 
 
@@ -145,7 +145,7 @@ async def test_readmes_second_form_runs_mid_questionnaire_and_returns_the_user(
     exported = render_export(responses, "jsonl").decode()
     assert '"kind": "feedback"' in exported
     assert '"kind": "questionnaire"' in exported
-    stats = render_stats(count(await chat.storages.fsm.records(), responses, datetime.now(UTC)), None)
+    stats = render_stats(await count(chat.storages, datetime.now(UTC)), None)
     assert "  finished          1" in stats
     assert "Other forms, completed\n  feedback                  1\n" in stats
 

@@ -36,6 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import BindParameter
 
 from storage.interface import new_version
 
@@ -85,7 +86,7 @@ class FsmStatements:
         self.write_data_sql = _upsert(table, dialect, ("data", "version"))
         self.write_both_sql = _upsert(table, dialect, ("state", "data", "version"))
         self.write_record_sql = _upsert(table, dialect, RECORD)
-        user = bindparam("user_id")
+        user: BindParameter[Any] = bindparam("user_id")
         self.insert_data_sql = insert(table).values(
             id=bindparam("key"), data=bindparam("new_data"), version=bindparam("new_version"), user_id=user
         )
@@ -135,7 +136,7 @@ class FsmStatements:
             select(c.id).where(c.user_id.is_(None), c.id > bindparam("after")).order_by(c.id).limit(bindparam("limit"))
         )
         self.fill_sql = update(table).where(key, c.user_id.is_(None)).values(user_id=user)
-        since = bindparam("since")
+        since: BindParameter[Any] = bindparam("since")
         self.count_states_sql = select(func.count(), func.count(case((c.updated_at >= since, 1)))).where(
             c.state.in_(bindparam("states", expanding=True))
         )
@@ -216,8 +217,9 @@ class FsmStatements:
         if self.write_record_sql is not None:
             connection.execute(self.write_record_sql, rows)  # the driver's executemany: one batch
             return
-        for row in rows:
-            self._upsert(connection, None, RECORD, row.pop("key"), row.pop("user_id"), **row)
+        for key, user, state, data, stamp in records:
+            stored = self._stored_time(stamp)
+            self._upsert(connection, None, RECORD, key, user, new_state=state, new_data=data, new_updated_at=stored)
 
     def _stored_time(self, stamp: datetime) -> datetime:
         # PostgreSQL keeps the zone; SQLite's and MySQL's columns hold UTC without one.
@@ -281,14 +283,14 @@ class FsmStatements:
             deleted += _rowcount(connection.execute(self.delete_unfilled_sql, {"pattern": pattern}))
         return deleted
 
-    def read(self, connection: Connection, after: str | None, limit: int | None) -> list[Row[Any]]:
+    def read(self, connection: Connection, after: str | None, limit: int | None) -> list[Row[Any, Any, Any, Any, Any]]:
         """Rows sorted by key, from the first after `after`, at most `limit` (None: all)."""
         if after is None and limit is None:
             return list(connection.execute(self.read_all_sql).all())
         parameters = {"after": "" if after is None else after, "limit": 2**62 if limit is None else limit}
         return list(connection.execute(self.read_page_sql, parameters).all())
 
-    def read_keys(self, connection: Connection, keys: Sequence[str]) -> list[Row[Any]]:
+    def read_keys(self, connection: Connection, keys: Sequence[str]) -> list[Row[Any, Any, Any, Any, Any]]:
         return list(connection.execute(self.read_keys_sql, {"keys": list(keys)}).all()) if keys else []
 
     def unfilled(self, connection: Connection, after: str | None, limit: int) -> list[str]:

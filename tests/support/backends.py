@@ -90,7 +90,7 @@ class Backend:
         assert isinstance(storage, SQLAlchemyStorage)
         async with storage.sessionmaker() as session:
             rows = await session.execute(select(storage.table.c.id, storage.table.c.user_id))
-            return {key: user for key, user in rows}
+            return {row.id: row.user_id for row in rows}
 
     async def write_raw(self, storage: BaseStorage, key_id: str, state: object, data: object) -> None:
         """Put a record straight into the database, bypassing the storage's checks."""
