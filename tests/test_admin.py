@@ -32,6 +32,7 @@ from bot.emulator import BotAPIEmulator, running_emulator
 from bot.expiry import ExpirySweeper, sweep
 from config import StorageSettings
 from storage import CompletedResponse, FsmRecord, MongoStorage, Storages
+from storage.interface import PAGE_SIZE
 from tests.support.backends import ALL_BACKENDS, MONGO_BACKENDS, SQL_URL_VARIABLES, Backend, backend_params
 from tests.support.bot_process import ROOT, BotProcess, bot_environment, drop_bot_tables, finish
 from tests.support.questionnaire import asked, conversation, saved, shows_summary, typed
@@ -242,6 +243,44 @@ async def test_migrate_reports_a_conflict_and_changes_nothing_unless_overwrite(t
         ("fsm:1:Ann:2", {"name": "Ann"}),
         ("fsm:1:Bob:2", {"name": "Bob"}),
     ]
+
+
+async def test_migrate_pages_through_both_tables_and_a_conflict_on_the_last_page_stops_every_write(
+    tmp_path: Path,
+) -> None:
+    """More than two pages (storage.interface.PAGE_SIZE) of each: compared page by page before any write."""
+    source = StorageSettings(database_url=f"sqlite:///{tmp_path / 'a.db'}", _env_file=None)
+    target_url = f"sqlite:///{tmp_path / 'b.db'}"
+    target = StorageSettings(database_url=target_url, _env_file=None)
+    now = datetime.now(UTC)
+    many = 2 * PAGE_SIZE + 7
+    opened = await Backend("sqlite", source.database_url, "").open_storages()
+    await opened.fsm.put_records(
+        [FsmRecord(f"fsm:{n}:{n}", "Questionnaire:age", {"name": f"U{n}"}, now, n) for n in range(many)]
+    )
+    await opened.responses.save_many(
+        [CompletedResponse(f"r{n:05}", n, n, {"name": f"U{n}"}, now + timedelta(seconds=n)) for n in range(many)]
+    )
+    await opened.close()
+
+    assert await migrate(source, target_url, None, overwrite=False) == 0
+    copied = await Backend("sqlite", target.database_url, "").open_storages()
+    try:
+        assert [(r.key, r.data, r.user_id) for r in await copied.fsm.records()] == sorted(
+            (f"fsm:{n}:{n}", {"name": f"U{n}"}, n) for n in range(many)
+        )
+        assert [r.response_id for r in await copied.responses.completed()] == [f"r{n:05}" for n in range(many)]
+        # The last key in the source's order, changed in the target: a conflict on the last page.
+        await copied.fsm.put_record(FsmRecord("fsm:999:999", "Questionnaire:age", {"name": "other"}, now))
+    finally:
+        await copied.close()
+    opened = await Backend("sqlite", source.database_url, "").open_storages()
+    await opened.fsm.put_record(FsmRecord("fsm:0:0:new", "Questionnaire:age", {"name": "new"}, now))  # first page
+    await opened.close()
+
+    with pytest.raises(CommandError, match=r"different data for 1 key\(s\) \(fsm:999:999\)"):
+        await migrate(source, target_url, None, overwrite=False)
+    assert "fsm:0:0:new" not in {r.key for r in await records_of(target)}  # nothing was written
 
 
 async def records_of(settings: StorageSettings) -> list[FsmRecord]:
