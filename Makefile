@@ -12,7 +12,7 @@ export MYSQL_TEST_URL ?= mysql+asyncmy://root@127.0.0.1:3306/test
 # with debootstrap; as root, make installs both from Debian. PODMAN= leaves the image test out.
 export PODMAN ?= podman
 
-.PHONY: run sandbox replicas test lint unit image-tools bench clean
+.PHONY: run sandbox replicas test lint unit image-tools bench bench-scale clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,12 @@ bench: $(VENV)/.dev-deps
 	REDIS_URL=$${REDIS_URL-redis://127.0.0.1:6379} \
 	POSTGRES_BENCH_URL=$${POSTGRES_BENCH_URL-$(POSTGRES_TEST_URL)} MYSQL_BENCH_URL=$${MYSQL_BENCH_URL-$(MYSQL_TEST_URL)} \
 	$(BIN)/python -m benchmarks --json benchmark-results.json
+
+# Not part of `make test`: the owner's commands, /forget, expiry and the bot on a million users
+# (docs/performance.md). SCALE_N=100000 for fewer; it creates and drops its own PostgreSQL databases.
+bench-scale: $(VENV)/.dev-deps
+	POSTGRES_BENCH_URL=$${POSTGRES_BENCH_URL-$(POSTGRES_TEST_URL)} \
+	$(BIN)/python -m benchmarks.scale --json benchmark-scale.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -49,3 +49,17 @@ async def test_benchmark_runs_and_reports_every_storage(tmp_path: Path) -> None:
     ours = [row for row in numbers["in_process"] if "(ours" in row["name"]]
     assert all(row["failed_users"] == 0 for row in ours), ours
     assert numbers["process"]["this bot"]["first_reply_seconds"] > 0
+
+
+async def test_the_scale_benchmark_runs_on_a_tiny_table(tmp_path: Path) -> None:
+    report = tmp_path / "scale.json"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.scale", "--n", "200", "--only", "sqlite", "--json", str(report),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await finish(process, 300)
+    assert process.returncode == 0, stderr
+    results = json.loads(report.read_text())["results"]["SQLite"]
+    assert {"stats", "export csv", "export json", "export jsonl", "forget", "per update", "expiry"} <= set(results)
+    assert results["expiry"]["removed"] == 200  # every conversation was backlog
+    assert "[met]" in stdout or "[MISSED]" in stdout
