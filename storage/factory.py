@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import orjson
 from sqlalchemy.engine import make_url
@@ -53,7 +54,14 @@ async def create_storages(settings: StorageSettings, *, owner_command: bool = Fa
             expire_after=settings.fsm_ttl,
             set_expiry_index=not owner_command,
         )
-    storages = await create_sql_storages(settings.database_url, timeout=timeout)
+    engine_kwargs: dict[str, Any] = {}
+    if owner_command and make_url(settings.database_url).get_backend_name() == "postgresql":
+        # A table migrate fills grows faster than autovacuum analyzes it: a plan PostgreSQL
+        # cached for a prepared statement while the table was nearly empty (a sequential
+        # scan) would stay for the whole copy, each page's lookup reading the whole table.
+        # Planned again on every run, the lookups use the primary key.
+        engine_kwargs["connect_args"] = {"server_settings": {"plan_cache_mode": "force_custom_plan"}}
+    storages = await create_sql_storages(settings.database_url, timeout=timeout, **engine_kwargs)
     if not owner_command:
         await _fill_user_ids(storages)
     return storages
@@ -75,11 +83,15 @@ async def _fill_user_ids(storages: Storages) -> None:
         raise
 
 
-async def create_sql_storages(database_url: str, timeout: float | None = DEFAULT_TIMEOUT_SECONDS) -> Storages:  # noqa: ASYNC109 - per database call
+async def create_sql_storages(
+    database_url: str,
+    timeout: float | None = DEFAULT_TIMEOUT_SECONDS,  # noqa: ASYNC109 - per database call
+    **engine_kwargs: Any,
+) -> Storages:
     try:
         # orjson: the same JSON, written and read several times faster than the standard library's.
         fsm = await SQLAlchemyStorage.from_url(
-            database_url, json_dumps=orjson.dumps, json_loads=orjson.loads, timeout=timeout
+            database_url, json_dumps=orjson.dumps, json_loads=orjson.loads, timeout=timeout, **engine_kwargs
         )
     except SchemaError:
         raise
