@@ -317,7 +317,9 @@ async def run_sql(name: str, url: str, empty_url: str, n: int, folder: Path) -> 
     return place
 
 
-def targets(places: dict[str, Place]) -> list[tuple[str, bool]]:
+def targets(places: dict[str, Place], baseline: dict[str, float]) -> list[tuple[str, bool]]:
+    """Each target of issue 22, met or not. Peak memory is the whole process's, importing included;
+    the time `stats` takes is checked without the import, which is the same for an empty database."""
     checks = []
     for name in ("SQLite", "PostgreSQL"):
         if name not in places:
@@ -342,9 +344,9 @@ def targets(places: dict[str, Place]) -> list[tuple[str, bool]]:
         )
     if "PostgreSQL" in places:
         seconds = places["PostgreSQL"].results["stats"]["seconds"]
-        checks.append(
-            (f"PostgreSQL: stats in {seconds:.1f} s (< {STATS_TARGET_SECONDS:.0f} s)", seconds < STATS_TARGET_SECONDS)
-        )
+        answered = seconds - baseline["seconds"]
+        line = f"PostgreSQL: stats answers {answered:.1f} s after its imports ({seconds:.1f} s in all)"
+        checks.append((f"{line} (< {STATS_TARGET_SECONDS:.0f} s)", answered < STATS_TARGET_SECONDS))
         if "migrate" in places["PostgreSQL"].results:
             speed = places["PostgreSQL"].results["migrate"]["records_per_second"]
             checks.append(
@@ -398,13 +400,14 @@ async def main(argv: list[str] | None = None) -> int:
         if "mongo" in only:
             places["MongoDB"] = await run_mongo(args.mongo_url, args.mongo_n, folder)
     print()
-    checks = targets(places)
+    checks = targets(places, baseline)
     for line, met in checks:
         print(f"[{'met' if met else 'MISSED'}] {line}")
     if args.json:
         numbers = {
             "n": args.n,
             "mongo_n": args.mongo_n,
+            "import": baseline,
             "results": {name: place.results for name, place in places.items()},
         }
         numbers["targets"] = [{"target": line, "met": met} for line, met in checks]
