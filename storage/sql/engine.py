@@ -96,7 +96,7 @@ def ensure_table(connection: Connection, table: Table, added_later: tuple[str, .
     """Create `table` if it is missing, else check that it has every column the bot writes.
 
     Columns named in `added_later` came with a newer version of the bot: an
-    older table gets them (nullable) instead of an error.
+    older table gets them (nullable, or NOT NULL with their default) instead of an error.
     """
     table.create(connection, checkfirst=True)
     present = {column["name"] for column in inspect(connection).get_columns(table.name)}
@@ -111,6 +111,10 @@ def ensure_table(connection: Connection, table: Table, added_later: tuple[str, .
         if name not in present:
             column = table.c[name]
             column_type = column.type.compile(connection.dialect)
+            # A column with a default (the outbox's counters) is filled with it in every existing row.
+            default = getattr(column.server_default, "arg", None)
+            if default is not None:
+                column_type += f" NOT NULL DEFAULT {default}"
             preparer = connection.dialect.identifier_preparer
             connection.execute(
                 text(f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.quote(name)} {column_type}")

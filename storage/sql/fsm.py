@@ -111,7 +111,7 @@ class SQLAlchemyStorage(FsmStorage):
     async def create_table(self) -> None:
         """Create the FSM table if it does not exist yet; SchemaError if one exists without our columns."""
         # `user_id` came in a later version: an older table gets the column (and its index).
-        await self.run_on_connection(lambda connection: ensure_table(connection, self.table, added_later=("user_id",)))
+        await self.run_on_connection(lambda connection: ensure_table(connection, self.table, added_later=("user_id", "outbox_queued", "outbox_sent", "outbox_due")))
 
     @property
     def engines(self) -> list[Engine]:

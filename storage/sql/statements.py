@@ -43,7 +43,7 @@ from storage.interface import new_version
 KEY_LENGTH = 255
 STATE_LENGTH = 255
 Field = Literal["state", "data"]
-FSM_COLUMNS = ("id", "state", "data", "version", "updated_at", "user_id")
+FSM_COLUMNS = ("id", "state", "data", "version", "updated_at", "user_id", "outbox_queued", "outbox_sent", "outbox_due")
 # What migrate writes: the whole record, its time included.
 RECORD = ("state", "data", "version", "updated_at")
 
@@ -64,9 +64,16 @@ def fsm_table(metadata: MetaData, table_name: str) -> Table:
         # The StorageKey's user, written with every change: /forget finds a user's keys by it.
         # NULL in rows an older version wrote, until the bot's start-up fills it in.
         Column("user_id", BigInteger, nullable=True),
+        # The outbox (bot/outbox.py): the calls an update committed are kept in `data`, numbered;
+        # `outbox_queued` is the last one's number, `outbox_sent` the last one done (marked without
+        # changing `version`), and `outbox_due` is set while any waits, so start-up finds them.
+        Column("outbox_queued", BigInteger, nullable=False, server_default="0"),
+        Column("outbox_sent", BigInteger, nullable=False, server_default="0"),
+        Column("outbox_due", DateTime(timezone=True), nullable=True),
         # Expiry (FSM_TTL) finds the oldest keys by it.
         Index(f"ix_{table_name}_updated_at", "updated_at"),
         Index(f"ix_{table_name}_user_id", "user_id"),
+        Index(f"ix_{table_name}_outbox_due", "outbox_due"),
         extend_existing=True,
         # MySQL's older default character sets cannot hold every character a user types.
         mysql_charset="utf8mb4",
