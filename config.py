@@ -122,6 +122,12 @@ class Settings(StorageSettings):
     # On SIGTERM or SIGINT, how long the updates in progress may take to finish;
     # what is still running then is left for Telegram to deliver again.
     shutdown_timeout: float = Field(20.0, ge=0, le=600)
+    # How fast the bot sends, kept under Telegram's limits (its FAQ; docs/delivery.md): into one
+    # chat at most CHAT_BURST messages within CHAT_BURST seconds (about one a second), into a group
+    # GROUP_MESSAGES_PER_MINUTE, and BOT_MESSAGES_PER_SECOND over all chats.
+    chat_burst: int = Field(3, ge=1, le=100)
+    group_messages_per_minute: int = Field(20, ge=1, le=1000)
+    bot_messages_per_second: int = Field(30, ge=1, le=1000)
     # Setting WEBHOOK_URL switches from long polling to a webhook (see docs/scale-out.md).
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None

@@ -63,7 +63,7 @@ class ResponsesInMemory:
     async def for_user(self, user_id: int) -> list[CompletedResponse]:
         return [response for response in self.saved.values() if response.user_id == user_id]
 
-    async def delete_for_user(self, user_id: int) -> int:
+    async def delete_for_user(self, user_id: int, before: datetime | None = None) -> int:
         return 0
 
     async def replace(self, response: CompletedResponse) -> None:

@@ -28,8 +28,8 @@ from typing import Any
 from aiogram.types import Chat, Message, Update, User
 
 from benchmarks.candidates import Candidate, Opened
-from bot.delivery import handle_update
 from bot.emulator import BotAPIEmulator, running_emulator
+from bot.outbox import handle_update
 from bot.setup import create_bot, create_dispatcher
 from config import Settings
 from tests.support.mocked_session import MockedSession

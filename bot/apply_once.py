@@ -1,28 +1,29 @@
-"""Apply each update once, with a fenced commit; the reply is handed back to be sent after it.
+"""Apply each update once: one fenced commit of all it changes, saves and sends (the outbox).
 
-Handlers return their reply (`return message.answer(...)`) instead of
-sending it. `ApplyOnce` takes the place of aiogram's FSM middleware (the
-Dispatcher is built with `disable_fsm=True`; its `fsm` still resolves keys
-and holds the storage and the in-process key locks). For an update with an
-FSM key:
+Handlers return their Bot API calls (`return message.answer(...)`, or several
+in order) instead of making them. `ApplyOnce` takes the place of aiogram's FSM
+middleware (the Dispatcher is built with `disable_fsm=True`; its `fsm` still
+resolves keys and holds the storage and the in-process key locks). For an
+update with an FSM key:
 
-1. it reads the key's state, data and version in one call: an update listed
-   in the data as applied was handled before (a crash, a reply Telegram
-   refused, a redelivered webhook); the handler does not run again, and the
-   reply it gave is handed back again if it was the key's latest;
+1. it reads the key's state, data, version and outbox in one call: an update
+   listed as applied was handled before (a crash, a redelivered webhook); the
+   handler does not run again, and what its key still has waiting goes out;
 2. it runs the handler on `PendingChanges`: its FSM reads and writes stay in
-   memory, so a failure half-way writes nothing;
-3. it writes the new state, data, the applied-update record and the reply in
-   one write that succeeds only if the key is still at the version read
-   (`FsmStorage.swap_state_and_data`). If another process wrote the key
-   meanwhile (two replicas, a deploy's old and new process), nothing is
-   written and it starts again at 1: the update is found applied, or runs
-   again on the new state. No lock is needed for this to hold;
-4. it returns the reply, which bot/delivery.py sends once no lock is held.
+   memory, and what it saves or deletes through `responses` or `fsm_storage`
+   is queued (bot/outbox.py), so a failure half-way writes nothing;
+3. it writes the new state and data, the update's id (always, also when
+   nothing else changed) and the outbox's new entries (effects, then calls)
+   in one write that succeeds only if the key is still at the version read
+   (`FsmStorage.swap_with_outbox`). If another process wrote the key
+   meanwhile, nothing is written and it starts again at 1: the update is
+   found applied, or runs again on the new state. No lock is needed;
+4. it returns the key's waiting entries as a `Delivery`, which the courier
+   (bot/outbox.py) carries out per chat, once no lock is held.
 
 A crash before step 3 leaves no trace: Telegram delivers the update again and
-it is handled as new. A crash after it is met by step 1. The reply may then
-arrive twice; the Bot API has no way to send a message exactly once.
+it is handled as new. A crash after it is met by step 1 and by the courier's
+start-up pick-up; an entry carried out but not yet marked done goes out again.
 """
 
 from __future__ import annotations
@@ -31,17 +32,27 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
-import aiogram.methods
 from aiogram import BaseMiddleware, Bot
+from aiogram.dispatcher.middlewares.user_context import UserContextMiddleware
 from aiogram.exceptions import DataNotDictLikeError
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.middleware import FSMContextMiddleware
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, StateType, StorageKey
-from aiogram.methods import TelegramMethod
 from aiogram.types import TelegramObject, Update
 
 from bot.metrics import count_commit_conflict, note_already_applied, timed_lock
+from bot.outbox import (
+    APPLIED,
+    REMEMBERED_UPDATES,
+    AppliedRecord,
+    Delivery,
+    Entry,
+    PendingResponses,
+    UpdateStorage,
+    call_entry,
+    calls_in,
+)
 from storage import CorruptDataError, FsmStorage, StorageUnavailableError, Versioned
 
 logger = logging.getLogger(__name__)
@@ -49,11 +60,6 @@ logger = logging.getLogger(__name__)
 # Another writer changing the key between our read and our write, this many times in a row,
 # means something is badly wrong; the user is asked to send the message again.
 MAX_COMMIT_ATTEMPTS = 10
-# Kept in the key's FSM data; handlers never see it.
-APPLIED = "__applied_updates__"
-# Telegram hands out at most 100 updates per getUpdates, and the bot confirms
-# none past one still running, so no more than 100 can be awaiting redelivery.
-REMEMBERED_UPDATES = 100
 
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
 
@@ -67,8 +73,15 @@ class PendingChanges(BaseStorage):
         # Unreadable data fails the handler that reads it, as the storage would; writing replaces it.
         self.data = data
         self.changed = False
+        self.closed = False  # set once the handler returned: its changes are being committed
 
     def _own(self, key: StorageKey) -> None:
+        if self.closed:
+            msg = (
+                "a write to FSMContext after its handler returned (a task left running?) would be lost: "
+                "make every change before the handler returns"
+            )
+            raise RuntimeError(msg)
         if key != self.key:
             msg = "a handler's FSMContext reaches only the key of its own update"
             raise ValueError(msg)
@@ -110,38 +123,67 @@ class ApplyOnce(BaseMiddleware):
         bot = cast(Bot, data["bot"])
         context = self.fsm.resolve_event_context(bot, data)
         data["fsm_storage"] = self.fsm.storage
+        update = cast(Update, event)
         if context is None:  # an update without a user and chat: nothing to keep
-            return await handler(event, data)
+            effects: list[Entry] = []
+            data["responses"] = PendingResponses(data["responses"], effects)
+            result = await handler(event, data)
+            return Delivery([*effects, *(call_entry(bot, call) for call in calls_in(result))], lane=lane_of(update))
         # Saves work only (bot/key_locks.py): the fenced commit keeps the data right without it.
         async with timed_lock(self.fsm.events_isolation.lock(context.key)):
-            return await self.apply(handler, cast(Update, event), data, context)
+            return await self.apply(handler, update, data, context)
 
-    async def apply(self, handler: Handler, update: Update, data: dict[str, Any], context: FSMContext) -> Any:
+    async def apply(self, handler: Handler, update: Update, data: dict[str, Any], context: FSMContext) -> Delivery:
+        bot = cast(Bot, data["bot"])
+        store = data["responses"]
         for _ in range(MAX_COMMIT_ATTEMPTS):
-            state, stored, version = await read(context)
-            record = {} if isinstance(stored, CorruptDataError) else stored.pop(APPLIED, None) or {}
-            applied: list[int] = record.get("updates", [])
-            if update.update_id in applied:
-                return redelivered(update, applied, record.get("reply"))
+            state, stored, version, sent = await read(context)
+            record = (
+                AppliedRecord()
+                if isinstance(stored, CorruptDataError)
+                else AppliedRecord.read(stored.pop(APPLIED, None))
+            )
+            waiting = [entry for entry in record.outbox if entry["seq"] > sent]
+            if update.update_id in record.updates:
+                return redelivered(update, context.key, waiting)
 
             changes = PendingChanges(context.key, state, stored)
-            data.update(state=FSMContext(storage=changes, key=context.key), raw_state=state)
-            reply = await handler(update, data)
-            if not changes.changed:
-                return reply
-            bot = cast(Bot, data["bot"])
-            record = {"updates": [*applied, update.update_id][-REMEMBERED_UPDATES:], "reply": dump_reply(bot, reply)}
-            assert isinstance(changes.data, dict)  # unreadable data that was not replaced failed the handler
+            effects: list[Entry] = []
+            data.update(
+                state=FSMContext(storage=changes, key=context.key),
+                raw_state=state,
+                responses=PendingResponses(store, effects),
+                fsm_storage=UpdateStorage(self.fsm.storage, context.key, effects),
+            )
             try:
-                committed = await commit(context, version, changes.state, changes.data | {APPLIED: record})
+                result = await handler(update, data)
+            finally:
+                changes.closed = True  # a write after the handler returned would be lost: it raises
+            entries = [*effects, *(call_entry(bot, call) for call in calls_in(result))]
+            if not isinstance(context.storage, FsmStorage):
+                return await self.write_unfenced(context, changes, entries, update)
+            if isinstance(changes.data, CorruptDataError):  # unreadable, and the handler did not replace it
+                return Delivery(entries, lane=context.key.chat_id)
+            for number, entry in enumerate(entries, start=record.queued + 1):
+                entry["seq"] = number
+            record = AppliedRecord(
+                updates=[*record.updates, update.update_id][-REMEMBERED_UPDATES:],
+                queued=record.queued + len(entries),
+                outbox=waiting + entries,
+                key=context.key,
+            )
+            try:
+                committed = await context.storage.swap_with_outbox(
+                    context.key, version, changes.state, changes.data | {APPLIED: record.dump()}, record.queued, sent
+                )
             except StorageUnavailableError:
                 # The write may have reached the database before its time ran out; then "please
                 # send it again" would be untrue, and the resend filed under the next question.
                 if await was_applied(context, update):
-                    return reply
+                    return Delivery(record.outbox, context.key, context.key.chat_id)
                 raise
             if committed:
-                return reply
+                return Delivery(record.outbox, context.key, context.key.chat_id)
             logger.info(
                 "Update %s: its chat was changed by another writer meanwhile; handling it again", update.update_id
             )
@@ -149,25 +191,40 @@ class ApplyOnce(BaseMiddleware):
         msg = f"update {update.update_id}: its key kept changing under {MAX_COMMIT_ATTEMPTS} commits"
         raise StorageUnavailableError(msg)
 
+    @staticmethod
+    async def write_unfenced(
+        context: FSMContext, changes: PendingChanges, entries: list[Entry], update: Update
+    ) -> Delivery:
+        """aiogram's own storages (MemoryStorage, RedisStorage): no versions, no record, no outbox kept."""
+        if changes.changed:
+            assert isinstance(changes.data, dict)
+            # No atomic write of both: a crash between these two can leave the data saved and the state not.
+            await context.storage.set_data(context.key, changes.data)
+            await context.storage.set_state(context.key, changes.state)
+        return Delivery(entries, lane=context.key.chat_id)
+
 
 async def was_applied(context: FSMContext, update: Update) -> bool:
     """Whether the key's record lists `update` as applied (False if that cannot be read either)."""
     try:
-        _, stored, _ = await read(context)
+        _, stored, _, _ = await read(context)
     except StorageUnavailableError:
         return False
-    record = {} if isinstance(stored, CorruptDataError) else stored.get(APPLIED) or {}
-    return update.update_id in record.get("updates", [])
+    record = AppliedRecord() if isinstance(stored, CorruptDataError) else AppliedRecord.read(stored.get(APPLIED))
+    return update.update_id in record.updates
 
 
-def redelivered(update: Update, applied: list[int], reply: dict[str, Any] | None) -> TelegramMethod[Any] | None:
+def redelivered(update: Update, key: StorageKey, waiting: list[Entry]) -> Delivery:
+    """An update applied before: nothing is applied again; what it (or a later one) left waiting goes out."""
     note_already_applied()  # metrics: counted as already_applied, not applied
-    if update.update_id != applied[-1] or reply is None:
-        # A later message of this user was handled after it: that one's reply is the one that counts.
-        logger.info("Update %s was applied already (delivered again); not applied again", update.update_id)
-        return None
-    logger.info("Update %s was applied already (delivered again); its reply goes out again", update.update_id)
-    return load_reply(reply)
+    logger.info("Update %s was applied already (delivered again); not applied again", update.update_id)
+    return Delivery(waiting, key, key.chat_id)
+
+
+def lane_of(update: Update) -> int | str:
+    """The lane of an update without an FSM key: its chat's, else its own."""
+    context = UserContextMiddleware.resolve_event_context(update)
+    return context.chat_id if context.chat_id is not None else f"update {update.update_id}"
 
 
 async def read(context: FSMContext) -> Versioned:
@@ -180,35 +237,3 @@ async def read(context: FSMContext) -> Versioned:
         return Versioned(await storage.get_state(context.key), await storage.get_data(context.key), None)
     except CorruptDataError as error:
         return Versioned(await storage.get_state(context.key), error, None)
-
-
-async def commit(context: FSMContext, version: int | None, state: str | None, data: dict[str, Any]) -> bool:
-    """Write state and data if the key is still at `version`; False if another writer came first."""
-    storage = context.storage
-    if isinstance(storage, FsmStorage):
-        return await storage.swap_state_and_data(context.key, version, state, data)
-    # aiogram's own storages have no atomic write of both: a crash between these
-    # two can leave the data saved and the state not.
-    await storage.set_data(context.key, data)
-    await storage.set_state(context.key, state)
-    return True
-
-
-def dump_reply(bot: Bot, reply: Any) -> dict[str, Any] | None:
-    """The reply as JSON, to send again after a crash: the parameters the session would send now."""
-    if not isinstance(reply, TelegramMethod):
-        return None
-    # prepare_value fills in the bot's defaults (parse_mode) and keeps values, not JSON text.
-    prepared = (
-        (name, bot.session.prepare_value(value, bot=bot, files={}, _dumps_json=False))
-        for name, value in reply.model_dump(warnings=False).items()
-    )
-    return {"method": type(reply).__name__, "params": {name: value for name, value in prepared if value is not None}}
-
-
-def load_reply(stored: Mapping[str, Any]) -> TelegramMethod[Any]:
-    method = getattr(aiogram.methods, str(stored["method"]), None)
-    if not (isinstance(method, type) and issubclass(method, TelegramMethod)):
-        msg = f"not a Bot API method: {stored['method']!r}"
-        raise ValueError(msg)
-    return method.model_validate(stored["params"])

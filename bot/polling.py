@@ -1,20 +1,20 @@
-"""Run the bot by long polling until SIGINT or SIGTERM, confirming only the updates it has finished.
+"""Run the bot by long polling until SIGINT or SIGTERM, confirming only the updates it has committed.
 
 aiogram's own `start_polling` confirms an update as soon as it starts
 handling it, and a stop does not wait for the handlers still running: a
 crash or a deploy then loses the messages in flight. `Poller` keeps them:
-getUpdates' offset passes an update only once its handling has finished
-(bot/update_ledger.py), so after a crash Telegram delivers the unfinished
-ones again (and bot/apply_once.py keeps one that was already applied from
-being applied twice). On SIGINT or SIGTERM it stops fetching, gives the
-running handlers up to `shutdown_timeout` seconds, confirms what finished,
-and only then lets the session and the storage close.
+getUpdates' offset passes an update only once its handling has finished,
+that is once ApplyOnce committed it with everything it sends
+(bot/update_ledger.py); Telegram delivers an unfinished one again after a
+crash, and ApplyOnce keeps one already applied from being applied twice.
 
-Each chat's updates run one after another, in the order Telegram gave them
-(a lane per chat); different chats run at once. An update whose reply
-Telegram refuses for now (429 of any length, 5xx, a network error or a
-stall) is tried again in its lane until it goes through, so the chat's later
-updates wait behind it and never overtake it; other chats go on.
+What updates send is carried out by the courier (bot/outbox.py) after the
+commit, per chat: a chat Telegram refuses or makes wait holds up nothing
+here, neither other chats nor the fetching of updates. Each chat's updates
+are handled one after another, in Telegram's order (a lane per chat);
+different chats at once. On SIGINT or SIGTERM it stops fetching, gives the
+running handlers and the courier up to `shutdown_timeout` seconds each,
+confirms what finished, and only then lets the session and the storage close.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from aiogram.exceptions import TelegramAPIError, TelegramRetryAfter, TelegramUna
 from aiogram.types import Update
 from aiogram.utils.backoff import Backoff, BackoffConfig
 
-from bot.delivery import RESEND_BACKOFF, TELEGRAM_FAULTS, handle_update, refused_for_now
+from bot.delivery import RESEND_BACKOFF, TELEGRAM_FAULTS, refused_for_now
+from bot.outbox import handle_update
 from bot.running import running_bot, stop_on_signals
 from bot.update_ledger import UpdateLedger
 from config import Settings
@@ -147,7 +148,7 @@ class Poller:
             del self._tasks[lane]
 
     async def _handle(self, update: Update) -> None:
-        """Handle `update` and deliver its reply, for as long as Telegram refuses it for now."""
+        """Handle `update`; again while a call its handler makes itself is refused for now."""
         backoff = Backoff(RESEND_BACKOFF)
         while True:
             try:
@@ -157,8 +158,7 @@ class Poller:
                 if not refused_for_now(error):
                     logger.exception("Update %s failed", update.update_id)
                     break
-                # From a call made while handling (its effects are not committed), or an
-                # error handler's reply: handled again; a committed update is not re-applied.
+                # From a call a handler made itself (its effects are not committed): handled again.
                 delay = error.retry_after if isinstance(error, TelegramRetryAfter) else next(backoff)
                 logger.warning(
                     "Update %s: Telegram refused (%s); trying again in %.1f s", update.update_id, error, delay

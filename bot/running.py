@@ -17,6 +17,7 @@ from bot.delivery import TELEGRAM_FAULTS, deliver
 from bot.expiry import ExpirySweeper
 from bot.guards import MissingDependencyError
 from bot.metrics import MetricsListener
+from bot.outbox import TAKEOVER_SECONDS, FloodControl
 from bot.setup import create_bot, create_dispatcher
 from config import Settings
 from handlers.common import COMMANDS
@@ -46,14 +47,30 @@ async def running_bot(settings: Settings) -> AsyncIterator[tuple[Bot, Dispatcher
     # SQLite file while its connection is open drops that connection's locks).
     with held_while_running(settings.sqlite_path):
         try:
+            flood = FloodControl(
+                settings.chat_burst, settings.group_messages_per_minute, settings.bot_messages_per_second
+            )
             try:
-                dispatcher = create_dispatcher(storages.fsm, storages.responses)
+                dispatcher = create_dispatcher(storages.fsm, storages.responses, flood=flood)
             except MissingDependencyError as error:  # a handler asks for what nothing provides
                 raise StartupError(str(error)) from None
             if settings.fsm_ttl is not None:
                 sweeper = ExpirySweeper(storages.fsm, settings.fsm_ttl)
                 dispatcher.startup.register(sweeper.start)
                 dispatcher.shutdown.register(sweeper.stop)
+            courier = dispatcher["courier"]
+            # Polling is the only process handling this bot: whatever waits in the outbox is its own.
+            # Webhook replicas leave to another what it carries now (it keeps those postponed).
+            pick_up_after = TAKEOVER_SECONDS if settings.webhook_url else 0.0
+
+            async def start_courier(bot: Bot) -> None:
+                await courier.start(bot, pick_up_after=pick_up_after)
+
+            async def stop_courier() -> None:
+                await courier.stop(settings.shutdown_timeout)
+
+            dispatcher.startup.register(start_courier)
+            dispatcher.shutdown.register(stop_courier)
             await introduce(bot, dispatcher, settings)
             if settings.metrics_port is not None:
                 await serve_metrics(dispatcher, settings.web_server_host, settings.metrics_port)

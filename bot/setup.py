@@ -11,10 +11,10 @@ from aiogram.enums import ParseMode
 from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage
 
 from bot.apply_once import ApplyOnce
-from bot.delivery import FloodGate
 from bot.guards import CountSends, ReplyGuard, check_dependencies
 from bot.key_locks import KeyLocks
 from bot.metrics import CountTelegramErrors, MeasureUpdates
+from bot.outbox import Courier, FloodControl
 from config import Settings
 from handlers import get_routers
 from storage import ResponseStore
@@ -29,16 +29,22 @@ def create_bot(settings: Settings, session: BaseSession | None = None) -> Bot:
         session=session,
         default=DefaultBotProperties(parse_mode=ParseMode.HTML),
     )
-    bot.session.middleware(FloodGate())
     bot.session.middleware(CountSends())  # for ReplyGuard: what a handler sends itself
-    bot.session.middleware(CountTelegramErrors())  # metrics: inside FloodGate, only Telegram's own answers
+    bot.session.middleware(CountTelegramErrors())  # metrics: every error answer Telegram gave
     return bot
 
 
 def create_dispatcher(
-    storage: BaseStorage, responses: ResponseStore, isolation: BaseEventIsolation | None = None
+    storage: BaseStorage,
+    responses: ResponseStore,
+    isolation: BaseEventIsolation | None = None,
+    flood: FloodControl | None = None,
 ) -> Dispatcher:
-    """The Dispatcher with every router; `responses` reaches handlers as workflow data."""
+    """The Dispatcher with every router; `responses` reaches handlers as workflow data.
+
+    Its `courier` (bot/outbox.py) carries out what updates commit: at once while
+    it is not started (tests), per chat in the background once the runner starts it.
+    """
     # One key's updates are handled one at a time in this process; that only saves work:
     # across processes the fenced commit keeps the data right (bot/apply_once.py).
     dispatcher = Dispatcher(
@@ -47,6 +53,7 @@ def create_dispatcher(
         # ApplyOnce is the FSM middleware: it reads state and data at once, and saves them at once.
         disable_fsm=True,
         responses=responses,
+        courier=Courier(storage, responses, flood),
     )
     dispatcher.update.outer_middleware(MeasureUpdates())  # metrics: how each update's handling ended
     dispatcher.update.outer_middleware(ApplyOnce(dispatcher.fsm))

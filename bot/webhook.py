@@ -1,21 +1,20 @@
 """Run the bot as a webhook server (WEBHOOK_URL set): one replica of possibly several behind a load balancer.
 
 Telegram posts each update to WEBHOOK_URL with the WEBHOOK_SECRET header. The
-answer goes back only once the update is handled, its changes committed and
-its reply sent, with no time limit of aiogram's and nothing left running in
-the background: Telegram then sends that chat's next update only after this
-one. If Telegram refuses the reply for longer than REPLY_PATIENCE (a long
-429, 5xx, a stall), the answer is 503: Telegram posts the update again
-later, and ApplyOnce finds it applied and hands its saved reply out again.
-A request without the secret, or with a wrong one, gets 401 and changes nothing.
+answer is 200 once the update is committed with everything it sends (the
+outbox, bot/apply_once.py); the courier (bot/outbox.py) carries the calls out
+after that, per chat, however long Telegram makes it wait, and a replica
+that dies meanwhile leaves them to another's sweep. Nothing relies on
+Telegram posting an update again to get a reply out. A request without the
+secret, or with a wrong one, gets 401 and changes nothing.
 
 `GET /healthz` answers 200 while the database answers, 503 otherwise: what a
 load balancer or an orchestrator checks.
 
 On SIGTERM or SIGINT the server stops accepting connections and gives the
-requests in progress up to SHUTDOWN_TIMEOUT seconds; the session and the
-storage close only after that (not in aiohttp's `on_shutdown`, which runs
-while requests are still being handled).
+requests in progress, then the courier, up to SHUTDOWN_TIMEOUT seconds; the
+session and the storage close only after that (not in aiohttp's
+`on_shutdown`, which runs while requests are still being handled).
 """
 
 from __future__ import annotations
@@ -31,17 +30,15 @@ from aiogram.types import Update
 from aiohttp import web
 from pydantic import ValidationError
 
-from bot.delivery import handle_update, refused_for_now
+from bot.delivery import refused_for_now
 from bot.metrics import add_metrics_route
+from bot.outbox import handle_update
 from bot.running import running_bot, stop_on_signals
 from config import Settings
 from storage import FsmStorage, StorageUnavailableError
 
 logger = logging.getLogger(__name__)
 
-# How long a request waits for Telegram to take its reply before it answers 503
-# (Telegram gives up on a webhook request after about a minute).
-REPLY_PATIENCE = 10.0
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 
@@ -75,13 +72,13 @@ def update_handler(bot: Bot, dispatcher: Dispatcher, secret: str) -> Callable[[w
         except (ValueError, ValidationError):
             return web.json_response({"ok": False, "error": "not an update"}, status=400)
         try:
-            await handle_update(dispatcher, bot, update, patience=REPLY_PATIENCE)
-        except TelegramAPIError as error:
+            await handle_update(dispatcher, bot, update)
+        except TelegramAPIError as error:  # from a call a handler made itself, before its commit
             if refused_for_now(error):
                 logger.warning("Update %s left for Telegram to post again: %s", update.update_id, error)
-                return web.json_response({"ok": False, "error": "Telegram refused the reply for now"}, status=503)
-            # Refused for good (the user blocked the bot, a malformed reply): posting it again changes nothing.
-            logger.error("Update %s: Telegram refused its reply for good: %s", update.update_id, error)
+                return web.json_response({"ok": False, "error": "Telegram refused a call for now"}, status=503)
+            # Refused for good (the user blocked the bot, a malformed call): posting it again changes nothing.
+            logger.error("Update %s: Telegram refused a call for good: %s", update.update_id, error)
         except Exception:
             logger.exception("Update %s failed", update.update_id)
             return web.json_response({"ok": False}, status=500)

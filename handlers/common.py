@@ -12,7 +12,7 @@ from aiogram.types import BotCommand, Message, ReplyKeyboardRemove, User
 from handlers.forms import RETURN_TO, come_back
 from handlers.questionnaire import how_many, start_questionnaire
 from states import Questionnaire, questions
-from storage import FsmStorage, ResponseStore
+from storage import ErasesUsers, ResponseStore
 
 router = Router(name=__name__)
 
@@ -62,10 +62,11 @@ async def cancel(message: Message, state: FSMContext, raw_state: str | None) -> 
 async def forget(
     message: Message, state: FSMContext, event_from_user: User, fsm_storage: BaseStorage, responses: ResponseStore
 ) -> SendMessage:
-    if isinstance(fsm_storage, FsmStorage):
-        await fsm_storage.delete_user(event_from_user.id)  # in every chat, not only this one
-    else:
-        await state.clear()  # a storage that cannot find a user's other chats (aiogram's own)
+    # Both deletions are committed with this update and carried out after it (bot/outbox.py):
+    # sent again, /forget is found applied and deletes nothing saved after it.
+    await state.clear()
+    if isinstance(fsm_storage, ErasesUsers):
+        await fsm_storage.delete_user(event_from_user.id)  # in every other chat too
     deleted = await responses.delete_for_user(event_from_user.id)
     return message.answer(
         f"Done: I deleted your answers in progress and {deleted} finished form(s).",

@@ -73,6 +73,11 @@ async def come_back(message: Message, state: FSMContext, preface: str) -> SendMe
     return message.answer(preface, reply_markup=ReplyKeyboardRemove())
 
 
+def answered_id(message: Message) -> str:
+    """An id made from the message that completed the form: the same on every attempt to save it."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"telegram:{message.chat.id}/{message.message_id}").hex
+
+
 async def save_response(
     state: FSMContext, responses: ResponseStore, message: Message, user: User, kind: str, answers: dict[str, Any]
 ) -> None:
@@ -80,8 +85,10 @@ async def save_response(
     data = await state.get_data()
     await responses.save(
         CompletedResponse(
-            # Sessions started before response ids existed get one now.
-            response_id=data.get(RESPONSE_ID) or uuid.uuid4().hex,
+            # Sessions started before response ids existed get one made from the last answer's message,
+            # the same on every attempt: a resend after a failure cannot save it twice.
+            response_id=data.get(RESPONSE_ID)
+            or uuid.uuid5(uuid.NAMESPACE_URL, f"{message.chat.id}/{message.message_id}").hex,
             user_id=user.id,
             chat_id=message.chat.id,
             answers=answers,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from storage.errors import CorruptDataError, SchemaError, StorageError, StorageUnavailableError
 from storage.factory import Storages, create_storages
-from storage.interface import CompletedResponse, FsmRecord, FsmStorage, ResponseStore, Versioned
+from storage.interface import CompletedResponse, DueOutbox, ErasesUsers, FsmRecord, FsmStorage, ResponseStore, Versioned
 from storage.sql.fsm import SQLAlchemyStorage
 from storage.sql.responses import SQLResponseStore
 
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CompletedResponse",
     "CorruptDataError",
+    "DueOutbox",
+    "ErasesUsers",
     "FsmRecord",
     "FsmStorage",
     "MongoResponseStore",

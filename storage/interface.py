@@ -8,7 +8,7 @@ from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from aiogram.fsm.storage.base import BaseStorage, KeyBuilder, StateType, StorageKey
 
@@ -63,6 +63,22 @@ class Versioned(NamedTuple):
     # Unreadable data comes as the error, so that a caller may still replace it.
     data: dict[str, Any] | CorruptDataError
     version: int | None  # None: the key has no record
+    sent: int = 0  # the number of the last outbox entry done (bot/outbox.py)
+
+
+@dataclass(frozen=True)
+class DueOutbox:
+    """A key whose outbox has calls waiting (found at start-up and by the sweep): its data and what is done."""
+
+    data: dict[str, Any]
+    sent: int
+
+
+@runtime_checkable
+class ErasesUsers(Protocol):
+    """A storage that can delete every conversation of one user, in every chat (/forget)."""
+
+    async def delete_user(self, user_id: int) -> int: ...
 
 
 class ResponseStore(Protocol):
@@ -74,7 +90,9 @@ class ResponseStore(Protocol):
 
     async def for_user(self, user_id: int) -> list[CompletedResponse]: ...
 
-    async def delete_for_user(self, user_id: int) -> int: ...
+    async def delete_for_user(self, user_id: int, before: datetime | None = None) -> int:
+        """Delete the user's responses (completed before `before`, if given); how many went."""
+        ...
 
     async def replace(self, response: CompletedResponse) -> None:
         """Keep `response` in place of any kept under its `response_id` (migrate --overwrite)."""
@@ -148,8 +166,37 @@ class FsmStorage(BaseStorage):
         """Return once the database answers; StorageUnavailableError if it does not (for health checks)."""
 
     @abstractmethod
-    async def delete_user(self, user_id: int) -> int:
-        """Delete every key of `user_id`; return how many there were."""
+    async def delete_user(self, user_id: int, keep: StorageKey | None = None) -> int:
+        """Delete every key of `user_id` (but `keep`); return how many there were."""
+
+    # --- the outbox (bot/outbox.py): what an update sends, committed with it ---
+
+    @abstractmethod
+    async def swap_with_outbox(
+        self,
+        key: StorageKey,
+        expected: int | None,
+        state: StateType,
+        data: Mapping[str, Any],
+        queued: int,
+        sent: int = 0,
+    ) -> bool:
+        """`swap_state_and_data` for ApplyOnce's commit: `data` holds the outbox, whose last entry is
+        number `queued` (`sent`: the last one done, as read); the key is due (found by `due_outboxes`)
+        while `queued` passes the last one done.
+        The record stays even when state and data are otherwise empty (it remembers applied updates)."""
+
+    @abstractmethod
+    async def mark_sent(self, marks: Sequence[tuple[StorageKey, int]]) -> None:
+        """Record each key's outbox as done up to its number, in one batch; no version changes."""
+
+    @abstractmethod
+    async def postpone_outbox(self, key: StorageKey, until: datetime) -> None:
+        """Keep other processes' sweeps off this key's waiting calls until `until` (a flood wait)."""
+
+    @abstractmethod
+    async def due_outboxes(self, before: datetime, limit: int) -> list[DueOutbox]:
+        """Keys whose outbox has had calls waiting since before `before`, longest-waiting first."""
 
     @abstractmethod
     async def records(self, after: str | None = None, limit: int | None = None) -> list[FsmRecord]:

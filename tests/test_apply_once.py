@@ -10,7 +10,7 @@ from aiogram.exceptions import TelegramNetworkError
 from aiogram.methods import SendMessage, TelegramMethod
 from aiogram.types import ReplyKeyboardRemove, Update
 
-from bot.delivery import handle_update
+from bot.outbox import handle_update
 from handlers import questionnaire
 from handlers.errors import SOMETHING_WENT_WRONG
 from tests.support.chat import ChatHarness

@@ -12,7 +12,7 @@ from aiogram.fsm.storage.base import StorageKey
 from aiogram.methods import AnswerCallbackQuery, SendMessage
 from aiogram.types import CallbackQuery, Chat, Message, Update, User
 
-from bot.delivery import handle_update
+from bot.outbox import handle_update
 from handlers.errors import SEND_AGAIN, START_OVER
 from states import Questionnaire, next_question
 from storage import StorageUnavailableError

@@ -34,7 +34,7 @@ async def append_fenced(storage: FsmStorage, token: str) -> int:
     key = storage_key()
     conflicts = 0
     while True:
-        _, data, version = await storage.get_versioned(key)
+        _, data, version, _ = await storage.get_versioned(key)
         assert isinstance(data, dict)
         await asyncio.sleep(random.random() / 200)  # the handler's work, while the other writer runs
         if await storage.swap_state_and_data(key, version, "writing", {"tokens": [*data.get("tokens", []), token]}):

@@ -12,8 +12,8 @@ import asyncio
 import pytest
 from aiogram.types import ReplyKeyboardMarkup, ReplyKeyboardRemove
 
-from bot.delivery import handle_update
 from bot.key_locks import KeyLocks
+from bot.outbox import handle_update
 from handlers.questionnaire import NUMBERS
 from states import Question, Questionnaire
 from tests.support.backends import storage_key

@@ -16,6 +16,7 @@ any depth) are stored percent-escaped, so `{"a.b": 1}` reads back as
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -27,7 +28,16 @@ from pymongo import DeleteOne, ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
-from storage.interface import FsmRecord, FsmStorage, Versioned, as_utc, new_version, user_key_pattern, user_reader
+from storage.interface import (
+    DueOutbox,
+    FsmRecord,
+    FsmStorage,
+    Versioned,
+    as_utc,
+    new_version,
+    user_key_pattern,
+    user_reader,
+)
 from storage.mongo.client import MONGO_OUTAGES, Driver, close_client, create_client
 from storage.mongo.keys import escape_key, escape_value, unescape_value
 
@@ -149,11 +159,11 @@ class MongoStorage(FsmStorage):
         document = await self.collection.find_one({"_id": self._id(key)}, _ONLY_FIELDS)
         if document is None:
             return Versioned(None, {}, None)
-        version = int(document.get("version") or 0)
+        version, sent = int(document.get("version") or 0), int(document.get("outbox_sent") or 0)
         try:
-            return Versioned(_state_of(document), _data_of(document), version)
+            return Versioned(_state_of(document), _data_of(document), version, sent)
         except CorruptDataError as error:
-            return Versioned(_state_of(document), error, version)
+            return Versioned(_state_of(document), error, version, sent)
 
     @database_call(MONGO_OUTAGES)
     async def swap_state_and_data(
@@ -178,9 +188,76 @@ class MongoStorage(FsmStorage):
         return bool(result.matched_count)
 
     @database_call(MONGO_OUTAGES)
-    async def delete_user(self, user_id: int) -> int:
+    async def swap_with_outbox(
+        self,
+        key: StorageKey,
+        expected: int | None,
+        state: StateType,
+        data: Mapping[str, Any],
+        queued: int,
+        sent: int = 0,
+    ) -> bool:
+        """As on SQL; `sent` is the last entry done as read (due is set from it, not from the document:
+        marking only ever raises it, so at worst a key is found due with nothing left, and cleared)."""
+        value = state.state if isinstance(state, State) else state
+        key_id = self._id(key)
+        fields = _fields(key.user_id, value, data, datetime.now(UTC)) | {"outbox_queued": queued}
+        # A number, not a date: nx-27017 keeps a date given to $set as text (docs/nx-27017.md).
+        due = {"outbox_due": time.time()} if queued > sent else {}
+        if expected is None:
+            try:
+                await self.collection.insert_one({"_id": key_id, **fields, **due, "outbox_sent": 0})
+            except DuplicateKeyError:  # another writer made the document since it was read as absent
+                return False
+            return True
+        update: dict[str, Any] = {"$set": fields | due}
+        absent = {name: "" for name in ("state", "data") if name not in fields}
+        if not due:
+            absent["outbox_due"] = ""
+        if absent:
+            update["$unset"] = absent
+        result = await self.collection.update_one({"_id": key_id, "version": expected}, update)
+        return bool(result.matched_count)
+
+    @database_call(MONGO_OUTAGES)
+    async def mark_sent(self, marks: Sequence[tuple[StorageKey, int]]) -> None:
+        if not marks:
+            return
+        writes: list[Any] = []
+        for key, done in marks:
+            key_id = self._id(key)
+            writes.append(UpdateOne({"_id": key_id, "outbox_sent": {"$lt": done}}, {"$set": {"outbox_sent": done}}))
+            writes.append(UpdateOne({"_id": key_id, "outbox_queued": {"$lte": done}}, {"$unset": {"outbox_due": ""}}))
+        await self.collection.bulk_write(writes, ordered=True)
+
+    @database_call(MONGO_OUTAGES)
+    async def postpone_outbox(self, key: StorageKey, until: datetime) -> None:
+        await self.collection.update_one(
+            {"_id": self._id(key), "outbox_due": {"$ne": None}}, {"$set": {"outbox_due": until.timestamp()}}
+        )
+
+    @database_call(MONGO_OUTAGES)
+    async def due_outboxes(self, before: datetime, limit: int) -> list[DueOutbox]:
+        cursor = (
+            self.collection.find({"outbox_due": {"$lte": before.timestamp()}}, {"data": 1, "outbox_sent": 1})
+            .sort("outbox_due", 1)
+            .limit(limit)
+        )
+        found = []
+        async for document in cursor:
+            try:
+                found.append(DueOutbox(_data_of(document), int(document.get("outbox_sent") or 0)))
+            except CorruptDataError:
+                continue  # nothing can be delivered from data that cannot be read
+        return found
+
+    @database_call(MONGO_OUTAGES)
+    async def delete_user(self, user_id: int, keep: StorageKey | None = None) -> int:
         """Delete the user's sessions in every chat (for /forget), found by the index on `user_id`."""
-        deleted = (await self.collection.delete_many({"user_id": user_id})).deleted_count
+        mine: dict[str, Any] = {"user_id": user_id}
+        if keep is not None:
+            mine["_id"] = {"$ne": self._id(keep)}
+        deleted = (await self.collection.delete_many(mine)).deleted_count
         if self._user_of is not None:
             # Documents an older version wrote without a user (a replica not yet upgraded): the
             # few without one, by the same index, then by their key.
@@ -194,6 +271,7 @@ class MongoStorage(FsmStorage):
     async def ensure_indexes(self) -> None:
         """The index /forget finds a user's documents by (created once; creating it again changes nothing)."""
         await self.collection.create_index("user_id")
+        await self.collection.create_index("outbox_due")  # the outbox's sweep (bot/outbox.py)
 
     # --- the owner's commands (export, stats, migrate) and expiry ------------
 

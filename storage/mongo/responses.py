@@ -142,8 +142,11 @@ class MongoResponseStore:
         return sorted((int(value), n) for value, n in counted if isinstance(value, int) and not isinstance(value, bool))
 
     @database_call(MONGO_OUTAGES)
-    async def delete_for_user(self, user_id: int) -> int:
-        result = await self.collection.delete_many({"user_id": user_id})
+    async def delete_for_user(self, user_id: int, before: datetime | None = None) -> int:
+        mine: dict[str, Any] = {"user_id": user_id}
+        if before is not None:
+            mine["completed_at"] = {"$lt": before.astimezone(UTC)}
+        result = await self.collection.delete_many(mine)
         return int(result.deleted_count)
 
 

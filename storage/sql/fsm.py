@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
-from storage.interface import FsmRecord, FsmStorage, Versioned, as_utc, user_key_pattern, user_reader
+from storage.interface import DueOutbox, FsmRecord, FsmStorage, Versioned, as_utc, user_key_pattern, user_reader
 from storage.sql.engine import SQL_OUTAGES, create_engine_for_url, ensure_table, retried_on_a_closed_connection
 from storage.sql.sqlite_thread import SQLiteThread
 from storage.sql.statements import Field, FsmStatements, fsm_table
@@ -111,7 +111,11 @@ class SQLAlchemyStorage(FsmStorage):
     async def create_table(self) -> None:
         """Create the FSM table if it does not exist yet; SchemaError if one exists without our columns."""
         # `user_id` came in a later version: an older table gets the column (and its index).
-        await self.run_on_connection(lambda connection: ensure_table(connection, self.table, added_later=("user_id", "outbox_queued", "outbox_sent", "outbox_due")))
+        await self.run_on_connection(
+            lambda connection: ensure_table(
+                connection, self.table, added_later=("user_id", "outbox_queued", "outbox_sent", "outbox_due")
+            )
+        )
 
     @property
     def engines(self) -> list[Engine]:
@@ -240,10 +244,11 @@ class SQLAlchemyStorage(FsmStorage):
         if row is None:
             return Versioned(None, {}, None)
         state = cast(str | None, row.state)
+        version, sent = cast(int, row.version), int(row.outbox_sent or 0)
         try:
-            return Versioned(state, self._loads(row.data), cast(int, row.version))
+            return Versioned(state, self._loads(row.data), version, sent)
         except CorruptDataError as error:
-            return Versioned(state, error, cast(int, row.version))
+            return Versioned(state, error, version, sent)
 
     @database_call(SQL_OUTAGES)
     async def swap_state_and_data(
@@ -260,11 +265,56 @@ class SQLAlchemyStorage(FsmStorage):
             return False
 
     @database_call(SQL_OUTAGES)
-    async def delete_user(self, user_id: int) -> int:
+    async def swap_with_outbox(
+        self,
+        key: StorageKey,
+        expected: int | None,
+        state: StateType,
+        data: Mapping[str, Any],
+        queued: int,
+        sent: int = 0,
+    ) -> bool:
+        """As `FsmStorage.swap_with_outbox`; the database compares `queued` with the row's own sent number."""
+        value = state.state if isinstance(state, State) else state
+        key_id = self._id(key)
+        text = self._dumps(data)
+        try:
+            return await self._run(
+                lambda st, connection: st.swap_with_outbox(
+                    connection, key_id, key.user_id, expected, value, text, queued
+                )
+            )
+        except IntegrityError:  # another writer made the row since it was read as absent
+            return False
+
+    @database_call(SQL_OUTAGES)
+    async def mark_sent(self, marks: Sequence[tuple[StorageKey, int]]) -> None:
+        by_id = [(self._id(key), done) for key, done in marks]
+        await self._run(lambda st, connection: st.mark_sent(connection, by_id))
+
+    @database_call(SQL_OUTAGES)
+    async def postpone_outbox(self, key: StorageKey, until: datetime) -> None:
+        key_id = self._id(key)
+        await self._run(lambda st, connection: st.postpone(connection, key_id, until))
+
+    @database_call(SQL_OUTAGES)
+    async def due_outboxes(self, before: datetime, limit: int) -> list[DueOutbox]:
+        rows = await self._run(lambda st, connection: st.due(connection, before, limit))
+        found = []
+        for row in rows:
+            try:
+                found.append(DueOutbox(self._loads(row.data), int(row.outbox_sent)))
+            except CorruptDataError:
+                continue  # nothing can be delivered from data that cannot be read
+        return found
+
+    @database_call(SQL_OUTAGES)
+    async def delete_user(self, user_id: int, keep: StorageKey | None = None) -> int:
         """Delete the user's sessions in every chat (for /forget), found by the index on the user."""
         # Rows an older version wrote without a user id, if the key builder lets them be found by key.
         pattern = user_key_pattern(self.key_builder, user_id) if self._user_of is not None else None
-        return await self._run(lambda st, connection: st.delete_user(connection, user_id, pattern))
+        kept = None if keep is None else self._id(keep)
+        return await self._run(lambda st, connection: st.delete_user(connection, user_id, pattern, kept))
 
     # --- the owner's commands (export, stats, migrate) and expiry ------------
 

@@ -235,8 +235,10 @@ class SQLResponseStore:
         return await self.storage.run_on_connection(count)
 
     @database_call(SQL_OUTAGES)
-    async def delete_for_user(self, user_id: int) -> int:
+    async def delete_for_user(self, user_id: int, before: datetime | None = None) -> int:
         statement = delete(self.table).where(self.table.c.user_id == user_id)
+        if before is not None:
+            statement = statement.where(self.table.c.completed_at < _naive_utc(before))
         result = await self.storage.run_on_connection(lambda connection: connection.execute(statement))
         return cast(CursorResult[Any], result).rowcount
 

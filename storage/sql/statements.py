@@ -88,7 +88,7 @@ class FsmStatements:
         key = c.id == bindparam("key")
         self.table = table
         self.dialect = dialect
-        self.read_sql = select(c.state, c.data, c.version).where(key)
+        self.read_sql = select(c.state, c.data, c.version, c.outbox_sent).where(key)
         self.write_state_sql = _upsert(table, dialect, ("state", "version"))
         self.write_data_sql = _upsert(table, dialect, ("data", "version"))
         self.write_both_sql = _upsert(table, dialect, ("state", "data", "version"))
@@ -115,6 +115,45 @@ class FsmStatements:
                 user_id=user,
             )
         )
+        # ApplyOnce's commit: the same, with the outbox's last number; due while any call waits.
+        queued: BindParameter[Any] = bindparam("queued")
+        self.insert_outbox_sql = insert(table).values(
+            id=bindparam("key"),
+            user_id=user,
+            state=bindparam("new_state"),
+            data=bindparam("new_data"),
+            version=bindparam("new_version"),
+            outbox_queued=queued,
+            outbox_sent=0,
+            outbox_due=case((queued > 0, func.now()), else_=None),
+        )
+        self.swap_outbox_sql = (
+            update(table)
+            .where(key, c.version == bindparam("expected"))
+            .values(
+                state=bindparam("new_state"),
+                data=bindparam("new_data"),
+                version=bindparam("new_version"),
+                updated_at=func.now(),
+                user_id=user,
+                outbox_queued=queued,
+                outbox_due=case((queued > c.outbox_sent, func.coalesce(c.outbox_due, func.now())), else_=None),
+            )
+        )
+        # Marking calls done changes no version: a handler's commit in between is not refused for it.
+        done: BindParameter[Any] = bindparam("done")
+        self.mark_sent_sql = (
+            update(table)
+            .where(key, c.outbox_sent < done)
+            .values(outbox_sent=done, outbox_due=case((c.outbox_queued <= done, None), else_=c.outbox_due))
+        )
+        self.postpone_sql = update(table).where(key, c.outbox_due.is_not(None)).values(outbox_due=bindparam("until"))
+        self.due_sql = (
+            select(c.data, c.outbox_sent)
+            .where(c.outbox_due <= bindparam("before"))
+            .order_by(c.outbox_due)
+            .limit(bindparam("limit"))
+        )
         self.delete_version_sql = delete(table).where(key, c.version == bindparam("expected"))
         self.swap_data_sql = (
             update(table)
@@ -131,7 +170,7 @@ class FsmStatements:
         }
         self.delete_if_empty_sql = delete(table).where(key, c.state.is_(None), c.data.is_(None))
         self.delete_sql = delete(table).where(key)
-        self.delete_user_sql = delete(table).where(c.user_id == user)
+        self.delete_user_sql = delete(table).where(c.user_id == user, c.id != bindparam("keep"))
         # Rows an older version wrote without a user (a replica not yet upgraded): found
         # among the few NULLs by the same index, then by their key.
         self.delete_unfilled_sql = delete(table).where(c.user_id.is_(None), c.id.like(bindparam("pattern"), escape="/"))
@@ -164,7 +203,7 @@ class FsmStatements:
 
     # --- operations: each is one call's work, correct statement by statement ---
 
-    def fetch(self, connection: Connection, key: str) -> Row[Any, Any, Any] | None:
+    def fetch(self, connection: Connection, key: str) -> Row[Any, Any, Any, Any] | None:
         return connection.execute(self.read_sql, {"key": key}).one_or_none()
 
     def set_state(self, connection: Connection, key: str, user: int | None, state: str) -> None:
@@ -273,18 +312,59 @@ class FsmStatements:
             return True
         return _changed(connection.execute(self.swap_both_sql, parameters))
 
+    def swap_with_outbox(
+        self,
+        connection: Connection,
+        key: str,
+        user: int | None,
+        expected: int | None,
+        state: str | None,
+        data: str,
+        queued: int,
+    ) -> bool:
+        """`swap_both` for ApplyOnce: the row always stays (it holds the applied-update record and
+        the outbox); `queued` is the outbox's last number, and the row is due while it passes the sent one."""
+        parameters = {
+            "key": key,
+            "user_id": user,
+            "expected": expected,
+            "new_state": state,
+            "new_data": data,
+            "new_version": new_version(),
+            "queued": queued,
+        }
+        if expected is None:
+            connection.execute(self.insert_outbox_sql, parameters)
+            return True
+        return _changed(connection.execute(self.swap_outbox_sql, parameters))
+
+    def mark_sent(self, connection: Connection, marks: Sequence[tuple[str, int]]) -> None:
+        """Record each key's outbox as done up to its number, in one batch."""
+        if marks:
+            connection.execute(self.mark_sent_sql, [{"key": key, "done": done} for key, done in marks])
+
+    def postpone(self, connection: Connection, key: str, until: datetime) -> None:
+        connection.execute(self.postpone_sql, {"key": key, "until": self._stored_time(until)})
+
+    def due(self, connection: Connection, before: datetime, limit: int) -> list[Row[Any, Any]]:
+        """(data, outbox_sent) of rows whose outbox has waited since before `before`, longest first."""
+        parameters = {"before": self._stored_time(before), "limit": limit}
+        return list(connection.execute(self.due_sql, parameters).all())
+
     def insert_data(self, connection: Connection, key: str, user: int | None, data: str) -> None:
         """Insert a new row holding `data`; IntegrityError if the key exists."""
         parameters = {"key": key, "user_id": user, "new_data": data, "new_version": new_version()}
         connection.execute(self.insert_data_sql, parameters)
 
-    def delete_user(self, connection: Connection, user: int, key_pattern: tuple[str, str] | None) -> int:
-        """Delete the user's rows, found by the index on `user_id`; how many.
+    def delete_user(
+        self, connection: Connection, user: int, key_pattern: tuple[str, str] | None, keep: str | None = None
+    ) -> int:
+        """Delete the user's rows but `keep`'s, found by the index on `user_id`; how many.
 
         With `key_pattern` (start, end of the user's keys), also rows written without a
         user id whose key starts with `start` and ends with `end`.
         """
-        deleted = _rowcount(connection.execute(self.delete_user_sql, {"user_id": user}))
+        deleted = _rowcount(connection.execute(self.delete_user_sql, {"user_id": user, "keep": keep or ""}))
         if key_pattern is not None:
             pattern = f"{_escape_like(key_pattern[0])}%{_escape_like(key_pattern[1])}"
             deleted += _rowcount(connection.execute(self.delete_unfilled_sql, {"pattern": pattern}))

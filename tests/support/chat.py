@@ -10,8 +10,7 @@ from aiogram import Bot, Dispatcher
 from aiogram.methods import SendMessage
 from aiogram.types import Chat, Message, PhotoSize, Sticker, Update, User, Voice
 
-from bot.apply_once import APPLIED
-from bot.delivery import handle_update
+from bot.outbox import APPLIED, handle_update
 from bot.setup import create_bot, create_dispatcher
 from handlers.forms import RESPONSE_ID, RETURN_TO
 from storage import Storages

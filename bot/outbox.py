@@ -1,0 +1,589 @@
+"""The outbox: what an update sends and saves is committed with its changes, then carried out per chat.
+
+A handler returns its Bot API calls (one, or several in order: `callback.answer()`
+and the next question; "thanks" and then the summary), and the completed forms it
+saves or the deletions it asks for (`responses.save`, `/forget`) are queued as
+well. `ApplyOnce` (bot/apply_once.py) writes them, numbered, into the key's
+record in the same fenced write as the new state and data: one atomic commit
+per update. From then on the update is done (polling confirms it, the webhook
+answers 200) and the `Courier` here carries the entries out:
+
+- **Per chat, in commit order**: a lane per chat; entries of one key keep their
+  numbers' order. One chat waiting on Telegram never holds up another chat, nor
+  the fetching of updates.
+- **Marked when done**: the key's `outbox_sent` number is raised (a batch every
+  `MARK_SECONDS` for every key, changing no version), so a crash repeats at most
+  the entries carried out since the last batch.
+- **Picked up again**: the key is due while an entry waits; at start-up every due
+  key's entries are queued, and a sweep every `SWEEP_SECONDS` takes those another
+  process left for longer than `TAKEOVER_SECONDS` (a replica that died). A chat in
+  a flood wait is postponed in the database, so no other replica sends into it.
+- **Flood control as Telegram applies it** (`FloodControl`): a 429 holds back the
+  chat it was for; 429s for several chats at once hold back the bot; and sends are
+  paced under the limits (per chat, per group, per bot) so that 429s stay rare.
+- 5xx, network errors and stalls are tried again with a growing delay, in the
+  chat's lane. What Telegram refuses for good (a blocked bot, a bad request) is
+  logged and passed over. Effects (saving a response, deleting a user's data)
+  are each safe to repeat, and tried again while the database is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiogram.methods
+from aiogram import Bot, Dispatcher
+from aiogram.dispatcher.middlewares.user_context import UserContextMiddleware
+from aiogram.exceptions import TelegramAPIError, TelegramRetryAfter
+from aiogram.fsm.storage.base import BaseStorage, StateType, StorageKey
+from aiogram.methods import TelegramMethod
+from aiogram.types import Update
+from aiogram.utils.backoff import Backoff, BackoffConfig
+
+from bot.delivery import TELEGRAM_FAULTS, refused_for_now
+from bot.metrics import measure_update
+from storage import CompletedResponse, FsmStorage, ResponseStore, StorageUnavailableError
+
+logger = logging.getLogger(__name__)
+
+MARK_SECONDS = 0.05  # how often the entries done are recorded, in one batch for all keys
+SWEEP_SECONDS = 5.0  # how often the database is asked for entries no process is carrying out
+TAKEOVER_SECONDS = 10.0  # how long an entry waits in the database before another process takes it
+SWEEP_BATCH = 200
+RETRY_BACKOFF = BackoffConfig(min_delay=0.5, max_delay=30.0, factor=2.0, jitter=0.1)
+# A request that stalls this long is given up and tried again (it may have reached Telegram).
+REQUEST_TIMEOUT = 15
+# 429s for this many different chats within BOT_WAIT_WINDOW seconds: the bot's own limit was met.
+BOT_WAIT_CHATS = 3
+BOT_WAIT_WINDOW = 1.0
+
+Entry = dict[str, Any]  # {"seq": n, "call": {...}} | {"seq": n, "save": {...}} | {"seq": n, "delete": {...}}
+
+
+class OwnKeyWriteError(RuntimeError):
+    """A handler wrote its own update's key through `fsm_storage` instead of its `state`."""
+
+
+# Kept in the key's FSM data; handlers never see it.
+APPLIED = "__applied_updates__"
+# Telegram hands out at most 100 updates per getUpdates; a redelivery comes from among them.
+REMEMBERED_UPDATES = 100
+
+
+@dataclass
+class AppliedRecord:
+    """What a key's record keeps beside state and data: the updates applied, and the outbox.
+
+    `queued` numbers the entries; `outbox` holds those not yet known to be done
+    (the storage's `outbox_sent` says up to which number they are).
+    """
+
+    updates: list[int] = field(default_factory=list)
+    queued: int = 0
+    outbox: list[Entry] = field(default_factory=list)
+    key: StorageKey | None = None
+
+    @classmethod
+    def read(cls, stored: Any) -> AppliedRecord:
+        """The record as stored; one of another shape (written by hand, or damaged) is read as none."""
+        if stored is None:
+            return cls()
+        try:
+            updates = [int(update) for update in stored.get("updates", [])]
+            outbox = [dict(entry) for entry in stored.get("outbox", [])]
+            for entry in outbox:
+                entry["seq"] = int(entry["seq"])
+            key = StorageKey(**stored["key"]) if stored.get("key") else None
+            return cls(updates, int(stored.get("queued", 0)), outbox, key)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            logger.warning("A key's applied-updates record has an unknown shape; it is started afresh")
+            return cls()
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "updates": self.updates[-REMEMBERED_UPDATES:],
+            "queued": self.queued,
+            "outbox": self.outbox,
+            "key": None if self.key is None else dump_key(self.key),
+        }
+
+
+# --- what a handler's update queues ---------------------------------------------------
+
+
+def call_entry(bot: Bot, call: TelegramMethod[Any]) -> Entry:
+    """A Bot API call as JSON: the parameters the session would send now (the bot's defaults filled in)."""
+    prepared = (
+        (name, bot.session.prepare_value(value, bot=bot, files={}, _dumps_json=False))
+        for name, value in call.model_dump(warnings=False).items()
+    )
+    return {"call": {"method": type(call).__name__, "params": {k: v for k, v in prepared if v is not None}}}
+
+
+def load_call(stored: Mapping[str, Any]) -> TelegramMethod[Any]:
+    method = getattr(aiogram.methods, str(stored["method"]), None)
+    if not (isinstance(method, type) and issubclass(method, TelegramMethod)):
+        msg = f"not a Bot API method: {stored['method']!r}"
+        raise ValueError(msg)
+    return method.model_validate(stored["params"])
+
+
+def calls_in(result: Any) -> list[TelegramMethod[Any]]:
+    """What a handler returned, as calls: one, a sequence of them, or none."""
+    if isinstance(result, TelegramMethod):
+        return [result]
+    if isinstance(result, list | tuple):
+        return [call for call in result if isinstance(call, TelegramMethod)]
+    return []
+
+
+class PendingResponses:
+    """The `responses` store as one update's handlers see it: reads go to the store, writes are queued
+    into the update's commit (and carried out after it, in order, before the replies after them)."""
+
+    def __init__(self, store: ResponseStore, effects: list[Entry]) -> None:
+        self.store = store
+        self.effects = effects
+
+    async def save(self, response: CompletedResponse) -> bool:
+        self.effects.append({"save": dump_response(response)})
+        return True
+
+    async def delete_for_user(self, user_id: int, before: datetime | None = None) -> int:
+        """Queue the deletion of the user's responses completed until now; how many there are now."""
+        moment = before or datetime.now(UTC)
+        self.effects.append({"delete": {"responses_of": user_id, "before": moment.isoformat()}})
+        return sum(1 for response in await self.store.for_user(user_id) if response.completed_at < moment)
+
+    async def for_user(self, user_id: int) -> list[CompletedResponse]:
+        return await self.store.for_user(user_id)
+
+    async def replace(self, response: CompletedResponse) -> None:
+        msg = "replace() is for the owner's commands (migrate), not for handlers"
+        raise RuntimeError(msg)
+
+    async def completed(self, since: datetime | None = None) -> list[CompletedResponse]:
+        return await self.store.completed(since)
+
+
+class UpdateStorage(BaseStorage):
+    """`fsm_storage` as one update's handlers see it: other keys as the storage has them; the update's
+    own key only through its `state` (FSMContext); `delete_user` (for /forget) queued into the commit."""
+
+    def __init__(self, storage: BaseStorage, key: StorageKey, effects: list[Entry]) -> None:
+        self.storage = storage
+        self.key = key
+        self.effects = effects
+
+    def _not_own(self, key: StorageKey) -> None:
+        if key == self.key:
+            msg = (
+                "a handler wrote its own key through fsm_storage; use its FSMContext (the `state` argument) "
+                "instead: that write is committed with the update, once"
+            )
+            raise OwnKeyWriteError(msg)
+
+    async def set_state(self, key: StorageKey, state: StateType = None) -> None:
+        self._not_own(key)
+        await self.storage.set_state(key, state)
+
+    async def get_state(self, key: StorageKey) -> str | None:
+        return await self.storage.get_state(key)
+
+    async def set_data(self, key: StorageKey, data: Mapping[str, Any]) -> None:
+        self._not_own(key)
+        await self.storage.set_data(key, data)
+
+    async def get_data(self, key: StorageKey) -> dict[str, Any]:
+        return await self.storage.get_data(key)
+
+    async def delete_user(self, user_id: int) -> int:
+        """Queue the deletion of the user's conversations in every other chat; 0 (counted when done)."""
+        self.effects.append({"delete": {"keys_of": user_id}})
+        return 0
+
+    async def close(self) -> None:
+        pass
+
+
+def dump_response(response: CompletedResponse) -> dict[str, Any]:
+    return {
+        "response_id": response.response_id,
+        "user_id": response.user_id,
+        "chat_id": response.chat_id,
+        "answers": response.answers,
+        "completed_at": response.completed_at.isoformat(),
+        "kind": response.kind,
+    }
+
+
+def load_response(stored: Mapping[str, Any]) -> CompletedResponse:
+    return CompletedResponse(**{**stored, "completed_at": datetime.fromisoformat(stored["completed_at"])})
+
+
+def dump_key(key: StorageKey) -> dict[str, Any]:
+    return {
+        "bot_id": key.bot_id,
+        "chat_id": key.chat_id,
+        "user_id": key.user_id,
+        "thread_id": key.thread_id,
+        "business_connection_id": key.business_connection_id,
+        "destiny": key.destiny,
+    }
+
+
+# --- what the courier carries -----------------------------------------------------------
+
+
+@dataclass
+class Delivery:
+    """One update's entries to carry out, in order: committed (`key` set) or not (an error's apology)."""
+
+    entries: list[Entry]
+    key: StorageKey | None = None
+    lane: int | str = 0  # the chat, or something of the update's own when it has none
+
+    @property
+    def durable(self) -> bool:
+        return self.key is not None
+
+
+@dataclass
+class FloodControl:
+    """Telegram's limits, kept: per chat (a short burst, then about one a second), per group, per bot.
+
+    Each is a sliding window: at most `limit` sends within `period` seconds. A 429
+    holds back the chat it was for, for its `retry_after`; 429s for `BOT_WAIT_CHATS`
+    chats within `BOT_WAIT_WINDOW` seconds hold back the whole bot, for the shortest
+    of those waits.
+    """
+
+    chat_burst: int = 3
+    group_per_minute: int = 20
+    bot_per_second: int = 30
+    clock: Callable[[], float] = time.monotonic
+    _sent: dict[int, deque[float]] = field(default_factory=dict)
+    _bot_sent: deque[float] = field(default_factory=deque)
+    _held: dict[int, float] = field(default_factory=dict)
+    _bot_held: float = 0.0
+    _refusals: deque[tuple[float, int, float]] = field(default_factory=deque)
+
+    def wait_for(self, chat: int | None) -> float:
+        """Seconds until a call into `chat` (None: a call into no chat) may go out."""
+        now = self.clock()
+        waits = [self._bot_held - now]
+        if chat is not None:
+            waits.append(self._held.get(chat, 0.0) - now)
+            limit, period = (self.group_per_minute, 60.0) if chat < 0 else (self.chat_burst, float(self.chat_burst))
+            waits.append(_window_wait(self._sent.get(chat), limit, period, now))
+            waits.append(_window_wait(self._bot_sent, self.bot_per_second, 1.0, now))
+        return max(waits)
+
+    def took(self, chat: int | None) -> None:
+        """A call into `chat` goes out now."""
+        if chat is None:
+            return
+        now = self.clock()
+        self._sent.setdefault(chat, deque()).append(now)
+        self._bot_sent.append(now)
+
+    def refused(self, chat: int | None, retry_after: float) -> None:
+        """Telegram answered 429 for a call into `chat`."""
+        now = self.clock()
+        if chat is None:
+            self._bot_held = max(self._bot_held, now + retry_after)
+            return
+        self._held[chat] = max(self._held.get(chat, 0.0), now + retry_after)
+        self._refusals.append((now, chat, retry_after))
+        while self._refusals and self._refusals[0][0] < now - BOT_WAIT_WINDOW:
+            self._refusals.popleft()
+        if len({refused_chat for _, refused_chat, _ in self._refusals}) >= BOT_WAIT_CHATS:
+            shortest = min(wait for _, _, wait in self._refusals)
+            logger.warning("Telegram refused %d chats at once: the bot waits %.0f s", BOT_WAIT_CHATS, shortest)
+            self._bot_held = max(self._bot_held, now + shortest)
+
+    def forget_idle(self) -> None:
+        """Drop what no longer limits anything (chats long quiet), so memory stays small."""
+        now = self.clock()
+        for chat in [chat for chat, sent in self._sent.items() if not sent or sent[-1] < now - 60.0]:
+            del self._sent[chat]
+        for chat in [chat for chat, until in self._held.items() if until < now]:
+            del self._held[chat]
+
+
+def _window_wait(sent: deque[float] | None, limit: int, period: float, now: float) -> float:
+    if sent is None:
+        return 0.0
+    while sent and sent[0] <= now - period:
+        sent.popleft()
+    return 0.0 if len(sent) < limit else sent[0] + period - now
+
+
+def chat_of(call: TelegramMethod[Any]) -> int | None:
+    """The chat a call sends into (None for calls into no chat, such as answerCallbackQuery)."""
+    chat = getattr(call, "chat_id", None)
+    return chat if isinstance(chat, int) else None
+
+
+class Courier:
+    """Carries out committed entries: a lane per chat, flood control, marks, and the sweep."""
+
+    def __init__(
+        self,
+        storage: BaseStorage,
+        responses: ResponseStore,
+        flood: FloodControl | None = None,
+        *,
+        takeover: float = TAKEOVER_SECONDS,
+    ) -> None:
+        self.bot: Bot | None = None  # the bot of the last update handed in (or of start())
+        self.running = False  # started: deliveries wait in lanes; else they are carried out at once
+        self.storage = storage
+        self.responses = responses
+        self.flood = flood or FloodControl()
+        self.takeover = takeover
+        self._lanes: dict[int | str, deque[tuple[Delivery, Entry]]] = {}
+        self._tasks: dict[int | str, asyncio.Task[None]] = {}
+        self._known: set[tuple[StorageKey, int]] = set()  # entries queued in this process, not yet done
+        self._marks: dict[StorageKey, int] = {}
+        self._marked = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._background: list[asyncio.Task[None]] = []
+
+    @property
+    def durable(self) -> bool:
+        return isinstance(self.storage, FsmStorage)
+
+    # --- lifecycle (dp.startup / dp.shutdown) ---
+
+    async def start(self, bot: Bot, *, pick_up_after: float = 0.0) -> None:
+        """Queue what has waited in the database over `pick_up_after` s (polling: all of it, nothing else
+        carries it; webhook replicas: what no live replica does), then sweep now and then."""
+        self.bot = bot
+        self.running = True
+        if self.durable:
+            await self.sweep(older_than=pick_up_after)
+            self._background = [
+                asyncio.create_task(self._mark_in_batches()),
+                asyncio.create_task(self._sweep_now_and_then()),
+            ]
+
+    async def stop(self, timeout: float) -> None:  # noqa: ASYNC109 - the whole stop's, not one call's
+        """Give the lanes up to `timeout` s, record what is done; what is left waits in the database."""
+        if self._tasks:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout)
+        lanes = list(self._tasks.values())
+        for task in [*lanes, *self._background]:
+            task.cancel()
+        await asyncio.gather(*lanes, *self._background, return_exceptions=True)
+        self.running = False
+        with contextlib.suppress(StorageUnavailableError):
+            await self._write_marks()
+        if any(self._lanes.values()):
+            logger.info("%d entries left in the outbox for the next start", sum(map(len, self._lanes.values())))
+
+    async def idle(self) -> None:
+        """Wait until every lane is empty (tests, benchmarks)."""
+        await self._idle.wait()
+
+    # --- queueing ---
+
+    def hand(self, delivery: Delivery) -> None:
+        """Queue `delivery`'s entries in its lane (entries this process queued already are passed over)."""
+        for entry in delivery.entries:
+            if delivery.key is not None:
+                token = (delivery.key, int(entry["seq"]))
+                if token in self._known:
+                    continue
+                self._known.add(token)
+            self._lanes.setdefault(delivery.lane, deque()).append((delivery, entry))
+        if self._lanes.get(delivery.lane) and delivery.lane not in self._tasks:
+            self._idle.clear()
+            self._tasks[delivery.lane] = asyncio.create_task(self._run_lane(delivery.lane))
+
+    async def carry_now(self, delivery: Delivery) -> None:
+        """Carry out `delivery` here and now, in order, and record it done (not started: tests, benchmarks)."""
+        for entry in delivery.entries:
+            await self._carry(delivery, entry)
+        if delivery.key is not None and delivery.entries and self.durable:
+            await self._storage.mark_sent([(delivery.key, int(delivery.entries[-1]["seq"]))])
+
+    async def _run_lane(self, lane: int | str) -> None:
+        queue = self._lanes[lane]
+        try:
+            while queue:
+                delivery, entry = queue[0]
+                await self._carry(delivery, entry)
+                queue.popleft()
+                if delivery.key is not None:
+                    self._known.discard((delivery.key, int(entry["seq"])))
+                    self._mark(delivery.key, int(entry["seq"]))
+        finally:
+            if not queue:
+                self._lanes.pop(lane, None)
+            del self._tasks[lane]
+            if not self._tasks:
+                self._idle.set()
+                self.flood.forget_idle()
+
+    # --- carrying one entry out ---
+
+    async def _carry(self, delivery: Delivery, entry: Entry) -> None:
+        backoff = Backoff(RETRY_BACKOFF)
+        while True:
+            try:
+                if "call" in entry:
+                    await self._send(delivery, load_call(entry["call"]))
+                else:
+                    await self._apply(delivery, entry)
+                return
+            except TelegramRetryAfter as error:
+                delay: float = error.retry_after
+            except StorageUnavailableError as error:
+                delay = next(backoff)
+                logger.warning("An outbox entry waits for the database (%s); again in %.1f s", error, delay)
+            except TELEGRAM_FAULTS as error:
+                if not refused_for_now(error):
+                    logger.error("Telegram refused a call for good: %s", error)
+                    return
+                delay = next(backoff)
+                logger.info("Telegram did not take a call (%s); again in %.1f s", type(error).__name__, delay)
+            except TelegramAPIError as error:  # refused for good: a blocked bot, a bad request
+                logger.error("Telegram refused a call for good: %s", error)
+                return
+            if delivery.key is not None and delay > 1 and self.durable:
+                await self._postpone(delivery.key, delay)
+            await asyncio.sleep(delay)
+
+    async def _send(self, delivery: Delivery, call: TelegramMethod[Any]) -> None:
+        chat = chat_of(call)
+        while (wait := self.flood.wait_for(chat)) > 0:  # noqa: ASYNC110 - a clock, not an event
+            await asyncio.sleep(wait)
+        self.flood.took(chat)
+        assert self.bot is not None  # set by start() or by handle_update
+        try:
+            await self.bot(call, request_timeout=REQUEST_TIMEOUT)
+        except TelegramRetryAfter as error:
+            self.flood.refused(chat, error.retry_after)
+            logger.warning("Telegram asks to wait %s s before sending into this chat again", error.retry_after)
+            raise
+
+    async def _apply(self, delivery: Delivery, entry: Entry) -> None:
+        if "save" in entry:
+            await self.responses.save(load_response(entry["save"]))
+            return
+        deletion = entry["delete"]
+        if "responses_of" in deletion:
+            before = datetime.fromisoformat(deletion["before"])
+            await self.responses.delete_for_user(int(deletion["responses_of"]), before)
+        elif isinstance(self.storage, FsmStorage):
+            await self.storage.delete_user(int(deletion["keys_of"]), keep=delivery.key)
+
+    async def _postpone(self, key: StorageKey, delay: float) -> None:
+        """Keep other processes' sweeps off this key while it waits here (they would send into the wait)."""
+        until = datetime.now(UTC) + timedelta(seconds=delay + self.takeover)
+        with contextlib.suppress(StorageUnavailableError):
+            await self._storage.postpone_outbox(key, until)
+
+    # --- marks and the sweep ---
+
+    @property
+    def _storage(self) -> FsmStorage:
+        assert isinstance(self.storage, FsmStorage)
+        return self.storage
+
+    def _mark(self, key: StorageKey, seq: int) -> None:
+        if self.durable:
+            self._marks[key] = max(self._marks.get(key, 0), seq)
+            self._marked.set()
+
+    async def _mark_in_batches(self) -> None:
+        while True:
+            await self._marked.wait()
+            await asyncio.sleep(MARK_SECONDS)
+            try:
+                await self._write_marks()
+            except StorageUnavailableError as error:
+                logger.warning("Could not record the outbox entries done (%s); trying again", error)
+                await asyncio.sleep(1.0)
+
+    async def _write_marks(self) -> None:
+        marks, self._marks = self._marks, {}
+        self._marked.clear()
+        if not marks:
+            return
+        try:
+            await self._storage.mark_sent(list(marks.items()))
+        except BaseException:
+            for key, seq in marks.items():  # kept for the next batch
+                self._marks[key] = max(self._marks.get(key, 0), seq)
+            self._marked.set()
+            raise
+
+    async def _sweep_now_and_then(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            try:
+                await self.sweep(older_than=self.takeover)
+            except StorageUnavailableError as error:
+                logger.warning("The outbox sweep could not read the database (%s)", error)
+
+    async def sweep(self, older_than: float) -> int:
+        """Queue the entries that have waited in the database longer than `older_than` s; how many."""
+        queued = 0
+        before = datetime.now(UTC) - timedelta(seconds=older_than)
+        while True:
+            new = 0
+            for due in await self._storage.due_outboxes(before, SWEEP_BATCH):
+                delivery = pending_delivery(due.data, due.sent)
+                if delivery is None:
+                    continue
+                if not delivery.entries:  # due with nothing left (a mark raced a commit): clear it
+                    assert delivery.key is not None
+                    self._mark(delivery.key, AppliedRecord.read(due.data.get(APPLIED)).queued)
+                    continue
+                fresh = [e for e in delivery.entries if (delivery.key, int(e["seq"])) not in self._known]
+                new += len(fresh)
+                self.hand(delivery)
+            queued += new
+            if new == 0:
+                return queued
+
+
+def pending_delivery(data: Mapping[str, Any], sent: int) -> Delivery | None:
+    """The entries still waiting in a key's record (those numbered after `sent`); None if it has no record."""
+    record = AppliedRecord.read(data.get(APPLIED))
+    if record.key is None:
+        return None
+    return Delivery([entry for entry in record.outbox if entry["seq"] > sent], record.key, record.key.chat_id)
+
+
+@measure_update  # metrics: the update's outcome and handling time
+async def handle_update(dispatcher: Dispatcher, bot: Bot, update: Update, **kwargs: Any) -> None:
+    """Handle `update` (ApplyOnce commits what it changes, saves and sends), then hand that to the courier.
+
+    A courier not started (tests, benchmarks) carries it out before this returns.
+    """
+    result = await dispatcher.feed_update(bot, update, **kwargs)
+    if not isinstance(result, Delivery):  # an error handler's apology (nothing was saved), or no handler
+        chat = UserContextMiddleware.resolve_event_context(update).chat_id
+        lane = chat if chat is not None else f"update {update.update_id}"
+        result = Delivery([call_entry(bot, call) for call in calls_in(result)], lane=lane)
+    courier = dispatcher.workflow_data.get("courier")
+    if not isinstance(courier, Courier):
+        courier = Courier(dispatcher.fsm.storage, dispatcher.workflow_data["responses"])
+    courier.bot = courier.bot or bot
+    if courier.running:
+        courier.hand(result)
+    else:
+        await courier.carry_now(result)
