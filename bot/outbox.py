@@ -353,7 +353,8 @@ class Courier:
         self._lanes: dict[int | str, deque[tuple[Delivery, Entry]]] = {}
         self._tasks: dict[int | str, asyncio.Task[None]] = {}
         self._known: set[tuple[StorageKey, int]] = set()  # entries queued in this process, not yet done
-        self._marks: dict[StorageKey, int] = {}
+        self._marks: dict[StorageKey, int] = {}  # entries done, to record in the next batch
+        self._writing: dict[StorageKey, int] = {}  # the batch being recorded
         self._marked = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -522,6 +523,7 @@ class Courier:
         self._marked.clear()
         if not marks:
             return
+        self._writing = marks  # done here, not yet in the database: the sweep must not queue them again
         try:
             await self._storage.mark_sent(list(marks.items()))
         except BaseException:
@@ -529,6 +531,8 @@ class Courier:
                 self._marks[key] = max(self._marks.get(key, 0), seq)
             self._marked.set()
             raise
+        finally:
+            self._writing = {}
 
     async def _sweep_now_and_then(self) -> None:
         while True:
@@ -552,8 +556,14 @@ class Courier:
                     assert delivery.key is not None
                     self._mark(delivery.key, AppliedRecord.read(due.data.get(APPLIED)).queued)
                     continue
-                fresh = [e for e in delivery.entries if (delivery.key, int(e["seq"])) not in self._known]
-                new += len(fresh)
+                assert delivery.key is not None
+                done = max(self._marks.get(delivery.key, 0), self._writing.get(delivery.key, 0))
+                delivery.entries = [
+                    entry
+                    for entry in delivery.entries
+                    if entry["seq"] > done and (delivery.key, entry["seq"]) not in self._known
+                ]
+                new += len(delivery.entries)
                 self.hand(delivery)
             queued += new
             if new == 0:

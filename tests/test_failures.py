@@ -159,13 +159,13 @@ async def test_finishing_twice_after_a_failure_keeps_one_response(
     for text in first:
         await chat.send(text)
     fsm = chat.storages.fsm
-    real_write = fsm.swap_state_and_data
+    real_write = fsm.swap_with_outbox
 
     async def fails_once(*args: Any, **kwargs: Any) -> bool:
-        monkeypatch.setattr(fsm, "swap_state_and_data", real_write)
+        monkeypatch.setattr(fsm, "swap_with_outbox", real_write)
         raise StorageUnavailableError("the database went away")
 
-    monkeypatch.setattr(fsm, "swap_state_and_data", fails_once)
+    monkeypatch.setattr(fsm, "swap_with_outbox", fails_once)
     assert await chat.send(last) == [SEND_AGAIN]
 
     [summary] = await chat.send(last)
@@ -183,14 +183,14 @@ async def test_a_save_that_timed_out_after_the_database_took_it_is_not_called_a_
     for text in first:
         await chat.send(text)
     fsm = chat.storages.fsm
-    real_write = fsm.swap_state_and_data
+    real_write = fsm.swap_with_outbox
 
     async def writes_then_times_out(*args: Any, **kwargs: Any) -> bool:
-        monkeypatch.setattr(fsm, "swap_state_and_data", real_write)
+        monkeypatch.setattr(fsm, "swap_with_outbox", real_write)
         assert await real_write(*args, **kwargs)
-        raise StorageUnavailableError("SQLAlchemyStorage.swap_state_and_data did not finish within 10 s")
+        raise StorageUnavailableError("SQLAlchemyStorage.swap_with_outbox did not finish within 10 s")
 
-    monkeypatch.setattr(fsm, "swap_state_and_data", writes_then_times_out)
+    monkeypatch.setattr(fsm, "swap_with_outbox", writes_then_times_out)
     [summary] = await chat.send(last)
     assert shows_summary(summary)
     [response] = await chat.storages.responses.for_user(1)

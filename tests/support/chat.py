@@ -75,7 +75,10 @@ class ChatHarness:
         return await self.storages.fsm.get_state(storage_key(user_id))
 
     async def data(self, user_id: int = 1) -> dict[str, object]:
-        return await self.storages.fsm.get_data(storage_key(user_id))
+        """The FSM data as handlers see it (without the applied-updates record and outbox kept beside it)."""
+        data = await self.storages.fsm.get_data(storage_key(user_id))
+        data.pop(APPLIED, None)
+        return data
 
     async def answers(self, user_id: int = 1) -> dict[str, object]:
         """The answers kept so far: the FSM data without the keys the forms keep beside them."""
