@@ -49,7 +49,7 @@ from aiogram.types import Update
 from aiogram.utils.backoff import Backoff, BackoffConfig
 
 from bot.delivery import TELEGRAM_FAULTS, refused_for_now
-from bot.metrics import measure_update
+from bot.metrics import get_metrics, measure_update
 from storage import CompletedResponse, FsmStorage, ResponseStore, StorageUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -408,6 +408,7 @@ class Courier:
                     continue
                 self._known.add(token)
             self._lanes.setdefault(delivery.lane, deque()).append((delivery, entry))
+            get_metrics().replies_waiting.inc()  # metrics: committed, not yet carried out
         if self._lanes.get(delivery.lane) and delivery.lane not in self._tasks:
             self._idle.clear()
             self._tasks[delivery.lane] = asyncio.create_task(self._run_lane(delivery.lane))
@@ -426,6 +427,7 @@ class Courier:
                 delivery, entry = queue[0]
                 await self._carry(delivery, entry)
                 queue.popleft()
+                get_metrics().replies_waiting.dec()
                 if delivery.key is not None:
                     self._known.discard((delivery.key, int(entry["seq"])))
                     self._mark(delivery.key, int(entry["seq"]))

@@ -1,4 +1,4 @@
-"""bot/delivery.py: a reply Telegram refuses for now is sent later, and a 429 holds the whole bot back."""
+"""bot/delivery.py and the outbox's flood control: what Telegram refuses for now goes later; a 429 holds back its chat."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramEntityTooLarge, TelegramNetworkError, TelegramRetryAfter, TelegramServerError
-from aiogram.methods import GetUpdates, SendMessage, TelegramMethod
+from aiogram.methods import SendMessage, TelegramMethod
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from bot.delivery import FloodGate, deliver
+from bot.delivery import deliver
+from bot.outbox import FloodControl
 from tests.support.backends import TOKEN
 
 
@@ -44,24 +45,61 @@ class Clock:
         return self.now
 
 
-async def test_a_429_holds_back_every_request_until_its_retry_after_has_passed() -> None:
+def test_a_429_holds_back_only_the_chat_it_was_for() -> None:
     clock = Clock()
-    gate = FloodGate(clock)
-    chain = Failing(TelegramRetryAfter(method=SEND, message="Too Many Requests", retry_after=45))
-    with pytest.raises(TelegramRetryAfter):
-        await gate(chain, Bot(TOKEN), SEND)
+    flood = FloodControl(clock=clock)
+    flood.took(1)
+    flood.refused(1, 45)
     clock.now += 44
-    other = SendMessage(chat_id=2, text="another chat")
-    with pytest.raises(TelegramRetryAfter) as held:
-        await gate(chain, Bot(TOKEN), other)
-    assert held.value.retry_after == 1
-    assert chain.calls == 1, "a request sent during the flood wait reached Telegram"
-    # Fetching updates is not flood-limited.
-    answered: Any = await gate(chain, Bot(TOKEN), GetUpdates())
-    assert answered is True
+    assert flood.wait_for(1) == pytest.approx(1)
+    assert flood.wait_for(2) == 0, "another chat was held back by chat 1's flood wait"
+    assert flood.wait_for(None) == 0
     clock.now += 1
-    answered = await gate(chain, Bot(TOKEN), other)
-    assert answered is True
+    assert flood.wait_for(1) == 0
+
+
+def test_429s_for_several_chats_at_once_hold_back_the_bot_for_the_shortest_wait() -> None:
+    clock = Clock()
+    flood = FloodControl(clock=clock)
+    for chat, wait in ((1, 30), (2, 5), (3, 60)):
+        flood.refused(chat, wait)
+    assert flood.wait_for(4) == pytest.approx(5)
+    assert flood.wait_for(None) == pytest.approx(5)
+    clock.now += 5
+    assert flood.wait_for(4) == 0
+    assert flood.wait_for(3) == pytest.approx(55)
+
+
+def test_429s_for_chats_far_apart_hold_back_only_their_chats() -> None:
+    clock = Clock()
+    flood = FloodControl(clock=clock)
+    for chat in (1, 2, 3):
+        flood.refused(chat, 30)
+        clock.now += 2
+    assert flood.wait_for(4) == 0
+
+
+@pytest.mark.parametrize(("chat", "limit", "period"), [(7, 3, 3.0), (-100, 20, 60.0)], ids=["private chat", "group"])
+def test_sends_are_paced_under_the_chat_and_group_limits(chat: int, limit: int, period: float) -> None:
+    clock = Clock()
+    flood = FloodControl(chat_burst=3, group_per_minute=20, clock=clock)
+    for _ in range(limit):
+        assert flood.wait_for(chat) == 0
+        flood.took(chat)
+    assert flood.wait_for(chat) == pytest.approx(period)
+    assert flood.wait_for(chat + 1) == 0
+    clock.now += period
+    assert flood.wait_for(chat) == 0
+
+
+def test_sends_are_paced_under_the_bot_limit() -> None:
+    clock = Clock()
+    flood = FloodControl(chat_burst=3, bot_per_second=30, clock=clock)
+    for chat in range(30):
+        assert flood.wait_for(chat) == 0
+        flood.took(chat)
+    assert flood.wait_for(99) == pytest.approx(1.0)
+    assert flood.wait_for(None) == 0  # a call into no chat (answerCallbackQuery) is not a message
 
 
 @pytest.mark.parametrize(
