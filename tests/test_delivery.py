@@ -1,4 +1,4 @@
-"""bot/delivery.py and the outbox's flood control: what Telegram refuses for now goes later; a 429 holds back its chat."""
+"""bot/delivery.py and the outbox's flood control: what Telegram refuses now goes later; a 429 holds its chat."""
 
 from __future__ import annotations
 
