@@ -11,8 +11,8 @@ import logging
 from aiogram import Router, html
 from aiogram.filters import StateFilter
 from aiogram.fsm.context import FSMContext
-from aiogram.methods import SendMessage
-from aiogram.types import Message, ReplyKeyboardRemove
+from aiogram.methods import AnswerCallbackQuery, SendMessage
+from aiogram.types import CallbackQuery, Message, ReplyKeyboardRemove
 
 from handlers.errors import START_OVER
 from handlers.forms import ask
@@ -22,6 +22,13 @@ logger = logging.getLogger(__name__)
 router = Router(name=__name__)
 
 CANNOT_USE = "I can't use that here. Send /cancel to stop, or /help to learn more."
+
+
+@router.callback_query()
+async def stale_button(callback: CallbackQuery) -> AnswerCallbackQuery:
+    """A press no handler took (a button of a question already answered, or of an older version): the
+    spinner stops, with the reason."""
+    return callback.answer("This button no longer works. Send /start to begin again, or /help.")
 
 
 @router.message(StateFilter(None))

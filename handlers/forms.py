@@ -12,10 +12,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiogram import html
+from aiogram.filters.callback_data import CallbackData
 from aiogram.fsm.context import FSMContext
 from aiogram.methods import SendMessage
-from aiogram.types import Message, ReplyKeyboardMarkup, ReplyKeyboardRemove, User
-from aiogram.utils.keyboard import ReplyKeyboardBuilder
+from aiogram.types import (
+    InaccessibleMessage,
+    InlineKeyboardMarkup,
+    Message,
+    ReplyKeyboardMarkup,
+    ReplyKeyboardRemove,
+    User,
+)
+from aiogram.utils.keyboard import InlineKeyboardBuilder, ReplyKeyboardBuilder
 
 from states import Answer, Question, question_at
 from storage import CompletedResponse, ResponseStore
@@ -26,15 +34,34 @@ RETURN_TO = "return_to"  # where the user was before stepping aside into another
 BUTTONS_PER_ROW = 3
 
 
+class Choice(CallbackData, prefix="choice"):
+    """A press on one of a question's inline buttons: which question (its key) and which choice."""
+
+    question: str
+    index: int
+
+
 def ask(message: Message, question: Question, preface: str = "") -> SendMessage:
     """The question, after an optional reason or greeting, with its choices as buttons."""
+    return ask_in(message, question, preface)
+
+
+def ask_in(where: Message | InaccessibleMessage, question: Question, preface: str = "") -> SendMessage:
+    """`ask`, into the chat (and forum topic) of `where`: a message too old to answer (under a pressed button) too."""
     text = f"{preface}\n\n{question.prompt}" if preface else question.prompt
-    return message.answer(text, reply_markup=keyboard_for(question))
+    thread = where.message_thread_id if isinstance(where, Message) and where.is_topic_message else None
+    return SendMessage(chat_id=where.chat.id, text=text, reply_markup=keyboard_for(question), message_thread_id=thread)
 
 
-def keyboard_for(question: Question) -> ReplyKeyboardMarkup | ReplyKeyboardRemove:
+def keyboard_for(question: Question) -> ReplyKeyboardMarkup | ReplyKeyboardRemove | InlineKeyboardMarkup:
     if not question.choices:
         return ReplyKeyboardRemove()
+    if question.inline:
+        buttons = InlineKeyboardBuilder()
+        for index, choice in enumerate(question.choices):
+            buttons.button(text=choice, callback_data=Choice(question=question.key, index=index))
+        buttons.adjust(BUTTONS_PER_ROW)
+        return buttons.as_markup()
     builder = ReplyKeyboardBuilder()
     for choice in question.choices:
         builder.button(text=choice)
@@ -73,22 +100,24 @@ async def come_back(message: Message, state: FSMContext, preface: str) -> SendMe
     return message.answer(preface, reply_markup=ReplyKeyboardRemove())
 
 
-def answered_id(message: Message) -> str:
-    """An id made from the message that completed the form: the same on every attempt to save it."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"telegram:{message.chat.id}/{message.message_id}").hex
-
-
 async def save_response(
-    state: FSMContext, responses: ResponseStore, message: Message, user: User, kind: str, answers: dict[str, Any]
+    state: FSMContext,
+    responses: ResponseStore,
+    message: Message | InaccessibleMessage,
+    user: User,
+    kind: str,
+    answers: dict[str, Any],
 ) -> None:
-    """Save a completed form's `answers` as one response of `kind`; saving it again keeps one."""
+    """Save a completed form's `answers` as one response of `kind`; saving it again keeps one.
+
+    `message` is the one that completed the form (the user's answer, or the question whose button was pressed).
+    """
     data = await state.get_data()
     await responses.save(
         CompletedResponse(
-            # Sessions started before response ids existed get one made from the last answer's message,
-            # the same on every attempt: a resend after a failure cannot save it twice.
-            response_id=data.get(RESPONSE_ID)
-            or uuid.uuid5(uuid.NAMESPACE_URL, f"{message.chat.id}/{message.message_id}").hex,
+            # Sessions started before response ids existed get one made from that message:
+            # the same on every attempt, so a resend after a failure cannot save it twice.
+            response_id=data.get(RESPONSE_ID) or answered_id(message),
             user_id=user.id,
             chat_id=message.chat.id,
             answers=answers,
@@ -96,3 +125,7 @@ async def save_response(
             kind=kind,
         )
     )
+
+
+def answered_id(message: Message | InaccessibleMessage) -> str:
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"telegram:{message.chat.id}/{message.message_id}").hex

@@ -10,15 +10,16 @@ once it is saved.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from aiogram import F, Router, html
 from aiogram.filters import StateFilter
 from aiogram.fsm.context import FSMContext
-from aiogram.methods import SendMessage
-from aiogram.types import Message, ReplyKeyboardRemove, User
+from aiogram.methods import SendMessage, TelegramMethod
+from aiogram.types import CallbackQuery, InaccessibleMessage, Message, ReplyKeyboardRemove, User
 
-from handlers.forms import ask, begin, save_response, thanks_for
-from states import InvalidAnswer, Questionnaire, next_question, question_at, questions
+from handlers.forms import Choice, ask, ask_in, begin, save_response, thanks_for
+from states import Answer, InvalidAnswer, Question, Questionnaire, next_question, question_at, questions
 from storage import ResponseStore
 from storage.interface import QUESTIONNAIRE_KIND
 
@@ -51,19 +52,51 @@ async def take_answer(
         answer = question.read((message.text or "").strip())
     except InvalidAnswer as problem:
         return ask(message, question, str(problem))
+    return await take(question, answer, message, state, event_from_user, responses)
+
+
+@router.callback_query(StateFilter(Questionnaire), Choice.filter())
+async def take_press(
+    callback: CallbackQuery,
+    callback_data: Choice,
+    state: FSMContext,
+    raw_state: str | None,
+    event_from_user: User,
+    responses: ResponseStore,
+) -> list[TelegramMethod[Any]]:
+    """A press on the current question's button: the spinner stopped and the next step, from one update."""
+    question = question_at(raw_state)
+    assert question is not None
+    if callback.message is None:  # a button of a message sent in inline mode: not this bot's flow
+        return [callback.answer()]
+    if callback_data.question != question.key or not 0 <= callback_data.index < len(question.choices):
+        return [callback.answer("That button belongs to an earlier question."), ask_in(callback.message, question)]
+    answer = question.read(question.choices[callback_data.index])
+    step = await take(question, answer, callback.message, state, event_from_user, responses)
+    return [callback.answer(), step]
+
+
+async def take(
+    question: Question,
+    answer: Answer,
+    message: Message | InaccessibleMessage,
+    state: FSMContext,
+    user: User,
+    responses: ResponseStore,
+) -> SendMessage:
+    """Keep `answer` to `question` (given in, or under, `message`); the next question, or the summary."""
     await state.update_data({question.key: answer})
     following = next_question(question)
     if following is not None:
         await state.set_state(following)
-        return ask(message, following, thanks_for(question, answer))
+        return ask_in(message, following, thanks_for(question, answer))
     # The last answer. Only the questions' own answers are saved, never other keys of the data.
     data = await state.get_data()
     answers = {asked.key: data[asked.key] for asked in questions(Questionnaire) if asked.key in data}
-    # Saved before the cleared state is written (after this returns): a failure in between
-    # leaves the user at the last question, and the answer again saves under the same id, once.
-    await save_response(state, responses, message, event_from_user, KIND, answers)
+    # Saved with the cleared state, in one commit (bot/outbox.py), before the summary goes out.
+    await save_response(state, responses, message, user, KIND, answers)
     await state.clear()
-    return message.answer(summary(answers), reply_markup=ReplyKeyboardRemove())
+    return SendMessage(chat_id=message.chat.id, text=summary(answers), reply_markup=ReplyKeyboardRemove())
 
 
 def summary(answers: Mapping[str, object]) -> str:

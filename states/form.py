@@ -47,6 +47,7 @@ class Question(State):
         choices: Sequence[str] = (),
         tally: Tally | None = None,
         thanks: str = "",
+        inline: bool = False,
     ) -> None:
         super().__init__()
         self.prompt = prompt
@@ -54,6 +55,9 @@ class Question(State):
         self.label = label  # in the summary, /help and stats
         self.sample = sample  # what the tests answer
         self.choices = tuple(choices)  # offered as keyboard buttons; typing something else is fine
+        # The choices as buttons under the question (an inline keyboard, answered by a press)
+        # instead of a keyboard in place of the user's; typing an answer still works.
+        self.inline = inline
         self.tally = tally
         self.thanks = thanks  # said before the next question; "{}" is the answer (HTML-escaped)
 

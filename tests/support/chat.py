@@ -5,10 +5,21 @@ from __future__ import annotations
 import itertools
 import random
 from datetime import UTC, datetime
+from typing import Any
 
 from aiogram import Bot, Dispatcher
-from aiogram.methods import SendMessage
-from aiogram.types import Chat, Message, PhotoSize, Sticker, Update, User, Voice
+from aiogram.methods import SendMessage, TelegramMethod
+from aiogram.types import (
+    CallbackQuery,
+    Chat,
+    InlineKeyboardMarkup,
+    Message,
+    PhotoSize,
+    Sticker,
+    Update,
+    User,
+    Voice,
+)
 
 from bot.outbox import APPLIED, handle_update
 from bot.setup import create_bot, create_dispatcher
@@ -29,6 +40,7 @@ class ChatHarness:
         self.dispatcher: Dispatcher = create_dispatcher(storages.fsm, storages.responses)
         # Telegram numbers a bot's updates from a random start, so two harnesses never share ids.
         self._ids = itertools.count(random.randrange(1, 2**30))
+        self._presses = 0
 
     def update(self, user_id: int, text: str | None = None, content: str = "text") -> Update:
         message_id = next(self._ids)
@@ -64,6 +76,25 @@ class ChatHarness:
         before = len(self.session.sent_messages())
         await handle_update(self.dispatcher, self.bot, self.update(user_id, text, content))
         return [m.text for m in self.session.sent_messages()[before:] if m.chat_id == user_id]
+
+    async def press(self, button: str, user_id: int = 1) -> list[TelegramMethod[Any]]:
+        """Press the inline button labelled `button` under the bot's last message to the user; the calls
+        the bot made for that one update, in order."""
+        shown = self.last_reply(user_id)
+        assert isinstance(shown.reply_markup, InlineKeyboardMarkup), "the last message has no inline buttons"
+        [data] = [b.callback_data for row in shown.reply_markup.inline_keyboard for b in row if b.text == button]
+        user = User(id=user_id, is_bot=False, first_name="Ann")
+        under = Message(message_id=1, date=datetime.now(UTC), chat=Chat(id=user_id, type="private"), text=shown.text)
+        self._presses += 1
+        update = Update(
+            update_id=next(self._ids),
+            callback_query=CallbackQuery(
+                id=str(self._presses), from_user=user, chat_instance="1", data=data, message=under
+            ),
+        )
+        before = len(self.session.requests)
+        await handle_update(self.dispatcher, self.bot, update)
+        return self.session.requests[before:]
 
     def last_reply(self, user_id: int = 1) -> SendMessage:
         return [m for m in self.session.sent_messages() if m.chat_id == user_id][-1]
