@@ -145,7 +145,7 @@ class ApplyOnce(BaseMiddleware):
             )
             waiting = [entry for entry in record.outbox if entry["seq"] > sent]
             if update.update_id in record.updates:
-                return redelivered(update, context.key, waiting)
+                return redelivered(update, context.key, waiting, record.queued + 1)
 
             changes = PendingChanges(context.key, state, stored)
             effects: list[Entry] = []
@@ -164,7 +164,8 @@ class ApplyOnce(BaseMiddleware):
                 return await self.write_unfenced(context, changes, entries, update)
             if isinstance(changes.data, CorruptDataError):  # unreadable, and the handler did not replace it
                 return Delivery(entries, lane=context.key.chat_id)
-            for number, entry in enumerate(entries, start=record.queued + 1):
+            fresh_from = record.queued + 1
+            for number, entry in enumerate(entries, start=fresh_from):
                 entry["seq"] = number
             record = AppliedRecord(
                 updates=[*record.updates, update.update_id][-REMEMBERED_UPDATES:],
@@ -180,10 +181,10 @@ class ApplyOnce(BaseMiddleware):
                 # The write may have reached the database before its time ran out; then "please
                 # send it again" would be untrue, and the resend filed under the next question.
                 if await was_applied(context, update):
-                    return Delivery(record.outbox, context.key, context.key.chat_id)
+                    return Delivery(record.outbox, context.key, context.key.chat_id, fresh_from)
                 raise
             if committed:
-                return Delivery(record.outbox, context.key, context.key.chat_id)
+                return Delivery(record.outbox, context.key, context.key.chat_id, fresh_from)
             logger.info(
                 "Update %s: its chat was changed by another writer meanwhile; handling it again", update.update_id
             )
@@ -214,11 +215,11 @@ async def was_applied(context: FSMContext, update: Update) -> bool:
     return update.update_id in record.updates
 
 
-def redelivered(update: Update, key: StorageKey, waiting: list[Entry]) -> Delivery:
+def redelivered(update: Update, key: StorageKey, waiting: list[Entry], fresh_from: int) -> Delivery:
     """An update applied before: nothing is applied again; what it (or a later one) left waiting goes out."""
     note_already_applied()  # metrics: counted as already_applied, not applied
     logger.info("Update %s was applied already (delivered again); not applied again", update.update_id)
-    return Delivery(waiting, key, key.chat_id)
+    return Delivery(waiting, key, key.chat_id, fresh_from)
 
 
 def lane_of(update: Update) -> int | str:

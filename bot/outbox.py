@@ -250,6 +250,9 @@ class Delivery:
     entries: list[Entry]
     key: StorageKey | None = None
     lane: int | str = 0  # the chat, or something of the update's own when it has none
+    # The first entry this update committed: those before it were committed earlier and are
+    # perhaps being carried out by another process (None: take them all, as the sweep does).
+    fresh_from: int | None = None
 
     @property
     def durable(self) -> bool:
@@ -355,6 +358,7 @@ class Courier:
         self._known: set[tuple[StorageKey, int]] = set()  # entries queued in this process, not yet done
         self._marks: dict[StorageKey, int] = {}  # entries done, to record in the next batch
         self._writing: dict[StorageKey, int] = {}  # the batch being recorded
+        self._done_elsewhere: dict[StorageKey, int] = {}  # entries another process carried out
         self._marked = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -400,13 +404,19 @@ class Courier:
     # --- queueing ---
 
     def hand(self, delivery: Delivery) -> None:
-        """Queue `delivery`'s entries in its lane (entries this process queued already are passed over)."""
-        for entry in delivery.entries:
-            if delivery.key is not None:
-                token = (delivery.key, int(entry["seq"]))
-                if token in self._known:
-                    continue
-                self._known.add(token)
+        """Queue `delivery`'s entries in its lane (entries this process queued already are passed over).
+
+        Earlier entries of its key that this process does not know of were committed by another
+        process, which may be carrying them out now: they go after it has (or after `takeover` s).
+        """
+        entries = delivery.entries
+        if delivery.key is not None:
+            entries = [entry for entry in entries if (delivery.key, entry["seq"]) not in self._known]
+            self._known.update((delivery.key, entry["seq"]) for entry in entries)
+            fresh = delivery.fresh_from
+            if fresh is not None and self.running and self.durable and entries and entries[0]["seq"] < fresh:
+                entries = [{"await": fresh - 1}, *entries]
+        for entry in entries:
             self._lanes.setdefault(delivery.lane, deque()).append((delivery, entry))
             get_metrics().replies_waiting.inc()  # metrics: committed, not yet carried out
         if self._lanes.get(delivery.lane) and delivery.lane not in self._tasks:
@@ -425,12 +435,15 @@ class Courier:
         try:
             while queue:
                 delivery, entry = queue[0]
-                await self._carry(delivery, entry)
+                if "await" in entry:
+                    await self._await_others(delivery, entry["await"])
+                elif not self._done_by_another(delivery, entry):
+                    await self._carry(delivery, entry)
                 queue.popleft()
                 get_metrics().replies_waiting.dec()
-                if delivery.key is not None:
-                    self._known.discard((delivery.key, int(entry["seq"])))
-                    self._mark(delivery.key, int(entry["seq"]))
+                if delivery.key is not None and "seq" in entry:
+                    self._known.discard((delivery.key, entry["seq"]))
+                    self._mark(delivery.key, entry["seq"])
         finally:
             if not queue:
                 self._lanes.pop(lane, None)
@@ -438,6 +451,26 @@ class Courier:
             if not self._tasks:
                 self._idle.set()
                 self.flood.forget_idle()
+
+    def _done_by_another(self, delivery: Delivery, entry: Entry) -> bool:
+        return delivery.key is not None and entry["seq"] <= self._done_elsewhere.get(delivery.key, 0)
+
+    async def _await_others(self, delivery: Delivery, upto: int) -> None:
+        """Wait (at most `takeover` s) until another process has carried out the key's entries up to `upto`."""
+        assert delivery.key is not None
+        deadline = time.monotonic() + self.takeover
+        while time.monotonic() < deadline:
+            try:
+                sent = (await self._storage.get_versioned(delivery.key)).sent
+            except StorageUnavailableError:
+                sent = 0
+            if sent >= upto:
+                self._done_elsewhere[delivery.key] = sent
+                return
+            await asyncio.sleep(0.2)
+        logger.info(
+            "Entries another process committed were not carried out in %s s: this one takes them", self.takeover
+        )
 
     # --- carrying one entry out ---
 
@@ -470,7 +503,9 @@ class Courier:
 
     async def _send(self, delivery: Delivery, call: TelegramMethod[Any]) -> None:
         chat = chat_of(call)
-        while (wait := self.flood.wait_for(chat)) > 0:  # noqa: ASYNC110 - a clock, not an event
+        while (wait := self.flood.wait_for(chat)) > 0:
+            if wait > 1 and delivery.key is not None and self.durable:
+                await self._postpone(delivery.key, wait)  # paced, not abandoned: no other replica takes it
             await asyncio.sleep(wait)
         self.flood.took(chat)
         assert self.bot is not None  # set by start() or by handle_update
