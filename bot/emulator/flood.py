@@ -158,8 +158,10 @@ class FloodControl:
 
 
 def chat_of_call(params: dict[str, Any]) -> int | None:
-    """The chat a Bot API call is for (its `chat_id`), or None: no chat_id (answerCallbackQuery, setMyCommands...)
-    or one that is not a number, which the emulator treats as the whole bot's.
+    """The chat a Bot API call is for: its numeric `chat_id`.
+
+    None for a call without one (answerCallbackQuery, setMyCommands...): its
+    429 is the whole bot's.
     """
     try:
         return int(params["chat_id"])
