@@ -16,7 +16,7 @@ from aiogram.exceptions import TelegramBadRequest, TelegramConflictError, Telegr
 from aiogram.types import BotCommand, KeyboardButton, ReplyKeyboardMarkup, ReplyKeyboardRemove
 from aiohttp import ClientSession, web
 
-from bot.emulator import BotAPIEmulator, running_emulator
+from bot.emulator import BotAPIEmulator, Chaos, FloodControl, FloodLimits, running_emulator
 
 
 @pytest.fixture
@@ -216,3 +216,175 @@ async def test_control_api_over_http(served: tuple[BotAPIEmulator, str], bot: Bo
     async with ClientSession() as http, http.get(f"{url}/_emulator/chats/9?count=1&wait=5") as response:
         chat = await response.json()
     assert [m["text"] for m in chat["messages"]] == ["answer"]
+
+
+# --- flood control: Telegram's 429s are for one chat; its limits; calls sent into a wait -------------------
+
+
+async def call(served: tuple[BotAPIEmulator, str], method: str = "sendMessage", **params: Any) -> tuple[int, int]:
+    """Call a Bot API method over HTTP: (status, retry_after or 0)."""
+    emulator, url = served
+    status, body = await raw(url, f"/bot{emulator.token}/{method}", **params)
+    return status, body.get("parameters", {}).get("retry_after", 0)
+
+
+async def send(served: tuple[BotAPIEmulator, str], chat: int) -> tuple[int, int]:
+    """sendMessage to `chat`: (status, retry_after or 0)."""
+    return await call(served, chat_id=chat, text="x")
+
+
+async def until_429(served: tuple[BotAPIEmulator, str], method: str = "sendMessage", **params: Any) -> int:
+    """Call until Chaos draws a 429 (it also draws 502s and stalls); its retry_after."""
+    for _ in range(100):
+        status, retry_after = await call(served, method, **params)
+        if status == 429:
+            return retry_after
+    pytest.fail(f"no 429 for {method} in 100 calls")
+
+
+async def status(served: tuple[BotAPIEmulator, str]) -> dict[str, Any]:
+    """GET /_emulator/status's flood control part, as an out-of-process test reads it."""
+    _, url = served
+    async with ClientSession() as http, http.get(f"{url}/_emulator/status") as response:
+        flood: dict[str, Any] = (await response.json())["flood"]
+    return flood
+
+
+@pytest.mark.parametrize(("scope", "other_chat"), [("chat", 200), ("bot", 429)])
+async def test_a_random_429_holds_back_its_chat_or_with_scope_bot_every_chat(
+    served: tuple[BotAPIEmulator, str], scope: str, other_chat: int
+) -> None:
+    emulator, _ = served
+    await emulator.user_sends(7, {"text": "hi"})
+    await emulator.user_sends(8, {"text": "hi"})
+    emulator.chaos = Chaos(
+        shares={"sendMessage": 1.0}, long_retry_after=2, stall_seconds=0, scope="chat" if scope == "chat" else "bot"
+    )
+    assert await until_429(served, chat_id=7, text="x") == 2
+    emulator.chaos.shares = {}
+    status, retry_after = await send(served, 7)
+    assert status == 429
+    assert 1 <= retry_after <= 2
+    assert (await send(served, 8))[0] == other_chat
+    assert (await call(served, "getUpdates"))[0] == 200  # never held back
+
+
+async def test_a_429_for_a_callback_answer_is_the_whole_bots(served: tuple[BotAPIEmulator, str]) -> None:
+    """answerCallbackQuery has no chat_id (the emulator keeps no callback queries): its 429 holds back every chat."""
+    emulator, _ = served
+    await emulator.user_sends(7, {"text": "hi"})
+    emulator.chaos = Chaos(shares={"answerCallbackQuery": 1.0}, long_retry_after=2, stall_seconds=0)
+    assert await until_429(served, "answerCallbackQuery", callback_query_id="1") == 2
+    assert (await send(served, 7))[0] == 429
+    assert (await status(served))["waits"].keys() == {"bot"}
+
+
+async def test_sends_into_a_chats_wait_are_counted_for_that_chat_only(served: tuple[BotAPIEmulator, str]) -> None:
+    emulator, _ = served
+    await emulator.user_sends(7, {"text": "hi"})
+    await emulator.user_sends(8, {"text": "hi"})
+    emulator.chaos = Chaos(
+        shares={"sendMessage": 1.0}, long_retry_after=2, stall_seconds=0, flood=FloodControl(grace=0.3)
+    )
+    await until_429(served, chat_id=7, text="x")
+    emulator.chaos.shares = {}
+    assert (await send(served, 7))[0] == 429  # within the grace: as if already on its way, not counted
+    assert emulator.chaos.ignored_flood_waits == 0
+    await asyncio.sleep(0.4)
+    assert [await send(served, 7), await send(served, 8), await send(served, 7)] == [(429, 2), (200, 0), (429, 2)]
+    assert emulator.chaos.flood.ignored_by_chat == {7: 2}
+    assert emulator.chaos.ignored_flood_waits == 2
+    flood = await status(served)
+    assert flood["ignored_flood_waits"] == 2
+    assert flood["ignored_by_chat"] == {"7": 2}
+    assert flood["waits"].keys() == {"7"}
+    assert flood["refused"]["429"] == 1
+
+
+async def test_limits_are_off_unless_asked_for(served: tuple[BotAPIEmulator, str]) -> None:
+    emulator, _ = served
+    await emulator.user_sends(7, {"text": "hi"})
+    assert [(await send(served, 7))[0] for _ in range(10)] == [200] * 10
+    emulator.chaos = Chaos()
+    assert [(await send(served, 7))[0] for _ in range(10)] == [200] * 10
+    assert (await status(served))["limits"] is None
+
+
+async def test_a_chat_may_send_a_burst_then_about_one_a_second(served: tuple[BotAPIEmulator, str], bot: Bot) -> None:
+    emulator, _ = served
+    await emulator.user_sends(7, {"text": "hi"})
+    await emulator.user_sends(8, {"text": "hi"})
+    emulator.chaos = Chaos(flood=FloodControl(limits=FloodLimits(per_chat_burst=2, per_chat_window=0.5)))
+    assert [(await send(served, 7))[0] for _ in range(2)] == [200, 200]
+    await asyncio.sleep(0.6)  # the window has passed: another burst is within the limit
+    assert [(await send(served, 7))[0] for _ in range(2)] == [200, 200]
+    with pytest.raises(TelegramRetryAfter) as over:
+        await bot.send_message(7, "one too many")
+    assert over.value.retry_after == 1  # the oldest send in the window leaves it in under a second
+    assert (await bot.send_message(8, "another chat")).text == "another chat"
+    assert emulator.chaos.flood.over_limit == {"chat": 1}
+    await asyncio.sleep(over.value.retry_after)
+    assert (await bot.send_message(7, "after the wait")).text == "after the wait"
+    assert emulator.chaos.ignored_flood_waits == 0
+
+
+async def test_a_group_may_send_so_many_a_minute(served: tuple[BotAPIEmulator, str]) -> None:
+    emulator, _ = served
+    emulator.add_group(-100)
+    await emulator.user_sends(7, {"text": "hi"})
+    emulator.chaos = Chaos(flood=FloodControl(limits=FloodLimits(per_chat_burst=10, per_group=3)))
+    assert [(await send(served, -100))[0] for _ in range(3)] == [200] * 3
+    assert await send(served, -100) == (429, 60)  # a minute after the first of the three
+    assert [(await send(served, 7))[0] for _ in range(4)] == [200] * 4  # a private chat has no group limit
+    assert emulator.chaos.flood.over_limit == {"group": 1}
+    assert (await status(served))["waits"].keys() == {"-100"}
+
+
+async def test_the_whole_bot_may_send_so_many_a_second(served: tuple[BotAPIEmulator, str]) -> None:
+    emulator, _ = served
+    for chat in range(1, 5):
+        await emulator.user_sends(chat, {"text": "hi"})
+    emulator.chaos = Chaos(flood=FloodControl(limits=FloodLimits(per_bot=3, per_bot_window=1.0)))
+    assert [(await send(served, chat))[0] for chat in (1, 2, 3)] == [200] * 3
+    assert await send(served, 4) == (429, 1)
+    assert (await send(served, 1))[0] == 429  # the bot's wait holds back every chat
+    assert (await call(served, "getUpdates"))[0] == 200
+    assert emulator.chaos.flood.over_limit == {"bot": 1}
+    await asyncio.sleep(1.05)
+    assert [(await send(served, chat))[0] for chat in (4, 1, 2)] == [200] * 3
+
+
+async def test_only_what_puts_something_into_a_chat_counts_toward_the_limits(
+    served: tuple[BotAPIEmulator, str],
+) -> None:
+    emulator, _ = served
+    await emulator.user_sends(7, {"text": "hi"})
+    emulator.chaos = Chaos(flood=FloodControl(limits=FloodLimits(per_chat_burst=1, per_bot=1)))
+    for _ in range(3):
+        assert (await call(served, "sendChatAction", chat_id=7, action="typing"))[0] == 200
+        assert (await call(served, "answerCallbackQuery", callback_query_id="1"))[0] == 200
+        assert (await call(served, "getUpdates"))[0] == 200
+    assert (await send(served, 7))[0] == 200
+    assert (await call(served, "editMessageText", chat_id=7, message_id=1, text="y"))[0] == 429
+
+
+async def test_limits_over_the_control_api(served: tuple[BotAPIEmulator, str]) -> None:
+    emulator, url = served
+    await emulator.user_sends(7, {"text": "hi"})
+    await emulator.user_sends(8, {"text": "hi"})
+    status_code, body = await raw(url, "/_emulator/flood_limits", per_chat_burst=1, per_chat_wndow=60)
+    assert status_code == 400
+    assert "per_chat_wndow" in body["description"]
+    status_code, body = await raw(url, "/_emulator/flood_limits", per_chat_burst=1, per_chat_window=60)
+    assert status_code == 200
+    assert body["limits"]["per_chat_burst"] == 1
+    assert body["limits"]["per_bot"] == 30  # left out: Telegram's number
+    assert [await send(served, 7), await send(served, 7)] == [(200, 0), (429, 60)]
+    flood = await status(served)
+    assert flood["limits"]["per_chat_window"] == 60
+    assert flood["over_limit"] == {"chat": 1}
+    assert flood["waits"].keys() == {"7"}
+    async with ClientSession() as http, http.delete(f"{url}/_emulator/flood_limits") as response:
+        assert response.status == 200
+    assert [(await send(served, 8))[0] for _ in range(3)] == [200] * 3
+    assert (await status(served))["limits"] is None

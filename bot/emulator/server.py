@@ -17,16 +17,16 @@ import contextlib
 import itertools
 import json
 import logging
-import math
 import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
+from bot.emulator.flood import FloodControl, FloodLimits, chat_of_call
 from bot.emulator.telegram_html import EntityParseError, parse_html, utf16_length
 
 logger = logging.getLogger(__name__)
@@ -67,50 +67,66 @@ class Fault:
 
 @dataclass
 class Chaos:
-    """Telegram pushing back at random: a share of each named method's calls is refused.
+    """Telegram pushing back: its flood control (`flood`) and, at random, faults.
 
-    A refused call is answered 429 (its `retry_after` up to `max_retry_after`
-    seconds, and once `long_retry_after`), 502, or stalls `stall_seconds`
-    before it is answered. After a 429, as Telegram does, every call but
-    getUpdates is refused until its `retry_after` has passed; each such call
-    that comes more than `grace` seconds after the 429 was answered (not one
-    already on its way then) is counted in `ignored_flood_waits`.
+    A share (`shares`, per method) of calls is refused: answered 429 (its
+    `retry_after` 1 to `max_retry_after` seconds, and once `long_retry_after`),
+    502, or stalled `stall_seconds` before it is answered. getUpdates gets no
+    429. A 429 is for one chat, as Telegram's are: the call's `chat_id`, or
+    the whole bot for a call without one (answerCallbackQuery: the emulator
+    keeps no callback queries to find its chat by). With `scope="bot"`
+    every 429 is the whole bot's, as this emulator used to answer.
+
+    `flood` then refuses calls for that chat (every call but getUpdates for
+    the bot's) until `retry_after` has passed and counts the ones sent into
+    the wait; with `FloodLimits` set, it also answers 429 to sends over them.
     """
 
-    shares: dict[str, float]
+    shares: dict[str, float] = field(default_factory=dict)
     max_retry_after: int = 5
     long_retry_after: int | None = None
     stall_seconds: float = 3.0
     seed: int | None = None
-    grace: float = 1.0
-    flood_since: float = 0.0
-    flood_until: float = 0.0
-    ignored_flood_waits: int = 0
+    scope: Literal["chat", "bot"] = "chat"
+    flood: FloodControl = field(default_factory=FloodControl)
     refused: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
 
-    async def apply(self, method: str) -> None:
-        now = time.monotonic()
-        if method != "getUpdates" and now < self.flood_until:
-            self.ignored_flood_waits += now > self.flood_since + self.grace
-            retry = math.ceil(self.flood_until - now)
-            raise BotAPIError(429, f"Too Many Requests: retry after {retry}", retry_after=retry)
-        if self.rng.random() >= self.shares.get(method, 0.0):
-            return
-        kind = self.rng.choice(("429", "502", "stall") if method != "getUpdates" else ("502", "stall"))
+    @property
+    def ignored_flood_waits(self) -> int:
+        """How many calls were sent into a flood wait, in all chats (see `FloodControl`)."""
+        return self.flood.ignored_flood_waits
+
+    async def apply(self, method: str, chat: int | None) -> None:
+        """Refuse or stall a call of `method` for `chat` (None: no chat) as Telegram might; return to let it through."""
+        polling = method.lower() == "getupdates"
+        if not polling and (left := self.flood.waiting(chat, time.monotonic())) is not None:
+            raise too_many_requests(left)
+        if self.rng.random() < self.shares.get(method, 0.0):
+            await self._refuse_at_random(polling, chat)
+        if (retry_after := self.flood.over_limits(method, chat, time.monotonic())) is not None:
+            raise too_many_requests(retry_after)
+
+    async def _refuse_at_random(self, polling: bool, chat: int | None) -> None:
+        kind = self.rng.choice(("502", "stall") if polling else ("429", "502", "stall"))
         self.refused[kind] += 1
         if kind == "stall":
             await asyncio.sleep(self.stall_seconds)
             return
         if kind == "502":
             raise BotAPIError(502, "Bad Gateway")
-        retry = self.rng.randint(1, self.max_retry_after)
+        retry_after = self.rng.randint(1, self.max_retry_after)
         if self.long_retry_after is not None:
-            retry, self.long_retry_after = self.long_retry_after, None
-        self.flood_since, self.flood_until = now, now + retry
-        raise BotAPIError(429, f"Too Many Requests: retry after {retry}", retry_after=retry)
+            retry_after, self.long_retry_after = self.long_retry_after, None
+        self.flood.open(chat if self.scope == "chat" else None, retry_after, time.monotonic())
+        raise too_many_requests(retry_after)
+
+
+def too_many_requests(retry_after: int) -> BotAPIError:
+    """Telegram's 429, with its `retry_after`."""
+    return BotAPIError(429, f"Too Many Requests: retry after {retry_after}", retry_after=retry_after)
 
 
 @dataclass
@@ -142,6 +158,8 @@ class BotAPIEmulator:
         self.allowed_updates: list[str] = []
         self.chats: dict[int, ChatLog] = {}
         self.users: dict[int, dict[str, Any]] = {}
+        # Groups the bot may send to (negative ids, as Telegram's), by title: see add_group.
+        self.groups: dict[int, str] = {}
         self.commands: list[dict[str, Any]] = []
         self.calls: list[str] = []
         self.faults: list[Fault] = []
@@ -183,6 +201,8 @@ class BotAPIEmulator:
         app.router.add_post("/_emulator/users/{user_id}/send", self._control_send)
         app.router.add_get("/_emulator/chats/{chat_id}", self._control_chat)
         app.router.add_post("/_emulator/faults", self._control_fault)
+        app.router.add_post("/_emulator/flood_limits", self._control_flood_limits)
+        app.router.add_delete("/_emulator/flood_limits", self._control_flood_limits)
         app.router.add_post("/_emulator/webhook_targets", self._control_webhook_targets)
         app.router.add_get("/_emulator/status", self._control_status)
         app.on_shutdown.append(self._end_long_polls)
@@ -203,11 +223,12 @@ class BotAPIEmulator:
         if handler is None:
             return BotAPIError(404, "Not Found").response()
         self.calls.append(method)
+        params = await _read_parameters(request)
         try:
             self._apply_fault(method)
             if self.chaos is not None:
-                await self.chaos.apply(method)
-            result = await handler(await _read_parameters(request))
+                await self.chaos.apply(method, chat_of_call(params))
+            result = await handler(params)
         except BotAPIError as error:
             return error.response()
         return web.json_response({"ok": True, "result": result})
@@ -217,8 +238,7 @@ class BotAPIEmulator:
             if fault.method in ("*", method) and fault.count > 0:
                 fault.count -= 1
                 if fault.status == 429:
-                    retry = fault.retry_after or 1
-                    raise BotAPIError(429, f"Too Many Requests: retry after {retry}", retry_after=retry)
+                    raise too_many_requests(fault.retry_after or 1)
                 description = "Bad Gateway" if fault.status == 502 else "Internal Server Error"
                 raise BotAPIError(fault.status, description)
 
@@ -362,6 +382,8 @@ class BotAPIEmulator:
             chat_id = int(params.get("chat_id", ""))
         except ValueError:
             raise BotAPIError(400, "Bad Request: chat not found") from None
+        if chat_id in self.groups:
+            return {"id": chat_id, "type": "group", "title": self.groups[chat_id]}
         user = self.users.get(chat_id)
         if user is None:
             raise BotAPIError(400, "Bad Request: chat not found")
@@ -404,6 +426,14 @@ class BotAPIEmulator:
             self.updates.extend(updates)
             self._new_update.notify_all()
         return updates
+
+    def add_group(self, chat_id: int, title: str = "Group") -> None:
+        """Put the bot in a group (`chat_id` negative, as Telegram's), so it can send there."""
+        if chat_id >= 0:
+            msg = "a group's chat id is negative"
+            raise ValueError(msg)
+        self.groups[chat_id] = title
+        self.chats.setdefault(chat_id, ChatLog())
 
     async def bot_messages(self, chat_id: int, count: int = 0, wait: float = 0) -> list[dict[str, Any]]:
         """The bot's messages to a chat, waiting up to `wait` seconds until there are `count`."""
@@ -450,6 +480,26 @@ class BotAPIEmulator:
         )
         return web.json_response({"ok": True})
 
+    async def _control_flood_limits(self, request: web.Request) -> web.Response:
+        """POST: enforce Telegram's flood limits (body: `FloodLimits` fields, any left out at their defaults).
+
+        DELETE: stop enforcing them. The limits live in `chaos.flood`; a
+        `Chaos` without random faults is set up if there is none.
+        """
+        if request.method == "DELETE":
+            if self.chaos is not None:
+                self.chaos.flood.limits = None
+            return web.json_response({"ok": True, "limits": None})
+        body = await request.json() if request.can_read_body else {}
+        try:
+            limits = FloodLimits(**body)
+        except TypeError as error:
+            return web.json_response({"ok": False, "description": str(error)}, status=400)
+        if self.chaos is None:
+            self.chaos = Chaos()
+        self.chaos.flood.limits = limits
+        return web.json_response({"ok": True, "limits": asdict(limits)})
+
     async def _control_webhook_targets(self, request: web.Request) -> web.Response:
         """Deliver webhooks round-robin to these addresses (replicas) instead of the webhook URL; [] undoes it."""
         body = await request.json()
@@ -464,8 +514,19 @@ class BotAPIEmulator:
                 "webhook_url": self.webhook_url,
                 "commands": self.commands,
                 "calls": len(self.calls),
+                "flood": self._flood_status(),
             }
         )
+
+    def _flood_status(self) -> dict[str, Any]:
+        """Flood control as the status shows it: limits, open waits, calls sent into a wait, random refusals."""
+        chaos = self.chaos or Chaos()
+        return {
+            **chaos.flood.status(time.monotonic()),
+            "scope": chaos.scope,
+            "shares": chaos.shares,
+            "refused": dict(chaos.refused),
+        }
 
     # --- webhook delivery ----------------------------------------------------
 
@@ -651,9 +712,15 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--token", default=EMULATOR_BOT_TOKEN, help="the one bot token it accepts")
+    parser.add_argument(
+        "--flood-limits", action="store_true", help="answer 429 over Telegram's flood limits (docs/emulator.md)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    web.run_app(BotAPIEmulator(args.token).app(), host=args.host, port=args.port, access_log=None)
+    emulator = BotAPIEmulator(args.token)
+    if args.flood_limits:
+        emulator.chaos = Chaos(flood=FloodControl(limits=FloodLimits()))
+    web.run_app(emulator.app(), host=args.host, port=args.port, access_log=None)
 
 
 if __name__ == "__main__":
