@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-# The databases the tests use; the project's machines run them locally.
+# The database servers the tests use (each run creates and drops a database of its own there, docs/tests.md);
+# the project's machines run them locally.
 # Set one to an empty value to leave that database out.
 export POSTGRES_TEST_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 export MYSQL_TEST_URL ?= mysql+asyncmy://root@127.0.0.1:3306/test

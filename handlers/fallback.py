@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 router = Router(name=__name__)
 
 CANNOT_USE = "I can't use that here. Send /cancel to stop, or /help to learn more."
+# How much of an unknown command the reply repeats: a command can be a whole message long (4096 characters),
+# and the reply, with the question after it, has to fit in one message too.
+COMMAND_SHOWN = 50
 
 
 @router.callback_query()
@@ -54,5 +57,12 @@ def why_not(message: Message) -> str:
     if not message.text:
         return "I can only read text here."
     if message.text.startswith("/"):
-        return f"I don't know the command {html.quote(message.text.split()[0])}. Send /cancel to stop."
+        return f"I don't know the command {shown_command(message.text.split()[0])}. Send /cancel to stop."
     return "I can't use that here."
+
+
+def shown_command(command: str) -> str:
+    """`command` as the reply repeats it: its first COMMAND_SHOWN characters, cut with an ellipsis, HTML-quoted."""
+    if len(command) <= COMMAND_SHOWN:
+        return html.quote(command)
+    return html.quote(command[:COMMAND_SHOWN]) + "…"

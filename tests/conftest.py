@@ -1,11 +1,16 @@
 """Fixtures: real databases, and the real Dispatcher driven with a mocked Bot API session.
 
 The helpers live in tests/support/. A configured server that does not answer
-fails the tests; nothing is skipped for being down.
+fails the tests; nothing is skipped for being down. Each session works in
+databases of its own on the SQL servers (tests/support/databases.py), and no
+process a test started outlives the session.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,7 +19,48 @@ from aiogram.fsm.storage.base import BaseStorage
 
 from tests.support.backends import FLOW_BACKENDS, MONGO_BACKENDS, Backend, make_backend, release_routers
 from tests.support.chat import ChatHarness
+from tests.support.databases import OwnDatabase, own_databases
 from tests.support.mongo_server import WireProtocolServer, configured_url, wait_until_answering
+
+
+def live_children() -> dict[int, str]:
+    """This process's children that still run (zombies left out), by pid: their command lines."""
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue  # gone meanwhile
+        state, parent = stat.rpartition(")")[2].split()[:2]
+        if int(parent) == os.getpid() and state != "Z":
+            children[int(entry.name)] = command
+    return children
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_outlives_the_session() -> Iterator[None]:
+    """Each test stops what it starts (tests/support/bot_process.py); one that did not is killed here and named."""
+    before = set(live_children()) if Path("/proc/self/stat").exists() else None
+    yield
+    if before is None:
+        return  # no /proc to look in
+    leftovers = {pid: command for pid, command in live_children().items() if pid not in before}
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    assert not leftovers, f"processes the tests started were still running at the end (killed now): {leftovers}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_databases(_no_process_outlives_the_session: None) -> Iterator[list[OwnDatabase]]:
+    """A new database on each configured SQL server for this session only, dropped at its end."""
+    with own_databases() as created:
+        yield created
 
 
 @pytest.fixture(scope="session")
@@ -24,10 +70,8 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         wait_until_answering(url, 10)  # configured but down: every Mongo test errors
         yield url
         return
-    server = WireProtocolServer(tmp_path_factory.mktemp("mongo"))
-    server.start()
-    yield server.url
-    server.stop()
+    with WireProtocolServer(tmp_path_factory.mktemp("mongo")) as server:
+        yield server.url
 
 
 @pytest.fixture

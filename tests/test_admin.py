@@ -327,17 +327,17 @@ async def test_migrate_there_and_back_mid_questionnaire_and_the_bot_goes_on(
     names = {user: {asked()[0].key: name} for user, name in ((1, "Ann"), (2, "Bob"), (3, "Cid"), (4, "Dee"))}
     said = {user: conversation(**answers) for user, answers in names.items()}
     async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
-        bot = BotProcess(emulator, api_url, tmp_path / "first.log", first)
-        await bot.start()
-        # Users 1, 2 and 3 have answered 0, 1 and 2 questions; user 4 all of them.
-        for user, sent in ((1, 1), (2, 2), (3, 3), (4, len(asked()) + 1)):
-            await bot.say(user, *said[user][:sent], replies=sent)
-        code, _, errors = await run_main("migrate", "--to", target_url, env=first, cwd=tmp_path)
-        assert (code, errors.strip()) == (
-            2,
-            f"error: a bot is running on {tmp_path / 'first' / 'bot.db'}: stop it first, then migrate",
-        )
-        await bot.stop()
+        async with BotProcess(emulator, api_url, tmp_path / "first.log", first) as bot:
+            await bot.start()
+            # Users 1, 2 and 3 have answered 0, 1 and 2 questions; user 4 all of them.
+            for user, sent in ((1, 1), (2, 2), (3, 3), (4, len(asked()) + 1)):
+                await bot.say(user, *said[user][:sent], replies=sent)
+            code, _, errors = await run_main("migrate", "--to", target_url, env=first, cwd=tmp_path)
+            assert (code, errors.strip()) == (
+                2,
+                f"error: a bot is running on {tmp_path / 'first' / 'bot.db'}: stop it first, then migrate",
+            )
+            await bot.stop()
 
         code, shown, errors = await run_main("migrate", "--to", target_url, env=first, cwd=tmp_path)
         assert code == 0, errors
@@ -348,23 +348,23 @@ async def test_migrate_there_and_back_mid_questionnaire_and_the_bot_goes_on(
         assert "conversations       0 copied, 4 there already" in shown
         assert "answers             0 copied, 1 there already" in shown
 
-        bot = BotProcess(emulator, api_url, tmp_path / "target.log", bot_environment(target, tmp_path))
-        await bot.start()
-        assert asked()[1].prompt in (await bot.say(1, said[1][1]))[0]
-        assert asked()[2].prompt in (await bot.say(2, said[2][2]))[0]
-        *_, [cid] = [await bot.say(3, text) for text in said[3][3:]]
-        await bot.stop()
+        async with BotProcess(emulator, api_url, tmp_path / "target.log", bot_environment(target, tmp_path)) as bot:
+            await bot.start()
+            assert asked()[1].prompt in (await bot.say(1, said[1][1]))[0]
+            assert asked()[2].prompt in (await bot.say(2, said[2][2]))[0]
+            *_, [cid] = [await bot.say(3, text) for text in said[3][3:]]
+            await bot.stop()
 
         code, shown, errors = await run_main("migrate", "--from", target_url, "--to", back, env=first, cwd=tmp_path)
         assert code == 0, errors
         assert "answers             2 copied" in shown
 
-        bot = BotProcess(emulator, api_url, tmp_path / "back.log", {"DATABASE_URL": back})
-        await bot.start()
-        assert asked()[2].prompt in (await bot.say(1, said[1][2]))[0]
-        *_, [bob] = [await bot.say(2, text) for text in said[2][3:]]
-        *_, [ann] = [await bot.say(1, text) for text in said[1][3:]]
-        await bot.stop()
+        async with BotProcess(emulator, api_url, tmp_path / "back.log", {"DATABASE_URL": back}) as bot:
+            await bot.start()
+            assert asked()[2].prompt in (await bot.say(1, said[1][2]))[0]
+            *_, [bob] = [await bot.say(2, text) for text in said[2][3:]]
+            *_, [ann] = [await bot.say(1, text) for text in said[1][3:]]
+            await bot.stop()
 
     for summary, user in ((cid, 3), (bob, 2), (ann, 1)):
         assert shows_summary(summary, **names[user]), summary
@@ -380,21 +380,21 @@ async def test_migrate_there_and_back_mid_questionnaire_and_the_bot_goes_on(
 
 async def test_an_expired_session_is_removed_by_the_running_bot_and_its_user_told_to_start(tmp_path: Path) -> None:
     env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'data' / 'bot.db'}", "FSM_TTL": "2s"}
-    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
-        bot = BotProcess(emulator, api_url, tmp_path / "bot.log", env)
+    async with (
+        running_emulator(BotAPIEmulator()) as (emulator, api_url),
+        BotProcess(emulator, api_url, tmp_path / "bot.log", env) as bot,
+    ):
         await bot.start()
-        try:
-            await bot.say(1, "/start")
-            assert asked()[1].prompt in (await bot.say(1, typed()[0]))[0]
-            for _ in range(100):  # the sweep runs every second with a TTL this short
-                if "Removed 1 conversation(s) untouched for more than 0:00:02 (FSM_TTL)" in bot.output():
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                pytest.fail(f"no expiry logged:\n{bot.output()[-2000:]}")
-            assert await bot.say(1, typed()[1]) == ["Send /start to fill in the questionnaire, or /help to learn more."]
-        finally:
-            await bot.stop()
+        await bot.say(1, "/start")
+        assert asked()[1].prompt in (await bot.say(1, typed()[0]))[0]
+        for _ in range(100):  # the sweep runs every second with a TTL this short
+            if "Removed 1 conversation(s) untouched for more than 0:00:02 (FSM_TTL)" in bot.output():
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail(f"no expiry logged:\n{bot.output()[-2000:]}")
+        assert await bot.say(1, typed()[1]) == ["Send /start to fill in the questionnaire, or /help to learn more."]
+        await bot.stop()
 
 
 async def test_the_commands_answer_bad_input_in_one_line_with_exit_code_2(tmp_path: Path) -> None:

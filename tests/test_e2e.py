@@ -29,8 +29,10 @@ async def bot(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     backend = make_backend(request.param, folder, mongo)
     if backend.name in SQL_URL_VARIABLES:
         await drop_bot_tables(backend.url)
-    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
-        process = BotProcess(emulator, api_url, folder / "bot.log", bot_environment(backend, folder))
+    async with (
+        running_emulator(BotAPIEmulator()) as (emulator, api_url),
+        BotProcess(emulator, api_url, folder / "bot.log", bot_environment(backend, folder)) as process,
+    ):
         await process.start()
         yield process
         await process.stop()

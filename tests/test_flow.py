@@ -97,6 +97,17 @@ async def test_a_bad_name_is_told_why(chat: ChatHarness, answer: str, reason: st
     assert reason in reply
 
 
+async def test_an_unknown_command_of_a_whole_message_gets_a_reply_that_fits_in_one(chat: ChatHarness) -> None:
+    """Telegram refuses a message over 4096 characters: the reply names the command's start, not all of it."""
+    await answer_up_to(chat, Questionnaire.name)
+    command = "/<" + "x" * 4089  # 4091 characters, HTML in it
+    [reply] = await chat.send(command)
+    assert len(reply) <= 4096
+    assert "I don't know the command /&lt;xxx" in reply
+    assert "x" * 60 not in reply
+    assert reply.endswith(Questionnaire.name.prompt)
+
+
 @pytest.mark.parametrize(
     ("answer", "reason"),
     [

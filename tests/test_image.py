@@ -130,11 +130,17 @@ class Container:
     def __init__(self, image: Image) -> None:
         self.image = image
         self.id = run(image.podman, "create", image.tag)
-        self.root = Path(run(image.podman, "mount", self.id))
+        try:
+            self.root = Path(run(image.podman, "mount", self.id))
+        except BaseException:
+            run(image.podman, "rm", "--force", self.id)
+            raise
 
     def remove(self) -> None:
-        run(self.image.podman, "umount", self.id)
-        run(self.image.podman, "rm", "--force", self.id)
+        try:
+            run(self.image.podman, "umount", self.id)
+        finally:
+            run(self.image.podman, "rm", "--force", self.id)
 
     def user(self) -> tuple[int, int]:
         """The image's USER as uid and gid, read from the image's own /etc/passwd."""
@@ -167,10 +173,8 @@ class ContainedBot(BotProcess):
 
     async def start(self, ready_on: str = "getUpdates") -> None:
         polls_before = self.emulator.calls.count(ready_on)
-        self._log = self.log_path.open("ab")
-        self.process = await asyncio.create_subprocess_exec(
-            *self.command, env=self.env, stdout=self._log, stderr=asyncio.subprocess.STDOUT
-        )
+        await self._spawn(*self.command)
+        assert self.process is not None
         async with asyncio.timeout(START_SECONDS):
             while self.emulator.calls.count(ready_on) == polls_before:
                 assert self.process.returncode is None, f"the bot exited:\n{self.output()}"
@@ -209,11 +213,11 @@ async def test_the_bot_in_the_image_answers_and_resumes_after_a_restart_with_its
     first = Container(image)
     try:
         os.chown(volume, *first.user())
-        bot = ContainedBot(emulator, api_url, tmp_path / "first.log", first, volume)
-        await bot.start()
-        assert "What is your name?" in (await bot.say(1, "/start"))[0]
-        assert "How old are you?" in (await bot.say(1, "Ann"))[0]
-        assert await bot.stop(signal.SIGTERM) == 0
+        async with ContainedBot(emulator, api_url, tmp_path / "first.log", first, volume) as bot:
+            await bot.start()
+            assert "What is your name?" in (await bot.say(1, "/start"))[0]
+            assert "How old are you?" in (await bot.say(1, "Ann"))[0]
+            assert await bot.stop(signal.SIGTERM) == 0
     finally:
         first.remove()
     # The conversation is in the volume, written by the image's user, not in the container.
@@ -223,12 +227,12 @@ async def test_the_bot_in_the_image_answers_and_resumes_after_a_restart_with_its
 
     second = Container(image)  # a new container of the same image, as after a redeploy
     try:
-        bot = ContainedBot(emulator, api_url, tmp_path / "second.log", second, volume)
-        await bot.start()
-        assert "favourite colour" in (await bot.say(1, "30"))[0]
-        [summary] = await bot.say(1, "Blue")
-        assert "Name: Ann" in summary
-        assert await bot.stop(signal.SIGTERM) == 0
+        async with ContainedBot(emulator, api_url, tmp_path / "second.log", second, volume) as bot:
+            await bot.start()
+            assert "favourite colour" in (await bot.say(1, "30"))[0]
+            [summary] = await bot.say(1, "Blue")
+            assert "Name: Ann" in summary
+            assert await bot.stop(signal.SIGTERM) == 0
     finally:
         second.remove()
     assert emulator.token not in bot.output()

@@ -54,13 +54,15 @@ async def questionnaire_through_failures(bot: BotProcess, user_id: int) -> None:
 
 
 async def test_polling_logs_json_lines_without_secrets_or_answers(tmp_path: Path) -> None:
-    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
-        bot = BotProcess(
+    async with (
+        running_emulator(BotAPIEmulator()) as (emulator, api_url),
+        BotProcess(
             emulator,
             api_url,
             tmp_path / "bot.log",
             {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", "LOG_FORMAT": "json"},
-        )
+        ) as bot,
+    ):
         await bot.start()
         await questionnaire_through_failures(bot, 1)
         assert await bot.stop(signal.SIGTERM) == 0
@@ -74,13 +76,15 @@ async def test_polling_logs_json_lines_without_secrets_or_answers(tmp_path: Path
 async def test_webhook_logs_json_lines_without_the_secret(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
-        bot = BotProcess(
+    async with (
+        running_emulator(BotAPIEmulator()) as (emulator, api_url),
+        BotProcess(
             emulator,
             api_url,
             tmp_path / "bot.log",
             webhook_environment(port, tmp_path / "bot.db") | {"LOG_FORMAT": "JSON"},
-        )
+        ) as bot,
+    ):
         await bot.start(ready_on="setWebhook")
         await until_healthy(base)
         await questionnaire_through_failures(bot, 2)

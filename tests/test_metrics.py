@@ -68,8 +68,9 @@ async def until(url: str, condition: Callable[[Samples], bool], seconds: float =
 async def polling(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[BotProcess, str]]:
     folder = tmp_path_factory.mktemp("metrics-polling")
     port = free_port()
-    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
-        process = BotProcess(
+    async with (
+        running_emulator(BotAPIEmulator()) as (emulator, api_url),
+        BotProcess(
             emulator,
             api_url,
             folder / "bot.log",
@@ -79,7 +80,8 @@ async def polling(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tup
                 "WEB_SERVER_HOST": "127.0.0.1",
                 "FSM_TTL": "8s",  # a sweep every 2 s
             },
-        )
+        ) as process,
+    ):
         await process.start()
         url = f"http://127.0.0.1:{port}/metrics"
         yield process, url
@@ -159,13 +161,10 @@ async def test_the_webhook_server_serves_metrics_that_move_through_a_429_and_the
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     url = f"{base}/metrics"
-    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
-        process = BotProcess(
-            emulator,
-            api_url,
-            tmp_path / "bot.log",
-            webhook_environment(port, tmp_path / "bot.db"),
-        )
+    async with (
+        running_emulator(BotAPIEmulator()) as (emulator, api_url),
+        BotProcess(emulator, api_url, tmp_path / "bot.log", webhook_environment(port, tmp_path / "bot.db")) as process,
+    ):
         await process.start(ready_on="setWebhook")
         await until_healthy(base)
         before = await scrape(url)

@@ -34,8 +34,11 @@ async def postgres_bot(
     if not url:
         pytest.skip("POSTGRES_TEST_URL is not set")
     folder = tmp_path_factory.mktemp("outage-postgres")
-    async with proxied(url, 5432) as (proxy, through_proxy), running_emulator(BotAPIEmulator()) as (emulator, api_url):
-        bot = BotProcess(emulator, api_url, folder / "bot.log", {"DATABASE_URL": through_proxy})
+    async with (
+        proxied(url, 5432) as (proxy, through_proxy),
+        running_emulator(BotAPIEmulator()) as (emulator, api_url),
+        BotProcess(emulator, api_url, folder / "bot.log", {"DATABASE_URL": through_proxy}) as bot,
+    ):
         await bot.start()
         yield bot, proxy
         await bot.stop()
@@ -47,19 +50,15 @@ async def mongo_bot(
 ) -> AsyncIterator[tuple[BotProcess, WireProtocolServer]]:
     """A bot on a wire-protocol server of its own, which the test stops and starts."""
     folder = tmp_path_factory.mktemp("outage-mongo")
-    server = WireProtocolServer(folder)
-    server.start()
-    try:
-        async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
-            env = {"STORAGE": "mongo", "MONGO_URL": server.url, "MONGO_DB": "outage"}
-            bot = BotProcess(emulator, api_url, folder / "bot.log", env)
+    with WireProtocolServer(folder) as server:
+        env = {"STORAGE": "mongo", "MONGO_URL": server.url, "MONGO_DB": "outage"}
+        async with (
+            running_emulator(BotAPIEmulator()) as (emulator, api_url),
+            BotProcess(emulator, api_url, folder / "bot.log", env) as bot,
+        ):
             await bot.start()
-            try:
-                yield bot, server
-            finally:
-                await bot.stop()
-    finally:
-        server.stop()
+            yield bot, server
+            await bot.stop()
 
 
 async def test_postgresql_goes_away_mid_questionnaire(postgres_bot: tuple[BotProcess, TcpProxy]) -> None:

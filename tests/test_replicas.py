@@ -10,6 +10,7 @@ from overwriting each other (bot/apply_once.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import random
@@ -79,7 +80,7 @@ async def deployment(
     if backend.name in SQL_URL_VARIABLES:
         await drop_bot_tables(backend.url)
     ports = [free_port() for _ in range(REPLICAS)]
-    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
+    async with running_emulator(BotAPIEmulator()) as (emulator, api_url), contextlib.AsyncExitStack() as running:
         replicas = []
         for number, port in enumerate(ports):
             environment = bot_environment(backend, folder) | {
@@ -88,7 +89,9 @@ async def deployment(
                 "WEB_SERVER_HOST": "127.0.0.1",
                 "WEB_SERVER_PORT": str(port),
             }
-            replica = BotProcess(emulator, api_url, folder / f"replica-{number}.log", environment)
+            replica = await running.enter_async_context(
+                BotProcess(emulator, api_url, folder / f"replica-{number}.log", environment)
+            )
             await replica.start(ready_on="setWebhook")
             replicas.append(replica)
         for port in ports:

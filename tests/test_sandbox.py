@@ -18,7 +18,7 @@ from aiogram.types import Message
 from bot.emulator import EMULATOR_BOT_TOKEN
 from bot.emulator.sandbox import run_sandbox
 from config import load_settings
-from tests.support.bot_process import ROOT, finish
+from tests.support.bot_process import ROOT, finish, stop_process
 from tests.support.questionnaire import asked, conversation, shows_summary, typed
 from tests.support.routers import add_router
 
@@ -86,9 +86,7 @@ async def test_ctrl_c_half_way_and_start_again(tmp_path: Path) -> None:
         sandbox.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(sandbox.wait(), 30) == 0
     finally:
-        if sandbox.returncode is None:
-            sandbox.kill()
-            await sandbox.wait()
+        await stop_process(sandbox)
 
     finished = await chat(tmp_path, *typed(**bob)[1:])
     assert shows_summary(finished, **bob)

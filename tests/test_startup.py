@@ -102,11 +102,9 @@ async def test_a_busy_telegram_at_start_up_is_waited_out(tmp_path: Path) -> None
             Fault(method="setMyCommands", status=429, count=1, retry_after=1),
         ]
         database = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/data/bot.db"}
-        bot = BotProcess(emulator, api_url, tmp_path / "bot.log", database)
-        await bot.start()
-        try:
+        async with BotProcess(emulator, api_url, tmp_path / "bot.log", database) as bot:
+            await bot.start()
             assert all(fault.count == 0 for fault in emulator.faults)
             assert emulator.commands, "the command menu was published"
             assert asked()[0].prompt in (await bot.say(1, "/start"))[0]
-        finally:
             assert await bot.stop() == 0

@@ -134,19 +134,18 @@ async def test_no_message_is_lost_or_misfiled_across_kills_and_deploys(
         environment = bot_environment(backend, tmp_path)
         if backend.name == "sqlite":
             environment["DATABASE_URL"] = backend.url  # the file the test reads the responses from
-        bot = BotProcess(emulator, api_url, tmp_path / "bot.log", environment)
-        await bot.start()
-        storm_over = asyncio.Event()
-        users = asyncio.gather(*(person.talk(emulator, storm_over) for person in people))
-        try:
-            await storm(bot, rng)
-            storm_over.set()
-            await users
-        except BaseException as error:
-            users.cancel()
-            error.add_note(f"STORM_SEED={seed}; bot log: {bot.log_path}")
-            raise
-        finally:
+        async with BotProcess(emulator, api_url, tmp_path / "bot.log", environment) as bot:
+            await bot.start()
+            storm_over = asyncio.Event()
+            users = asyncio.gather(*(person.talk(emulator, storm_over) for person in people))
+            try:
+                await storm(bot, rng)
+                storm_over.set()
+                await users
+            except BaseException as error:
+                users.cancel()
+                error.add_note(f"STORM_SEED={seed}; bot log: {bot.log_path}")
+                raise
             await bot.stop()
 
     waits = sorted(person.longest_wait for person in people)

@@ -32,8 +32,10 @@ async def test_every_reply_arrives_in_order_while_telegram_pushes_back(
     mongo = request.getfixturevalue("mongo_url") if name.startswith("mongo") else None
     backend = make_backend(name, tmp_path, mongo)
     (tmp_path / "data").mkdir()
-    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
-        bot = BotProcess(emulator, api_url, tmp_path / "bot.log", bot_environment(backend, tmp_path))
+    async with (
+        running_emulator(BotAPIEmulator()) as (emulator, api_url),
+        BotProcess(emulator, api_url, tmp_path / "bot.log", bot_environment(backend, tmp_path)) as bot,
+    ):
         await bot.start()
         emulator.chaos = chaos(LONG_FLOOD_WAIT[name], seed)
         try:

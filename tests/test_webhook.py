@@ -30,8 +30,10 @@ async def replica(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tup
     folder = tmp_path_factory.mktemp("webhook")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    async with running_emulator(BotAPIEmulator()) as (emulator, api_url):
-        process = BotProcess(emulator, api_url, folder / "bot.log", webhook_environment(port, folder / "bot.db"))
+    async with (
+        running_emulator(BotAPIEmulator()) as (emulator, api_url),
+        BotProcess(emulator, api_url, folder / "bot.log", webhook_environment(port, folder / "bot.db")) as process,
+    ):
         await process.start(ready_on="setWebhook")
         await until_healthy(base)
         yield process, base

@@ -1,14 +1,22 @@
-"""`python main.py` as a real process against the Bot API emulator, for end-to-end tests."""
+"""`python main.py` as a real process against the Bot API emulator, for end-to-end tests.
+
+Every process a test starts is stopped however the test ends: `BotProcess` is an
+async context manager, `started()` wraps any other command, and `finish()` stops
+what it waited for (SIGTERM, then SIGKILL, then reaped: `stop_process()`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO, Any
+from types import TracebackType
+from typing import IO, Any, Self
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -43,8 +51,38 @@ def bot_environment(backend: Backend, folder: Path) -> dict[str, str]:
     return {"DATABASE_URL": backend.url}
 
 
+STOP_SECONDS = 10
+
+
+async def stop_process(process: asyncio.subprocess.Process, wait: float = STOP_SECONDS) -> None:
+    """Stop `process` if it still runs: SIGTERM, SIGKILL after `wait` s, then reap it. For `finally`."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), wait)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+    await process.wait()
+
+
+@contextlib.asynccontextmanager
+async def started(*command: str | Path, **options: Any) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`asyncio.create_subprocess_exec(*command, **options)`, stopped on the way out whatever happened."""
+    process = await asyncio.create_subprocess_exec(*command, **options)
+    try:
+        yield process
+    finally:
+        await stop_process(process)
+
+
 class BotProcess:
-    """One bot process at a time; its stdout and stderr go to one log file."""
+    """One bot process at a time; its stdout and stderr go to one log file.
+
+    Use it as `async with BotProcess(...) as bot:`: a bot still running on the way
+    out (a failed assertion, a timeout) is stopped there.
+    """
 
     def __init__(self, emulator: BotAPIEmulator, api_url: str, log_path: Path, env: dict[str, str]) -> None:
         self.emulator = emulator
@@ -59,20 +97,37 @@ class BotProcess:
         self.process: asyncio.subprocess.Process | None = None
         self._log: IO[bytes] | None = None
 
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop the bot if it still runs (SIGTERM, then SIGKILL) and close its log; nothing if it stopped."""
+        try:
+            if self.process is not None:
+                await stop_process(self.process)
+        finally:
+            if self._log is not None:
+                self._log.close()
+
+    async def _spawn(self, *command: str) -> None:
+        if self.process is not None and self.process.returncode is None:
+            msg = "start() while the bot still runs: stop() it first"
+            raise AssertionError(msg)
+        self._log = self.log_path.open("ab")
+        self.process = await asyncio.create_subprocess_exec(
+            *command, cwd=self.log_path.parent, env=self.env, stdout=self._log, stderr=asyncio.subprocess.STDOUT
+        )
+
     async def start(self, ready_on: str = "getUpdates") -> None:
         """Start the bot and wait until it calls `ready_on` (getUpdates: it polls)."""
         polls_before = self.emulator.calls.count(ready_on)
-        self._log = self.log_path.open("ab")
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(ROOT / "main.py"),
-            "--env-file",
-            os.devnull,
-            cwd=self.log_path.parent,
-            env=self.env,
-            stdout=self._log,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        await self._spawn(sys.executable, str(ROOT / "main.py"), "--env-file", os.devnull)
+        assert self.process is not None
         deadline = time.monotonic() + START_SECONDS
         while self.emulator.calls.count(ready_on) == polls_before:
             if self.process.returncode is not None:
@@ -129,7 +184,10 @@ class BotProcess:
 
 
 async def finish(process: asyncio.subprocess.Process, seconds: float, typed: bytes | None = None) -> tuple[str, str]:
-    """Feed `typed`, wait for the exit and return stdout and stderr; kill the process if it overruns."""
+    """Feed `typed`, wait for the exit and return stdout and stderr; kill the process if it overruns.
+
+    However this ends (an overrun, a cancellation), the process is not left running.
+    """
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(typed), seconds)
     except TimeoutError:
@@ -137,4 +195,6 @@ async def finish(process: asyncio.subprocess.Process, seconds: float, typed: byt
         await process.wait()
         msg = f"the process did not exit within {seconds} s"
         raise AssertionError(msg) from None
+    finally:
+        await stop_process(process)
     return stdout.decode(errors="replace"), stderr.decode(errors="replace")

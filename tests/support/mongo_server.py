@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
@@ -31,7 +33,11 @@ def wait_until_answering(url: str, seconds: float) -> None:
 
 
 class WireProtocolServer:
-    """nx-27017 (MongoDB's wire protocol, data in one SQLite file) as a child process."""
+    """nx-27017 (MongoDB's wire protocol, data in one SQLite file) as a child process.
+
+    `with WireProtocolServer(folder) as server:` starts it and stops it on the way out;
+    a start that fails stops what it started.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -39,27 +45,43 @@ class WireProtocolServer:
         self.url = f"mongodb://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
+
     def start(self) -> None:
-        log = (self.folder / "nx-27017.out").open("ab")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "nx_27017.nx_27017",
-                "--db",
-                str(self.folder / "mongo.db"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-file",
-                str(self.folder / "nx-27017.log"),
-                "--pid-file",
-                str(self.folder / "nx-27017.pid"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        with (self.folder / "nx-27017.out").open("ab") as log:  # the child keeps its own copy
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "nx_27017.nx_27017",
+                    "--db",
+                    str(self.folder / "mongo.db"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--log-file",
+                    str(self.folder / "nx-27017.log"),
+                    "--pid-file",
+                    str(self.folder / "nx-27017.pid"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + START_SECONDS
         while True:
             try:
@@ -72,6 +94,7 @@ class WireProtocolServer:
                     raise RuntimeError(msg) from None
 
     def stop(self) -> None:
+        """SIGTERM, SIGKILL after 10 s, then reaped; nothing if it is not running."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
