@@ -63,7 +63,9 @@ class Versioned(NamedTuple):
     # Unreadable data comes as the error, so that a caller may still replace it.
     data: dict[str, Any] | CorruptDataError
     version: int | None  # None: the key has no record
-    sent: int = 0  # the number of the last outbox entry done (bot/outbox.py)
+    # The number of the last outbox entry done (bot/outbox.py). A record no commit of the bot's
+    # outbox wrote (copied by migrate, written by an older version) has every entry done.
+    sent: int = 0
 
 
 @dataclass(frozen=True)
@@ -283,6 +285,9 @@ def user_reader(key_builder: KeyBuilder) -> Callable[[str], int | None] | None:
     # Checked on a key of another shape than the probe's, so a layout this reading misses gives None.
     sample = key_builder.build(StorageKey(bot_id=5, chat_id=-100123, user_id=77, thread_id=3))
     return user_of if user_of(sample) == 77 else None
+
+
+ALL_DONE = 2**62  # `Versioned.sent` of a record whose outbox no commit wrote
 
 
 def new_version() -> int:

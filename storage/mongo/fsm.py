@@ -29,6 +29,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
 from storage.interface import (
+    ALL_DONE,
     DueOutbox,
     FsmRecord,
     FsmStorage,
@@ -159,7 +160,8 @@ class MongoStorage(FsmStorage):
         document = await self.collection.find_one({"_id": self._id(key)}, _ONLY_FIELDS)
         if document is None:
             return Versioned(None, {}, None)
-        version, sent = int(document.get("version") or 0), int(document.get("outbox_sent") or 0)
+        version = int(document.get("version") or 0)
+        sent = int(document.get("outbox_sent") or 0) if document.get("outbox_queued") else ALL_DONE
         try:
             return Versioned(_state_of(document), _data_of(document), version, sent)
         except CorruptDataError as error:

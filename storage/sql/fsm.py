@@ -26,7 +26,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
-from storage.interface import DueOutbox, FsmRecord, FsmStorage, Versioned, as_utc, user_key_pattern, user_reader
+from storage.interface import (
+    ALL_DONE,
+    DueOutbox,
+    FsmRecord,
+    FsmStorage,
+    Versioned,
+    as_utc,
+    user_key_pattern,
+    user_reader,
+)
 from storage.sql.engine import SQL_OUTAGES, create_engine_for_url, ensure_table, retried_on_a_closed_connection
 from storage.sql.sqlite_thread import SQLiteThread
 from storage.sql.statements import Field, FsmStatements, fsm_table
@@ -244,7 +253,8 @@ class SQLAlchemyStorage(FsmStorage):
         if row is None:
             return Versioned(None, {}, None)
         state = cast(str | None, row.state)
-        version, sent = cast(int, row.version), int(row.outbox_sent or 0)
+        version = cast(int, row.version)
+        sent = int(row.outbox_sent or 0) if row.outbox_queued else ALL_DONE
         try:
             return Versioned(state, self._loads(row.data), version, sent)
         except CorruptDataError as error:

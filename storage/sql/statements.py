@@ -88,7 +88,7 @@ class FsmStatements:
         key = c.id == bindparam("key")
         self.table = table
         self.dialect = dialect
-        self.read_sql = select(c.state, c.data, c.version, c.outbox_sent).where(key)
+        self.read_sql = select(c.state, c.data, c.version, c.outbox_sent, c.outbox_queued).where(key)
         self.write_state_sql = _upsert(table, dialect, ("state", "version"))
         self.write_data_sql = _upsert(table, dialect, ("data", "version"))
         self.write_both_sql = _upsert(table, dialect, ("state", "data", "version"))
@@ -203,7 +203,7 @@ class FsmStatements:
 
     # --- operations: each is one call's work, correct statement by statement ---
 
-    def fetch(self, connection: Connection, key: str) -> Row[Any, Any, Any, Any] | None:
+    def fetch(self, connection: Connection, key: str) -> Row[Any, Any, Any, Any, Any] | None:
         return connection.execute(self.read_sql, {"key": key}).one_or_none()
 
     def set_state(self, connection: Connection, key: str, user: int | None, state: str) -> None:
