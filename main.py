@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     export.add_argument("--format", choices=("csv", "json", "jsonl"), default="csv", help="(default: csv)")
     export.add_argument("--since", type=parse_since, help="only those completed on or after this UTC date or time")
     export.add_argument("--output", type=Path, help="write to this file (default: standard output)")
-    export.add_argument("--kind", help="only this form's responses, e.g. questionnaire (default: every form)")
+    export.add_argument("--kind", help="the form to export, e.g. feedback (default: questionnaire)")
     commands.add_parser("stats", help="how many started, finished and abandoned, and the answers")
     migrate = commands.add_parser("migrate", help="copy conversations and answers to another database")
     migrate.add_argument(

@@ -2,5 +2,6 @@
 
 Each command is a coroutine taking the settings and its parsed arguments and
 returning the exit code; main.py parses and runs them. They touch the
-database only through storage/ (records, completed responses), never handlers/.
+database only through storage/ (records, completed responses), never handlers/:
+they import handlers/ only to know every form the bot defines (admin/forms.py).
 """

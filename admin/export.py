@@ -1,10 +1,11 @@
-"""`python main.py export`: the completed forms as CSV, JSON or JSON Lines.
+"""`python main.py export`: one form's completed responses as CSV, JSON or JSON Lines.
 
-One row per completed form (the questionnaire, and any other form the bot
-saves): user id, chat id, the form's kind, each answer in its own column
-(the questionnaire's in the order its questions are asked, then any other
-answer: another form's, or one an older version of the bot kept), and the
-completion time in UTC. `--kind` keeps one kind.
+One form per export, never two forms' columns in one file: the
+questionnaire's, or with `--kind` another form's. One row per completed
+response: user id, chat id, the form's kind, each answer in its own column
+(the form's questions in the order they are asked, then any other answer an
+older version of the bot kept), and the completion time in UTC. Without
+`--kind`, a note on standard error names the other kinds in the database.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import csv
 import io
 import json
 import os
+import stat
 import sys
 import textwrap
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,10 +23,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from admin.errors import opened
+from aiogram.fsm.state import StatesGroup
+
+from admin.errors import CommandError, opened
+from admin.forms import bot_forms, plural
 from config import StorageSettings
-from states import Questionnaire, questions
+from states import questions
 from storage import CompletedResponse
+from storage.interface import QUESTIONNAIRE_KIND
 
 FORMATS = ("csv", "json", "jsonl")
 # A byte-order mark: without it Excel reads UTF-8 as the local code page (é, emoji garbled).
@@ -34,12 +40,12 @@ CSV_BOM = "\ufeff"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def columns_for(names: Iterable[str]) -> list[str]:
-    """The columns for responses whose answers have these `names`."""
-    # The answers' names are the questions' names in the group (name, age, colour), in that order.
-    given = set(names)
-    asked = [question.key for question in questions(Questionnaire) if question.key in given]
-    others = sorted(given - set(asked))
+def columns_for(form: type[StatesGroup] | None, names: Iterable[str]) -> list[str]:
+    """The columns for one form's responses whose answers have these `names` (`form`: None if the bot
+    no longer defines it): its questions' names in the order they are asked (name, age, colour), then
+    the other names (answers an older version kept), sorted."""
+    asked = [question.key for question in questions(form)] if form is not None else []
+    others = sorted(set(names) - set(asked))
     return ["user_id", "chat_id", "kind", *asked, *others, "completed_at"]
 
 
@@ -58,9 +64,15 @@ def utc_text(moment: datetime) -> str:
 
 
 def render(responses: Sequence[CompletedResponse], file_format: str) -> bytes:
-    """The export of `responses`, encoded as UTF-8: what `export` writes, for a list in hand."""
+    """The export of `responses`, all of one kind, encoded as UTF-8: what `export` writes, for a list in hand."""
+    kinds = {response.kind for response in responses} or {QUESTIONNAIRE_KIND}
+    if len(kinds) > 1:
+        msg = f"one form per export: these responses are of {len(kinds)} kinds ({', '.join(sorted(kinds))})"
+        raise ValueError(msg)
+    [kind] = kinds
+    names = (name for response in responses for name in response.answers)
     output = io.BytesIO()
-    writer = ExportWriter(output, columns_for(name for response in responses for name in response.answers), file_format)
+    writer = ExportWriter(output, columns_for(bot_forms().get(kind), names), file_format)
     writer.write(responses)
     writer.finish()
     return output.getvalue()
@@ -115,11 +127,17 @@ def spreadsheet_safe(value: Any) -> Any:
 
 @contextmanager
 def opened_output(output: Path | None) -> Iterator[BinaryIO]:
-    """Standard output, or the file `output`, created readable by its owner only (users' answers)."""
+    """Standard output, or the file `output`, readable by its owner only (users' answers): created so,
+    or an existing file emptied and made so before anything is written to it."""
     if output is None:
         yield sys.stdout.buffer
         return
-    with os.fdopen(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as file:
+    descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        # The mode above is for a new file only; an existing one keeps its own (0644, say) unless changed.
+        # A device or a pipe (/dev/stdout) is not the owner's to change.
+        if stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.fchmod(descriptor, 0o600)
         yield file
 
 
@@ -132,17 +150,29 @@ def write(content: bytes, output: Path | None) -> None:
 async def export(
     settings: StorageSettings, file_format: str, since: datetime | None, output: Path | None, kind: str | None = None
 ) -> int:
-    """Read the responses twice, a page at a time: once for the columns (every answer's name), once
-    to write them. Memory stays the same whatever the number of responses."""
+    """Export one kind (`kind`, or the questionnaire). Read its responses twice, a page at a time:
+    once for the columns (every answer's name), once to write them. Memory stays the same whatever
+    the number of responses."""
+    forms = bot_forms()
+    chosen = QUESTIONNAIRE_KIND if kind is None else kind
     async with opened(settings) as storages:
+        kinds = await storages.responses.count_kinds()
+        if kind is not None and kind not in forms and kind not in kinds:
+            known = ", ".join(sorted(forms.keys() | kinds.keys()))
+            raise CommandError(f"no form has the kind {kind!r}: --kind takes one of {known}")
         names: set[str] = set()
-        async for page in storages.responses.pages(since, kind):
+        async for page in storages.responses.pages(since, chosen):
             names.update(name for response in page for name in response.answers)
         with opened_output(output) as stream:
-            writer = ExportWriter(stream, columns_for(names), file_format)
-            async for page in storages.responses.pages(since, kind):
+            writer = ExportWriter(stream, columns_for(forms.get(chosen), names), file_format)
+            async for page in storages.responses.pages(since, chosen):
                 writer.write(page)
             writer.finish()
     if output is not None:
-        print(f"Exported {writer.rows} completed form(s) to {output}", file=sys.stderr)
+        print(f"Exported {plural(writer.rows, chosen + ' response')} to {output}", file=sys.stderr)
+    others = {other: number for other, number in sorted(kinds.items()) if other != chosen}
+    if kind is None and others:
+        listed = ", ".join(plural(number, other + " response") for other, number in others.items())
+        example = next(iter(others))
+        print(f"In the database but not in this export: {listed}; export each with --kind {example}", file=sys.stderr)
     return 0

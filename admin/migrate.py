@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
 from admin.errors import CommandError, opened
+from admin.forms import plural
 from config import StorageKind, StorageSettings, to_async_database_url
 from storage import CompletedResponse, Storages
 from storage.sql.in_use import in_use
@@ -184,8 +185,8 @@ def conflicts_message(target_name: str, planned: Plan) -> str:
         f" and {planned.conflicts - len(planned.shown_conflicts)} more" if planned.conflicts > SHOWN_CONFLICTS else ""
     )
     return (
-        f"{target_name} already holds different data for {planned.conflicts} key(s) ({shown}{more}): "
-        "nothing was copied; --overwrite replaces them with the source's"
+        f"{target_name} already holds different data for {plural(planned.conflicts, 'key')} ({shown}{more}): "
+        f"nothing was copied; --overwrite replaces {'it' if planned.conflicts == 1 else 'them'} with the source's"
     )
 
 

@@ -1,80 +1,119 @@
-"""`python main.py stats`: how many questionnaires were started, finished and abandoned, and the answers.
+"""`python main.py stats`: for each form, how many were started, finished and abandoned, and the answers.
 
-Each question with a `tally` gets a section (states/questionnaire.py); other
-forms' responses are counted by kind.
+Every form the bot defines gets the same report: the questionnaire first,
+then the others by kind. Each question with a `tally` gets a section (see
+states/questionnaire.py). Responses of a kind no form defines any more (a
+form removed from the bot) are counted by kind.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from aiogram.fsm.state import StatesGroup
+
 from admin.errors import opened
+from admin.forms import bot_forms, plural
 from config import StorageSettings, describe_duration
-from states import Questionnaire, Tally, questions
+from states import Tally, form_kind, questions
 from storage import Storages
 from storage.interface import QUESTIONNAIRE_KIND, TextTally
 
-# A questionnaire nobody answered for this long counts as abandoned (FSM_TTL removes it later).
+# A form nobody answered for this long counts as abandoned (FSM_TTL removes it later).
 ABANDONED_AFTER = timedelta(days=1)
 TOP_ANSWERS = 10
 
 
 @dataclass
-class Stats:
+class FormStats:
+    """One form's numbers, all counted by the database."""
+
+    form: type[StatesGroup]
     finished: int = 0
     in_progress: int = 0
     abandoned: int = 0
     texts: dict[str, TextTally] = field(default_factory=dict)  # by question key (Tally.COUNTS)
     numbers: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # (Tally.RANGE): value, how often
-    other_forms: dict[str, int] = field(default_factory=dict)  # completed, by kind
+
+    @property
+    def kind(self) -> str:
+        return form_kind(self.form)
 
     @property
     def started(self) -> int:
         return self.finished + self.in_progress + self.abandoned
 
 
-async def count(storages: Storages, now: datetime) -> Stats:
-    """Every number counted by the database: the answers are never read into memory."""
-    in_progress, abandoned = await storages.fsm.count_states(
-        Questionnaire.__all_states_names__, active_since=now - ABANDONED_AFTER
-    )
+@dataclass
+class Stats:
+    forms: list[FormStats] = field(default_factory=list)  # in the order they are shown
+    undefined: dict[str, int] = field(default_factory=dict)  # completed, by kind: kinds no form defines
+
+
+async def count(storages: Storages, now: datetime, forms: Sequence[type[StatesGroup]] | None = None) -> Stats:
+    """Every number counted by the database: the answers are never read into memory.
+
+    `forms`: those to report on, in that order (default: every form the bot defines).
+    """
     kinds = await storages.responses.count_kinds()
-    stats = Stats(finished=kinds.pop(QUESTIONNAIRE_KIND, 0), in_progress=in_progress, abandoned=abandoned)
-    stats.other_forms = kinds
-    for question in questions(Questionnaire):
-        if question.tally is Tally.RANGE:
-            stats.numbers[question.key] = await storages.responses.whole_numbers(QUESTIONNAIRE_KIND, question.key)
-        elif question.tally is not None:
-            stats.texts[question.key] = await storages.responses.text_answers(
-                QUESTIONNAIRE_KIND, question.key, TOP_ANSWERS
-            )
+    stats = Stats()
+    for form in bot_forms().values() if forms is None else forms:
+        stats.forms.append(await count_form(storages, form, kinds.pop(form_kind(form), 0), now))
+    stats.undefined = kinds
     return stats
+
+
+async def count_form(storages: Storages, form: type[StatesGroup], finished: int, now: datetime) -> FormStats:
+    in_progress, abandoned = await storages.fsm.count_states(
+        form.__all_states_names__, active_since=now - ABANDONED_AFTER
+    )
+    counted = FormStats(form, finished=finished, in_progress=in_progress, abandoned=abandoned)
+    kind = form_kind(form)
+    for question in questions(form):
+        if question.tally is Tally.RANGE:
+            counted.numbers[question.key] = await storages.responses.whole_numbers(kind, question.key)
+        elif question.tally is not None:
+            counted.texts[question.key] = await storages.responses.text_answers(kind, question.key, TOP_ANSWERS)
+    return counted
 
 
 def render(stats: Stats, ttl: timedelta | None) -> str:
     expiry = f"removed after {describe_duration(ttl)} (FSM_TTL)" if ttl else "kept: FSM_TTL=0"
+    sections = [render_form(form, expiry) for form in stats.forms]
+    if stats.undefined:
+        sections.append(
+            ["Other kinds, completed (no form of the bot defines them)"]
+            + [f"  {kind[:20]:<20} {number:>6}" for kind, number in sorted(stats.undefined.items())]
+        )
+    return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
+
+
+def title(kind: str) -> str:
+    """What a form's section is headed with: `Questionnaires`, `Feedback forms`."""
+    return "Questionnaires" if kind == QUESTIONNAIRE_KIND else f"{kind[:1].upper()}{kind[1:]} forms"
+
+
+def render_form(form: FormStats, expiry: str) -> list[str]:
     lines = [
-        "Questionnaires",
-        f"  started      {stats.started:>6}",
-        f"  finished     {stats.finished:>6}{_share(stats.finished, stats.started)}",
-        f"  in progress  {stats.in_progress:>6}  answered in the last {describe_duration(ABANDONED_AFTER)}",
-        f"  abandoned    {stats.abandoned:>6}  silent for longer; {expiry}",
+        title(form.kind),
+        f"  started      {form.started:>6}",
+        f"  finished     {form.finished:>6}{_share(form.finished, form.started)}",
+        f"  in progress  {form.in_progress:>6}  answered in the last {describe_duration(ABANDONED_AFTER)}",
+        f"  abandoned    {form.abandoned:>6}  silent for longer; {expiry}",
     ]
-    for question in questions(Questionnaire):
+    for question in questions(form.form):
         # A question nobody has answered yet (just added) has no section until someone does.
         if question.tally is Tally.RANGE:
-            numbers = stats.numbers.get(question.key, [])
-            if numbers or not stats.finished:
+            numbers = form.numbers.get(question.key, [])
+            if numbers or not form.finished:
                 lines += ["", question.label, *number_range(numbers)]
         elif question.tally is not None:
-            texts = stats.texts.get(question.key, TextTally())
-            if texts.total or not stats.finished:
-                lines += ["", question.label, *text_counts(texts, stats.finished)]
-    if stats.other_forms:
-        lines += ["", "Other forms, completed"]
-        lines += [f"  {kind[:20]:<20} {number:>6}" for kind, number in sorted(stats.other_forms.items())]
-    return "\n".join(lines) + "\n"
+            texts = form.texts.get(question.key, TextTally())
+            if texts.total or not form.finished:
+                lines += ["", question.label, *text_counts(texts, form.finished)]
+    return lines
 
 
 def number_range(numbers: list[tuple[int, int]]) -> list[str]:
@@ -83,7 +122,7 @@ def number_range(numbers: list[tuple[int, int]]) -> list[str]:
     if not answers:
         return ["  (no answers yet)"]
     middle = (nth(numbers, (answers - 1) // 2) + nth(numbers, answers // 2)) / 2
-    return [f"  {numbers[0][0]} to {numbers[-1][0]}, median {middle:g} ({answers} answers)"]
+    return [f"  {numbers[0][0]} to {numbers[-1][0]}, median {middle:g} ({plural(answers, 'answer')})"]
 
 
 def nth(numbers: list[tuple[int, int]], position: int) -> int:

@@ -9,7 +9,7 @@ adding one line to the group.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
 
 from aiogram.fsm.state import State, StatesGroup
@@ -72,15 +72,35 @@ def questions(group: type[StatesGroup]) -> tuple[Question, ...]:
     return tuple(state for state in group.__all_states__ if isinstance(state, Question))
 
 
-def question_at(raw_state: str | None) -> Question | None:
-    """The question a user in `raw_state` is answering, in any form of the bot; None if it is no question."""
+def state_groups() -> Iterator[type[StatesGroup]]:
+    """Every `StatesGroup` defined so far (in the modules imported so far), the latest defined first."""
     groups = list(StatesGroup.__subclasses__())
     while groups:
         group = groups.pop()
+        yield group
+        groups.extend(group.__subclasses__())
+
+
+def form_kind(group: type[StatesGroup]) -> str:
+    """The kind a form's completed responses are saved as: its class's name in lower case (`Feedback` -> `feedback`)."""
+    return group.__name__.lower()
+
+
+def forms() -> list[type[StatesGroup]]:
+    """Every form defined so far: each group with a `Question` (of two of the same kind, the latest defined)."""
+    found: dict[str, type[StatesGroup]] = {}
+    for group in state_groups():
+        if questions(group):
+            found.setdefault(form_kind(group), group)
+    return list(found.values())
+
+
+def question_at(raw_state: str | None) -> Question | None:
+    """The question a user in `raw_state` is answering, in any form of the bot; None if it is no question."""
+    for group in state_groups():
         for question in questions(group):
             if question.state == raw_state:
                 return question
-        groups.extend(group.__subclasses__())
     return None
 
 

@@ -21,16 +21,19 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from aiogram.fsm.state import StatesGroup
 
 from admin.errors import CommandError
+from admin.export import export, write
 from admin.export import render as render_export
-from admin.export import write
 from admin.migrate import migrate, same_json
 from admin.stats import count
 from admin.stats import render as render_stats
 from bot.emulator import BotAPIEmulator, running_emulator
 from bot.expiry import ExpirySweeper, sweep
-from config import StorageSettings
+from config import StorageKind, StorageSettings
+from states import Question, Questionnaire, Tally, form_kind, questions
+from states.form import short_text, whole_number
 from storage import CompletedResponse, FsmRecord, MongoStorage, Storages
 from storage.interface import PAGE_SIZE
 from tests.support.backends import ALL_BACKENDS, MONGO_BACKENDS, SQL_URL_VARIABLES, Backend, backend_params
@@ -97,6 +100,44 @@ EXPECTED_JSONL = (
 SHARED_SERVERS = ("postgresql", "mysql")
 
 
+class Survey(StatesGroup):
+    """A second form, as a bot might add one: a question of each tally, and one without."""
+
+    mood = Question(
+        "How do you feel?", read=short_text("mood"), label="Mood", sample="Fine", choices=("Fine", "Tired"),
+        tally=Tally.COUNTS,
+    )  # fmt: skip
+    score = Question("From 1 to 10?", read=whole_number("score", 1, 10), label="Score", sample="7", tally=Tally.RANGE)
+    visits = Question(
+        "How many visits?", read=whole_number("visits", 0, 99), label="Visits", sample="2", tally=Tally.RANGE
+    )
+    remark = Question("Anything else?", read=short_text("remark"), label="Remark", sample="No")
+
+
+def survey(response_id: str, user: int, when: datetime, **answers: object) -> CompletedResponse:
+    """A completed Survey with these answers (saved in the reverse of the order they are asked)."""
+    return CompletedResponse(response_id, user, user, dict(reversed(answers.items())), when, kind=form_kind(Survey))
+
+
+SURVEYS = [
+    survey("s1", 31, datetime(2026, 11, 1, 8, 0, tzinfo=UTC), mood="Fine", score=7, visits=2, remark="Great, thanks"),
+    survey("s2", 32, datetime(2026, 11, 2, 8, 0, tzinfo=UTC), mood="Fine", score=9, remark="=cmd|' /C calc'!A0"),
+    survey("s3", 33, datetime(2026, 11, 3, 8, 0, tzinfo=UTC), mood="Tired", score=4),
+]
+# A kind no form of the bot defines (a form since removed), with answers under the Survey's names.
+RETIRED = CompletedResponse("x1", 41, 41, {"mood": "Tired", "score": 1}, datetime(2026, 11, 4, tzinfo=UTC), "retired")
+
+
+def settings_of(backend: Backend) -> StorageSettings:
+    """The settings the owner's commands read for `backend`."""
+    if backend.is_mongo:
+        return StorageSettings(
+            storage=StorageKind.MONGO, mongo_url=backend.url, mongo_db=backend.place, mongo_driver=backend.driver,
+            _env_file=None,
+        )  # fmt: skip
+    return StorageSettings(storage=StorageKind.SQLALCHEMY, database_url=backend.url, _env_file=None)
+
+
 @pytest_asyncio.fixture
 async def storages(backend: Backend) -> AsyncIterator[Storages]:
     if backend.name in SHARED_SERVERS:
@@ -146,7 +187,7 @@ async def test_stats_count_started_finished_abandoned_and_the_answers(storages: 
     )
     await storages.fsm.put_record(FsmRecord("fsm:1:22:22", None, {"__applied_updates__": {"updates": [1]}}, now))
 
-    stats = await count(storages, now)
+    stats = await count(storages, now, [Questionnaire])
 
     assert render_stats(stats, timedelta(days=30)) == (
         "Questionnaires\n"
@@ -163,9 +204,97 @@ async def test_stats_count_started_finished_abandoned_and_the_answers(storages: 
         "  🎉 <b>Red</b> & green      1   17%\n"
         "  Zöë; ünïcode              1   17%\n"
         "\n"
-        "Other forms, completed\n"
+        "Other kinds, completed (no form of the bot defines them)\n"
         "  feedback                  1\n"
     )
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+async def test_stats_tally_every_forms_answers_and_count_the_kinds_no_form_defines(storages: Storages) -> None:
+    now = datetime.now(UTC)
+    for response in [*SURVEYS, RETIRED, CompletedResponse("q1", 51, 51, {}, now)]:
+        await storages.responses.save(response)
+    await storages.fsm.put_record(FsmRecord("fsm:1:34:34", Survey.score.state, {Survey.mood.key: "Fine"}, now))
+    await storages.fsm.put_record(FsmRecord("fsm:1:35:35", asked()[0].state, {}, now))
+
+    shown = render_stats(await count(storages, now, [Questionnaire, Survey]), timedelta(days=30))
+
+    # Each form counts its own: the survey's responses and conversations are not the questionnaire's.
+    assert shown.startswith(
+        "Questionnaires\n"
+        "  started           2\n"
+        "  finished          1   50%\n"
+        "  in progress       1  answered in the last 24 hours\n"
+    )
+    assert shown[shown.index("\nSurvey forms\n") :] == (
+        "\n"
+        "Survey forms\n"
+        "  started           4\n"
+        "  finished          3   75%\n"
+        "  in progress       1  answered in the last 24 hours\n"
+        "  abandoned         0  silent for longer; removed after 30 days (FSM_TTL)\n"
+        "\n"
+        "Mood\n"
+        "  Fine                      2   67%\n"
+        "  Tired                     1   33%\n"
+        "\n"
+        "Score\n"
+        "  4 to 9, median 7 (3 answers)\n"
+        "\n"
+        "Visits\n"
+        "  2 to 2, median 2 (1 answer)\n"
+        "\n"
+        "Other kinds, completed (no form of the bot defines them)\n"
+        "  retired                   1\n"
+    )
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+async def test_export_writes_one_form_per_file_its_questions_as_columns(
+    storages: Storages, backend: Backend, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for response in [*AWKWARD, *SURVEYS, RETIRED]:
+        await storages.responses.save(response)
+    settings = settings_of(backend)
+
+    assert await export(settings, "csv", None, tmp_path / "survey.csv", form_kind(Survey)) == 0
+    keys = ",".join(question.key for question in questions(Survey))  # in the order they are asked
+    assert (tmp_path / "survey.csv").read_bytes() == (
+        f"\ufeffuser_id,chat_id,kind,{keys},completed_at\r\n"
+        '31,31,survey,Fine,7,2,"Great, thanks",2026-11-01T08:00:00Z\r\n'
+        "32,32,survey,Fine,9,,'=cmd|' /C calc'!A0,2026-11-02T08:00:00Z\r\n"
+        "33,33,survey,Tired,4,,,2026-11-03T08:00:00Z\r\n"
+    ).encode()
+    assert capsys.readouterr().err == f"Exported 3 survey responses to {tmp_path / 'survey.csv'}\n"
+
+    # Without --kind: the questionnaire's alone, and a note naming the other kinds.
+    assert await export(settings, "jsonl", None, tmp_path / "answers.jsonl") == 0
+    assert (tmp_path / "answers.jsonl").read_bytes() == EXPECTED_JSONL
+    assert capsys.readouterr().err == (
+        f"Exported 3 questionnaire responses to {tmp_path / 'answers.jsonl'}\n"
+        "In the database but not in this export: 1 retired response, 3 survey responses; "
+        "export each with --kind retired\n"
+    )
+
+    # A kind no form defines any more: its answers' names, sorted.
+    assert await export(settings, "json", None, tmp_path / "retired.json", "retired") == 0
+    assert json.loads((tmp_path / "retired.json").read_bytes()) == [
+        {
+            "user_id": 41,
+            "chat_id": 41,
+            "kind": "retired",
+            "mood": "Tired",
+            "score": 1,
+            "completed_at": "2026-11-04T00:00:00Z",
+        }
+    ]
+    assert list(json.loads((tmp_path / "retired.json").read_bytes())[0]) == [
+        "user_id", "chat_id", "kind", "mood", "score", "completed_at"
+    ]  # fmt: skip
+    assert capsys.readouterr().err == f"Exported 1 retired response to {tmp_path / 'retired.json'}\n"
+
+    with pytest.raises(ValueError, match=r"one form per export: these responses are of 2 kinds"):
+        render_export([*AWKWARD, *SURVEYS], "csv")
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
@@ -230,7 +359,7 @@ async def test_migrate_reports_a_conflict_and_changes_nothing_unless_overwrite(t
         await opened.fsm.put_record(FsmRecord(f"fsm:1:{name}:2", "Questionnaire:age", {"name": name}, now))
         await opened.close()
 
-    with pytest.raises(CommandError, match=r"different data for 1 key\(s\) \(fsm:1:1:1\): nothing was copied"):
+    with pytest.raises(CommandError, match=r"different data for 1 key \(fsm:1:1:1\): nothing was copied"):
         await migrate(source, target_url, None, overwrite=False)
     assert [(r.key, r.data) for r in await records_of(target)] == [
         ("fsm:1:1:1", {"name": "Bob"}),
@@ -278,7 +407,7 @@ async def test_migrate_pages_through_both_tables_and_a_conflict_on_the_last_page
     await opened.fsm.put_record(FsmRecord("fsm:0:0:new", "Questionnaire:age", {"name": "new"}, now))  # first page
     await opened.close()
 
-    with pytest.raises(CommandError, match=r"different data for 1 key\(s\) \(fsm:999:999\)"):
+    with pytest.raises(CommandError, match=r"different data for 1 key \(fsm:999:999\)"):
         await migrate(source, target_url, None, overwrite=False)
     assert "fsm:0:0:new" not in {r.key for r in await records_of(target)}  # nothing was written
 
@@ -442,6 +571,47 @@ def test_an_exported_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     write(b"name\r\nAnn\r\n", output)
     assert output.read_bytes() == b"name\r\nAnn\r\n"
     assert output.stat().st_mode & 0o777 == 0o600
+
+    # Over a file that was readable by others: emptied, and readable by its owner only.
+    output.chmod(0o644)
+    write(b"name\r\n", output)
+    assert output.read_bytes() == b"name\r\n"
+    assert output.stat().st_mode & 0o777 == 0o600
+
+
+async def test_export_names_the_known_kinds_for_an_unknown_one_and_overwrites_a_file_as_private(
+    tmp_path: Path,
+) -> None:
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"}
+    opened = await Backend("sqlite", env["DATABASE_URL"], "").open_storages()
+    await opened.responses.save(CompletedResponse("q1", 1, 1, saved(), datetime(2026, 11, 1, tzinfo=UTC)))
+    await opened.responses.save(RETIRED)
+    await opened.close()
+
+    code, shown, errors = await run_main("export", "--kind", "nope", "--output", "nope.csv", env=env, cwd=tmp_path)
+    assert (code, shown) == (2, "")
+    # The bot defines the questionnaire (python main.py knows no Survey); the database holds "retired" too.
+    assert errors == "error: no form has the kind 'nope': --kind takes one of questionnaire, retired\n"
+    assert not (tmp_path / "nope.csv").exists()
+
+    output = tmp_path / "answers.csv"
+    output.write_text("an older export\n")
+    output.chmod(0o644)
+    code, shown, errors = await run_main("export", "--output", str(output), env=env, cwd=tmp_path)
+    assert (code, shown) == (0, ""), errors
+    assert errors == (
+        f"Exported 1 questionnaire response to {output}\n"
+        "In the database but not in this export: 1 retired response; export each with --kind retired\n"
+    )
+    assert output.stat().st_mode & 0o777 == 0o600
+    [row] = csv.DictReader(io.StringIO(output.read_text(encoding="utf-8-sig"), newline=""))
+    assert {key: row[key] for key in saved()} == {key: str(value) for key, value in saved().items()}
+
+    code, shown, errors = await run_main("stats", env=env, cwd=tmp_path)
+    assert code == 0, errors
+    assert shown.endswith(
+        "\n\nOther kinds, completed (no form of the bot defines them)\n  retired                   1\n"
+    )
 
 
 def test_migrate_tells_a_true_from_a_one_and_30_from_30_0() -> None:
