@@ -57,12 +57,13 @@ class BotAPIError(Exception):
 
 @dataclass
 class Fault:
-    """Make the next `count` calls of `method` ('*' for any) fail as Telegram can."""
+    """Make the next `count` calls of `method` ('*' for any) fail as Telegram can; only those into `chat`, if set."""
 
     method: str
     status: int
     count: int
     retry_after: int | None = None
+    chat: int | None = None
 
 
 @dataclass
@@ -225,7 +226,7 @@ class BotAPIEmulator:
         self.calls.append(method)
         params = await _read_parameters(request)
         try:
-            self._apply_fault(method)
+            self._apply_fault(method, chat_of_call(params))
             if self.chaos is not None:
                 await self.chaos.apply(method, chat_of_call(params))
             result = await handler(params)
@@ -233,9 +234,9 @@ class BotAPIEmulator:
             return error.response()
         return web.json_response({"ok": True, "result": result})
 
-    def _apply_fault(self, method: str) -> None:
+    def _apply_fault(self, method: str, chat: int | None) -> None:
         for fault in self.faults:
-            if fault.method in ("*", method) and fault.count > 0:
+            if fault.method in ("*", method) and fault.count > 0 and fault.chat in (None, chat):
                 fault.count -= 1
                 if fault.status == 429:
                     raise too_many_requests(fault.retry_after or 1)
@@ -476,6 +477,7 @@ class BotAPIEmulator:
                 status=int(body["status"]),
                 count=int(body.get("count", 1)),
                 retry_after=body.get("retry_after"),
+                chat=body.get("chat"),
             )
         )
         return web.json_response({"ok": True})
