@@ -64,6 +64,8 @@ REQUEST_TIMEOUT = 15
 # 429s for this many different chats within BOT_WAIT_WINDOW seconds: the bot's own limit was met.
 BOT_WAIT_CHATS = 3
 BOT_WAIT_WINDOW = 1.0
+# Each window is kept this much longer than Telegram's: a request may reach it later than it left.
+PACING_MARGIN = 0.1
 
 Entry = dict[str, Any]  # {"seq": n, "call": {...}} | {"seq": n, "save": {...}} | {"seq": n, "delete": {...}}
 
@@ -325,6 +327,7 @@ class FloodControl:
 def _window_wait(sent: deque[float] | None, limit: int, period: float, now: float) -> float:
     if sent is None:
         return 0.0
+    period += PACING_MARGIN
     while sent and sent[0] <= now - period:
         sent.popleft()
     return 0.0 if len(sent) < limit else sent[0] + period - now

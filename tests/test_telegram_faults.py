@@ -1,9 +1,10 @@
-"""Telegram pushing back, end to end: the real `python main.py` polling while the emulator answers a share
-of sendMessage with 429 (one flood wait of a minute or half a minute), 502 or a stall, and a share of
-getUpdates with 5xx; some users send two answers in one go.
+"""Telegram pushing back, end to end: the real `python main.py` polling while the emulator enforces
+Telegram's flood limits (per chat, per group, per bot) and answers a share of sendMessage with a 429 for
+that chat (one flood wait of a minute or half a minute), 502 or a stall, and a share of getUpdates with 5xx;
+some users send two answers in one go.
 
 Every message gets its reply, in the order of the messages, none misfiled, every summary delivered, and no
-request is sent while Telegram's flood wait lasts. (Three webhook replicas on PostgreSQL: tests/test_replicas.py.)
+call is sent into a chat while its flood wait lasts. (Three webhook replicas on PostgreSQL: tests/test_replicas.py.)
 One long scenario per backend; `FAULTS_SEED` replays one run.
 """
 
@@ -45,6 +46,7 @@ async def test_every_reply_arrives_in_order_while_telegram_pushes_back(
     for user_id, (expected, got) in results.items():
         assert got == expected, f"user {user_id} (FAULTS_SEED={seed})"
     assert emulator.chaos.refused["429"] > 0
-    assert emulator.chaos.ignored_flood_waits == 0, "the bot sent while Telegram asked it to wait"
+    assert emulator.chaos.ignored_flood_waits == 0, "the bot sent into a chat while Telegram asked it to wait"
+    print(f"\nover Telegram's limits: {dict(emulator.chaos.flood.over_limit)}; refused: {dict(emulator.chaos.refused)}")
     if backend.is_mongo:
         await backend.drop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from bot.emulator import BotAPIEmulator, Chaos
+from bot.emulator import BotAPIEmulator, Chaos, FloodControl, FloodLimits
 from tests.test_storm import Person
 
 USERS = 16
@@ -15,12 +15,14 @@ REPLY_SECONDS = 180
 
 
 def chaos(long_retry_after: int, seed: int | None = None) -> Chaos:
-    """A share of sendMessage answered 429 (one of them `long_retry_after` s), 502 or a stall; of getUpdates, 5xx."""
+    """Telegram as it is: its flood limits enforced (per chat, per group, per bot), and at random a share of
+    sendMessage answered 429 for that chat (one of them `long_retry_after` s), 502 or a stall; of getUpdates, 5xx."""
     return Chaos(
         shares={"sendMessage": 0.12, "getUpdates": 0.1},
         max_retry_after=4,
         long_retry_after=long_retry_after,
         seed=seed,
+        flood=FloodControl(limits=FloodLimits()),
     )
 
 
