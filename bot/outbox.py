@@ -284,7 +284,7 @@ class FloodControl:
     def wait_for(self, chat: int | None) -> float:
         """Seconds until a call into `chat` (None: a call into no chat) may go out."""
         now = self.clock()
-        waits = [self._bot_held - now]
+        waits = [0.0, self._bot_held - now]
         if chat is not None:
             waits.append(self._held.get(chat, 0.0) - now)
             limit, period = (self.group_per_minute, 60.0) if chat < 0 else (self.chat_burst, float(self.chat_burst))
