@@ -7,12 +7,17 @@ from typing import Any
 import pytest
 from aiogram import Bot
 from aiogram.exceptions import TelegramNetworkError
+from aiogram.fsm.storage.base import StorageKey
+from aiogram.fsm.storage.memory import MemoryStorage
 from aiogram.methods import SendMessage, TelegramMethod
 from aiogram.types import ReplyKeyboardRemove, Update
 
-from bot.outbox import Courier, Delivery, handle_update
+from bot.apply_once import PendingChanges
+from bot.outbox import APPLIED, Courier, Delivery, OwnKeyWriteError, UpdateStorage, handle_update
 from handlers import questionnaire
 from handlers.errors import SOMETHING_WENT_WRONG
+from handlers.forms import RESPONSE_ID
+from tests.support.backends import storage_key
 from tests.support.chat import ChatHarness
 from tests.support.questionnaire import asked, conversation, saved, saved_first, shows_summary, typed
 
@@ -170,3 +175,102 @@ async def test_a_handler_that_fails_half_way_writes_nothing(chat: ChatHarness, m
 
     assert await chat.state() == asked()[-1].state
     assert await chat.answers() == saved_first(len(asked()) - 1)
+
+
+async def test_a_completed_form_is_not_saved_when_its_commit_loses(
+    chat: ChatHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25, Why 2: the same user's /forget (another chat, another process) lands between the last
+    answer's read and its commit. The commit loses and the handler runs again on what is there now: the
+    form it completed the first time must not stay saved."""
+    *first, last = conversation()
+    for text in first:
+        await chat.send(text)
+    fsm = chat.storages.fsm
+    real = fsm.swap_with_outbox
+
+    async def forgotten_meanwhile(*args: Any, **kwargs: Any) -> bool:
+        monkeypatch.setattr(fsm, "swap_with_outbox", real)
+        await fsm.delete_user(1)  # the other process's /forget
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(fsm, "swap_with_outbox", forgotten_meanwhile)
+    [reply] = await chat.send(last)
+
+    assert not shows_summary(reply)
+    assert await chat.storages.responses.for_user(1) == []
+
+
+async def test_forget_delivered_again_deletes_nothing_saved_after_it(chat: ChatHarness) -> None:
+    """Issue 25, Why 3: /forget, then a new questionnaire; Telegram delivers the /forget again."""
+    for text in conversation():
+        await chat.send(text)
+    forget = chat.update(1, "/forget")
+    [done] = await deliver(chat, forget)
+    assert "1 finished form" in done.text
+    assert await chat.storages.responses.for_user(1) == []
+    for text in conversation():
+        await chat.send(text)
+
+    assert await deliver(chat, forget) == []
+
+    [kept] = await chat.storages.responses.for_user(1)
+    assert kept.answers == saved()
+
+
+async def test_a_record_of_the_wrong_shape_does_not_stop_the_bot(chat: ChatHarness) -> None:
+    """Issue 25, Why 9: an applied-updates record written by hand (or damaged) made every command fail."""
+    await chat.send("/start")
+    await chat.storages.fsm.set_data(storage_key(1), {APPLIED: ["not", "a", "record"]})
+
+    [reply] = await chat.send("/start")
+
+    assert reply.endswith(asked()[0].prompt)
+    [reply] = await chat.send(typed()[0])
+    assert reply.endswith(asked()[1].prompt)
+
+
+async def test_an_older_session_without_a_response_id_saves_once_whatever_the_attempts(
+    chat: ChatHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25, Why 9: a conversation started before response ids existed got a new id on each attempt."""
+    *first, last = conversation()
+    for text in first:
+        await chat.send(text)
+    data = await chat.storages.fsm.get_data(storage_key(1))
+    del data[RESPONSE_ID]
+    await chat.storages.fsm.set_data(storage_key(1), data)
+    update = chat.update(1, last)
+    fsm = chat.storages.fsm
+    real = fsm.swap_with_outbox
+
+    async def lost(*args: Any, **kwargs: Any) -> bool:  # another writer came first, once
+        monkeypatch.setattr(fsm, "swap_with_outbox", real)
+        return False
+
+    monkeypatch.setattr(fsm, "swap_with_outbox", lost)
+    await deliver(chat, update)
+    await chat.restart()
+    await deliver(chat, update)
+
+    [response] = await chat.storages.responses.for_user(1)
+    assert response.answers == saved()
+
+
+async def test_writing_the_handlers_own_key_through_fsm_storage_is_refused_with_what_to_do() -> None:
+    key = StorageKey(bot_id=1, chat_id=2, user_id=2)
+    storage = UpdateStorage(MemoryStorage(), key, [])
+    with pytest.raises(OwnKeyWriteError, match="use its FSMContext"):
+        await storage.set_state(key, "somewhere")
+    other = StorageKey(bot_id=1, chat_id=3, user_id=3)
+    await storage.set_state(other, "somewhere")  # another user's key: as the storage has it
+    assert await storage.get_state(other) == "somewhere"
+
+
+async def test_a_write_to_fsmcontext_after_the_handler_returned_raises() -> None:
+    key = StorageKey(bot_id=1, chat_id=2, user_id=2)
+    changes = PendingChanges(key, None, {})
+    await changes.set_state(key, "asked")
+    changes.closed = True
+    with pytest.raises(RuntimeError, match="after its handler returned"):
+        await changes.set_data(key, {"late": True})
