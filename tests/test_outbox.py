@@ -59,7 +59,8 @@ async def test_a_chat_telegram_refuses_holds_up_no_other_chat(tmp_path: Path) ->
             assert refused.count < 10**9, "the stuck chat was not even tried"
 
             refused.count = 0  # Telegram takes that chat's calls again
-            got = await emulator.bot_messages(STUCK, len(stuck), wait=REPLY_SECONDS)
-            texts = [str(message["text"]) for message in got]
+            texts = [
+                str(message["text"]) for message in await emulator.bot_messages(STUCK, len(stuck), wait=REPLY_SECONDS)
+            ]
             assert texts == bot_replies(conversation(), saved())[: len(stuck)]
             await bot.stop()

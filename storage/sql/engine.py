@@ -7,11 +7,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Table, event, inspect, text
+from sqlalchemy import Connection, Engine, Table, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.schema import CreateColumn
 
 from storage.errors import SchemaError
 
@@ -97,6 +98,7 @@ def ensure_table(connection: Connection, table: Table, added_later: tuple[str, .
 
     Columns named in `added_later` came with a newer version of the bot: an
     older table gets them (nullable, or NOT NULL with their default) instead of an error.
+    Not safe for processes doing it at once: run it under storage/sql/schema.py's lock.
     """
     table.create(connection, checkfirst=True)
     present = {column["name"] for column in inspect(connection).get_columns(table.name)}
@@ -109,16 +111,11 @@ def ensure_table(connection: Connection, table: Table, added_later: tuple[str, .
         raise SchemaError(msg)
     for name in added_later:
         if name not in present:
-            column = table.c[name]
-            column_type = column.type.compile(connection.dialect)
-            # A column with a default (the outbox's counters) is filled with it in every existing row.
-            default = getattr(column.server_default, "arg", None)
-            if default is not None:
-                column_type += f" NOT NULL DEFAULT {default}"
-            preparer = connection.dialect.identifier_preparer
-            connection.execute(
-                text(f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.quote(name)} {column_type}")
-            )
+            # As CREATE TABLE would write it (type, default, NOT NULL): a NOT NULL column with
+            # a default (the outbox's counters) gets it in every existing row.
+            column = CreateColumn(table.c[name]).compile(dialect=connection.dialect)
+            table_name = connection.dialect.identifier_preparer.format_table(table)
+            connection.exec_driver_sql(f"ALTER TABLE {table_name} ADD COLUMN {column}")
     # Indexes a newer version added (the FSM table's on updated_at) come to an older table too.
     for index in table.indexes:
         index.create(connection, checkfirst=True)

@@ -36,7 +36,8 @@ from storage.interface import (
     user_key_pattern,
     user_reader,
 )
-from storage.sql.engine import SQL_OUTAGES, create_engine_for_url, ensure_table, retried_on_a_closed_connection
+from storage.sql.engine import SQL_OUTAGES, create_engine_for_url, retried_on_a_closed_connection
+from storage.sql.schema import FSM_SCHEMA, set_up
 from storage.sql.sqlite_thread import SQLiteThread
 from storage.sql.statements import Field, FsmStatements, fsm_table
 
@@ -118,13 +119,11 @@ class SQLAlchemyStorage(FsmStorage):
 
     @database_call(SQL_OUTAGES)
     async def create_table(self) -> None:
-        """Create the FSM table if it does not exist yet; SchemaError if one exists without our columns."""
-        # `user_id` came in a later version: an older table gets the column (and its index).
-        await self.run_on_connection(
-            lambda connection: ensure_table(
-                connection, self.table, added_later=("user_id", "outbox_queued", "outbox_sent", "outbox_due")
-            )
-        )
+        """Create the FSM table, or bring an older one up to date, once (storage/sql/schema.py).
+
+        SchemaError if a table of that name was made by another program, or by a newer release.
+        """
+        await set_up(self, self.table, FSM_SCHEMA)
 
     @property
     def engines(self) -> list[Engine]:

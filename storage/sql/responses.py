@@ -36,8 +36,9 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from storage.errors import database_call
 from storage.interface import PAGE_SIZE, QUESTIONNAIRE_KIND, CompletedResponse, TextTally, as_utc
-from storage.sql.engine import SQL_OUTAGES, ensure_table
+from storage.sql.engine import SQL_OUTAGES
 from storage.sql.fsm import SQLAlchemyStorage
+from storage.sql.schema import RESPONSES_SCHEMA, set_up
 
 RESPONSE_ID_LENGTH = 64
 KIND_LENGTH = 64
@@ -77,10 +78,8 @@ class SQLResponseStore:
 
     @database_call(SQL_OUTAGES)
     async def create_table(self) -> None:
-        # `response_id` and `kind` came in later versions: an older table gets the columns.
-        await self.storage.run_on_connection(
-            lambda connection: ensure_table(connection, self.table, added_later=("response_id", "kind"))
-        )
+        """Create the responses table, or bring an older one up to date, once (storage/sql/schema.py)."""
+        await set_up(self.storage, self.table, RESPONSES_SCHEMA)
 
     @database_call(SQL_OUTAGES)
     async def save(self, response: CompletedResponse) -> bool:
