@@ -126,7 +126,8 @@ class ApplyOnce(BaseMiddleware):
         update = cast(Update, event)
         if context is None:  # an update without a user and chat: nothing to keep
             effects: list[Entry] = []
-            data["responses"] = PendingResponses(data["responses"], effects)
+            if "responses" in data:
+                data["responses"] = PendingResponses(data["responses"], effects)
             result = await handler(event, data)
             return Delivery([*effects, *(call_entry(bot, call) for call in calls_in(result))], lane=lane_of(update))
         # Saves work only (bot/key_locks.py): the fenced commit keeps the data right without it.
@@ -135,7 +136,7 @@ class ApplyOnce(BaseMiddleware):
 
     async def apply(self, handler: Handler, update: Update, data: dict[str, Any], context: FSMContext) -> Delivery:
         bot = cast(Bot, data["bot"])
-        store = data["responses"]
+        store = data.get("responses")
         for _ in range(MAX_COMMIT_ATTEMPTS):
             state, stored, version, sent = await read(context)
             record = (
@@ -152,9 +153,10 @@ class ApplyOnce(BaseMiddleware):
             data.update(
                 state=FSMContext(storage=changes, key=context.key),
                 raw_state=state,
-                responses=PendingResponses(store, effects),
                 fsm_storage=UpdateStorage(self.fsm.storage, context.key, effects),
             )
+            if store is not None:
+                data["responses"] = PendingResponses(store, effects)
             try:
                 result = await handler(update, data)
             finally:

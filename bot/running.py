@@ -71,6 +71,10 @@ async def running_bot(settings: Settings) -> AsyncIterator[tuple[Bot, Dispatcher
 
             dispatcher.startup.register(start_courier)
             dispatcher.shutdown.register(stop_courier)
+            # The storages close last, in the `finally` below, once the courier has recorded what it
+            # carried out: not in the hook aiogram's Dispatcher registers first (`fsm.close`).
+            shutdown = dispatcher.shutdown.handlers
+            shutdown[:] = [hook for hook in shutdown if hook.callback != dispatcher.fsm.close]
             await introduce(bot, dispatcher, settings)
             if settings.metrics_port is not None:
                 await serve_metrics(dispatcher, settings.web_server_host, settings.metrics_port)

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from aiogram import Bot, Dispatcher
-from aiogram.methods import TelegramMethod
 from aiogram.types import ReplyKeyboardMarkup, Update
 
 from bot.emulator.server import BotAPIEmulator, ChatLog, running_emulator
+from bot.outbox import Delivery, calls_in
 from bot.polling import Poller
 from bot.running import running_bot
 from config import Settings
@@ -51,16 +51,15 @@ async def run_sandbox(settings: Settings, stdin: TextIO = sys.stdin, stdout: Tex
             feed = dispatcher.feed_update
 
             # Once the dispatcher has handled an update, the messages its handler sent itself are in
-            # the chat; the reply it returned is one more, sent by bot/delivery.py after the commit.
+            # the chat; the messages it committed are more, sent by the courier (bot/outbox.py) after.
             async def feed_and_mark(bot: Bot, update: Update, **kwargs: Any) -> Any:
-                reply = None
+                result = None
                 try:
-                    reply = await feed(bot, update, **kwargs)
-                    return reply
+                    result = await feed(bot, update, **kwargs)
+                    return result
                 finally:
                     sent = len(emulator.chats.get(SANDBOX_USER_ID, ChatLog()).messages)
-                    returned = isinstance(reply, TelegramMethod) and reply.__api_method__.startswith("send")
-                    handled.mark(update.update_id, sent + returned)
+                    handled.mark(update.update_id, sent + messages_in(result))
 
             dispatcher.feed_update = feed_and_mark  # type: ignore[method-assign]
             poller = Poller(bot, dispatcher, settings.shutdown_timeout)
@@ -84,6 +83,14 @@ async def show_where_the_user_was(bot: Bot, dispatcher: Dispatcher, emulator: Bo
         rows = [[button.text for button in row] for row in keyboard.keyboard]
         emulator.chats.setdefault(SANDBOX_USER_ID, ChatLog()).keyboard = rows
         stdout.write(format_keyboard(rows))
+
+
+def messages_in(result: Any) -> int:
+    """How many messages an update's result sends into the chat: its committed calls (or an apology's)."""
+    if isinstance(result, Delivery):
+        fresh = [entry for entry in result.entries if entry.get("seq", 0) >= (result.fresh_from or 0)]
+        return sum(1 for entry in fresh if "call" in entry and entry["call"]["method"].startswith("Send"))
+    return sum(1 for call in calls_in(result) if call.__api_method__.startswith("send"))
 
 
 class HandledUpdates:

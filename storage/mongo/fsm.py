@@ -218,7 +218,8 @@ class MongoStorage(FsmStorage):
             absent["outbox_due"] = ""
         if absent:
             update["$unset"] = absent
-        result = await self.collection.update_one({"_id": key_id, "version": expected}, update)
+        # `None` matches a document written before versions existed (no field; read as version 0).
+        result = await self.collection.update_one({"_id": key_id, "version": expected or None}, update)
         return bool(result.matched_count)
 
     @database_call(MONGO_OUTAGES)
