@@ -23,7 +23,7 @@ from aiogram.types import (
 )
 
 from bot.emulator import EMULATOR_BOT_TOKEN
-from bot.emulator.sandbox import run_sandbox
+from bot.emulator.sandbox import format_keyboard, run_sandbox
 from config import Settings, load_settings
 from tests.support.bot_process import ROOT, finish, stop_process
 from tests.support.questionnaire import asked, conversation, shows_summary, typed
@@ -129,6 +129,23 @@ async def test_stopped_at_a_question_with_buttons_a_number_still_picks_a_button(
     second = await chat(tmp_path, *lines)
     assert f"You were answering: {question.prompt}" in second
     assert shows_summary(second, **{question.key: question.choices[0]})
+
+
+def first_inline() -> int:
+    """Where the questionnaire's first inline-button question is (it has one: states/questionnaire.py)."""
+    return next(index for index, question in enumerate(asked()) if question.inline)
+
+
+async def test_an_inline_question_shows_its_buttons_and_takes_a_press_by_number_or_by_label(tmp_path: Path) -> None:
+    at = first_inline()
+    question = asked()[at]
+    by_number = [*conversation()[: at + 1], str(len(question.choices)), *typed()[at + 1 :]]
+    by_label = [*conversation()[: at + 1], question.choices[0], *typed()[at + 1 :]]
+    shown = await chat(tmp_path, *by_number, *by_label)
+    assert format_keyboard([list(question.choices[:3])]).splitlines()[0] in shown  # numbered, as many as fit a row
+    first, second = shown.split("Thank you!")[1:]
+    assert shows_summary("Thank you!" + first, **{question.key: question.choices[-1]})
+    assert shows_summary("Thank you!" + second, **{question.key: question.choices[0]})
 
 
 def settings_in(folder: Path) -> Settings:
