@@ -406,15 +406,20 @@ class Courier:
 
     # --- queueing ---
 
-    def hand(self, delivery: Delivery) -> None:
-        """Queue `delivery`'s entries in its lane (entries this process queued already are passed over).
+    def hand(self, delivery: Delivery) -> int:
+        """Queue `delivery`'s entries in its lane (entries this process queued already are passed over);
+        how many it queued.
 
         Earlier entries of its key that this process does not know of were committed by another
         process, which may be carrying them out now: they go after it has (or after `takeover` s).
         """
         entries = delivery.entries
         if delivery.key is not None:
-            entries = [entry for entry in entries if (delivery.key, entry["seq"]) not in self._known]
+            # Not those queued here already, nor those done here and not yet recorded as done.
+            done = max(self._marks.get(delivery.key, 0), self._writing.get(delivery.key, 0))
+            entries = [
+                entry for entry in entries if entry["seq"] > done and (delivery.key, entry["seq"]) not in self._known
+            ]
             self._known.update((delivery.key, entry["seq"]) for entry in entries)
             fresh = delivery.fresh_from
             if fresh is not None and self.running and self.durable and entries and entries[0]["seq"] < fresh:
@@ -422,9 +427,11 @@ class Courier:
         for entry in entries:
             self._lanes.setdefault(delivery.lane, deque()).append((delivery, entry))
             get_metrics().replies_waiting.inc()  # metrics: committed, not yet carried out
+        queued = sum(1 for entry in entries if "seq" in entry)
         if self._lanes.get(delivery.lane) and delivery.lane not in self._tasks:
             self._idle.clear()
             self._tasks[delivery.lane] = asyncio.create_task(self._run_lane(delivery.lane))
+        return queued
 
     async def carry_now(self, delivery: Delivery) -> None:
         """Carry out `delivery` here and now, in order, and record it done (not started: tests, benchmarks)."""
@@ -520,10 +527,10 @@ class Courier:
             raise
 
     async def _apply(self, delivery: Delivery, entry: Entry) -> None:
-        if self.responses is None:  # a dispatcher without a responses store: its handlers queued nothing there
-            if "save" in entry or "responses_of" in entry.get("delete", {}):
-                logger.error("An outbox entry needs a responses store, and the dispatcher has none")
-                return
+        needs_responses = "save" in entry or "responses_of" in entry.get("delete", {})
+        if needs_responses and self.responses is None:  # a dispatcher built without a responses store
+            logger.error("An outbox entry needs a responses store, and the dispatcher has none")
+            return
         if "save" in entry:
             assert self.responses is not None
             await self.responses.save(load_response(entry["save"]))
@@ -602,15 +609,7 @@ class Courier:
                     assert delivery.key is not None
                     self._mark(delivery.key, AppliedRecord.read(due.data.get(APPLIED)).queued)
                     continue
-                assert delivery.key is not None
-                done = max(self._marks.get(delivery.key, 0), self._writing.get(delivery.key, 0))
-                delivery.entries = [
-                    entry
-                    for entry in delivery.entries
-                    if entry["seq"] > done and (delivery.key, entry["seq"]) not in self._known
-                ]
-                new += len(delivery.entries)
-                self.hand(delivery)
+                new += self.hand(delivery)
             queued += new
             if new == 0:
                 return queued

@@ -71,10 +71,7 @@ async def running_bot(settings: Settings) -> AsyncIterator[tuple[Bot, Dispatcher
 
             dispatcher.startup.register(start_courier)
             dispatcher.shutdown.register(stop_courier)
-            # The storages close last, in the `finally` below, once the courier has recorded what it
-            # carried out: not in the hook aiogram's Dispatcher registers first (`fsm.close`).
-            shutdown = dispatcher.shutdown.handlers
-            shutdown[:] = [hook for hook in shutdown if hook.callback != dispatcher.fsm.close]
+            close_storage_last(dispatcher)
             await introduce(bot, dispatcher, settings)
             if settings.metrics_port is not None:
                 await serve_metrics(dispatcher, settings.web_server_host, settings.metrics_port)
@@ -82,6 +79,18 @@ async def running_bot(settings: Settings) -> AsyncIterator[tuple[Bot, Dispatcher
         finally:
             await bot.session.close()
             await storages.close()
+
+
+def close_storage_last(dispatcher: Dispatcher) -> None:
+    """Move aiogram's own shutdown hook that closes the storage (registered first) after ours.
+
+    The courier records what it carried out when it stops, and its lanes may still be
+    carrying entries out: with the storage closed first, those writes fail and the
+    stop ends in an error (the sandbox stopped right after a reply did).
+    """
+    hooks = dispatcher.shutdown.handlers
+    closing = [hook for hook in hooks if hook.callback == dispatcher.fsm.close]
+    hooks[:] = [hook for hook in hooks if hook not in closing] + closing
 
 
 async def introduce(bot: Bot, dispatcher: Dispatcher, settings: Settings) -> None:

@@ -35,5 +35,6 @@ class Questionnaire(StatesGroup):
         label="Favourite colour",
         sample="Blue",
         choices=COLOURS,
+        inline=True,  # buttons under the question, answered by a press
         tally=Tally.COUNTS,
     )

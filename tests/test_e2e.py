@@ -46,8 +46,9 @@ async def test_full_flow_ends_with_a_summary_of_every_answer(bot: BotProcess) ->
     [greeting] = await bot.say(1, "/start")
     assert greeting.endswith(asked()[0].prompt)
     for question, text in zip(asked(), typed(), strict=True):
-        buttons = [choice for row in bot.emulator.chats[1].keyboard or [] for choice in row]
-        assert buttons == list(question.choices)
+        keyboard = [choice for row in bot.emulator.keyboard(1) or [] for choice in row]
+        under = [button["text"] for row in bot.emulator.inline_buttons(1) or [] for button in row]
+        assert (under, keyboard) == ((list(question.choices), []) if question.inline else ([], list(question.choices)))
         [reply] = await bot.say(1, text)
     assert shows_summary(reply)
     assert bot.emulator.chats[1].keyboard is None

@@ -13,7 +13,15 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.exceptions import TelegramBadRequest, TelegramConflictError, TelegramRetryAfter
-from aiogram.types import BotCommand, KeyboardButton, ReplyKeyboardMarkup, ReplyKeyboardRemove
+from aiogram.types import (
+    BotCommand,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    KeyboardButton,
+    Message,
+    ReplyKeyboardMarkup,
+    ReplyKeyboardRemove,
+)
 from aiohttp import ClientSession, web
 
 from bot.emulator import BotAPIEmulator, Chaos, FloodControl, FloodLimits, running_emulator
@@ -108,6 +116,153 @@ async def test_reply_keyboard_is_shown_then_removed(served: tuple[BotAPIEmulator
     assert emulator.keyboard(7) == [["Red", "Blue"]]
     await bot.send_message(7, "Done", reply_markup=ReplyKeyboardRemove())
     assert emulator.keyboard(7) is None
+
+
+def two_buttons() -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(
+        inline_keyboard=[
+            [InlineKeyboardButton(text="Small", callback_data="size:0")],
+            [InlineKeyboardButton(text="Large", callback_data="size:1")],
+        ]
+    )
+
+
+async def test_a_press_is_a_callback_query_with_the_message_its_button_is_under(
+    served: tuple[BotAPIEmulator, str], bot: Bot
+) -> None:
+    emulator, _ = served
+    await emulator.user_sends(7, {"text": "hi"})
+    asked = await bot.send_message(7, "Which <b>size</b>?", reply_markup=two_buttons())
+    await bot.send_message(7, "no buttons here")
+    assert emulator.inline_buttons(7) is None  # the last message has none
+    assert emulator.inline_buttons(7, asked.message_id) == [
+        [{"text": "Small", "callback_data": "size:0"}],
+        [{"text": "Large", "callback_data": "size:1"}],
+    ]
+    assert emulator.keyboard(7) is None  # inline buttons are the message's, not a keyboard in the user's place
+    with pytest.raises(ValueError, match="no inline buttons"):
+        await emulator.user_presses(7, "Small")
+    with pytest.raises(ValueError, match="no button 'Medium'"):
+        await emulator.user_presses(7, "Medium", message_id=asked.message_id)
+
+    first = await bot.get_updates()
+    by_label = await emulator.user_presses(7, "Large", message_id=asked.message_id)
+    by_place = await emulator.user_presses(7, 0, message_id=asked.message_id)
+    updates = await bot.get_updates(offset=first[-1].update_id + 1)
+    assert [update.update_id for update in updates] == [by_label["update_id"], by_place["update_id"]]
+    pressed = updates[0].callback_query
+    assert pressed is not None
+    assert pressed.id == by_label["callback_query"]["id"]
+    assert pressed.data == "size:1"
+    assert updates[1].callback_query is not None
+    assert updates[1].callback_query.data == "size:0"
+    assert pressed.from_user.id == 7
+    assert pressed.chat_instance == updates[1].callback_query.chat_instance
+    under = pressed.message
+    assert isinstance(under, Message)
+    assert (under.message_id, under.chat.id, under.text) == (asked.message_id, 7, "Which size?")
+    assert under.from_user is not None
+    assert under.from_user.is_bot
+    assert under.reply_markup is not None
+    assert under.reply_markup.model_dump(exclude_none=True) == two_buttons().model_dump(exclude_none=True)
+
+
+async def test_answer_callback_query_is_recorded_in_order_and_refused_twice(
+    served: tuple[BotAPIEmulator, str], bot: Bot
+) -> None:
+    emulator, _ = served
+    await emulator.user_sends(7, {"text": "hi"})
+    await bot.send_message(7, "Which size?", reply_markup=two_buttons())
+    press = await emulator.user_presses(7, "Small")
+    query = press["callback_query"]["id"]
+    assert await emulator.callback_answer(query) is None  # not answered yet: the spinner turns
+
+    assert await bot.answer_callback_query(query, text="Noted", show_alert=True)
+    await bot.send_message(7, "Next question")
+    [answer] = emulator.callback_answers
+    assert answer == await emulator.callback_answer(query)
+    assert answer["callback_query_id"] == query
+    assert (answer["text"], answer["show_alert"], answer["chat_id"], answer["message_id"]) == ("Noted", True, 7, 1)
+    # Made before the next message: the chat held one message then, and the calls list it first.
+    assert answer["messages_before"] == 1
+    assert emulator.calls[answer["call"]] == "answerCallbackQuery"
+    assert emulator.calls[answer["call"] + 1 :].count("sendMessage") == 1
+
+    with pytest.raises(TelegramBadRequest, match="query is too old"):
+        await bot.answer_callback_query(query)  # a query is answered once
+    with pytest.raises(TelegramBadRequest, match="query ID is invalid"):
+        await bot.answer_callback_query("12345")  # no user pressed anything by that id
+    assert len(emulator.callback_answers) == 1
+
+
+async def test_edits_replace_or_remove_the_inline_buttons(served: tuple[BotAPIEmulator, str], bot: Bot) -> None:
+    emulator, _ = served
+    await emulator.user_sends(7, {"text": "hi"})
+    sent = await bot.send_message(7, "Which size?", reply_markup=two_buttons())
+    one = InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(text="Only", callback_data="only")]])
+    await bot.edit_message_reply_markup(chat_id=7, message_id=sent.message_id, reply_markup=one)
+    assert emulator.inline_buttons(7) == [[{"text": "Only", "callback_data": "only"}]]
+    with pytest.raises(TelegramBadRequest, match="message is not modified"):
+        await bot.edit_message_reply_markup(chat_id=7, message_id=sent.message_id, reply_markup=one)
+    press = await emulator.user_presses(7, "Only")
+    assert press["callback_query"]["message"]["reply_markup"] == {
+        "inline_keyboard": [[{"text": "Only", "callback_data": "only"}]]
+    }
+    # Telegram's editMessageText without reply_markup takes the buttons away.
+    await bot.edit_message_text("Size: small", chat_id=7, message_id=sent.message_id)
+    assert emulator.inline_buttons(7) is None
+    await bot.edit_message_text("Size: small", chat_id=7, message_id=sent.message_id, reply_markup=two_buttons())
+    assert [[b["text"] for b in row] for row in emulator.inline_buttons(7) or []] == [["Small"], ["Large"]]
+    await bot.edit_message_reply_markup(chat_id=7, message_id=sent.message_id)
+    assert emulator.inline_buttons(7) is None
+    with pytest.raises(TelegramBadRequest, match="message to edit not found"):
+        await bot.edit_message_reply_markup(chat_id=7, message_id=99, reply_markup=one)
+
+
+async def test_a_press_by_webhook_and_over_the_control_api(served: tuple[BotAPIEmulator, str], bot: Bot) -> None:
+    emulator, url = served
+    received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def webhook(request: web.Request) -> web.Response:
+        await received.put(await request.json())
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", webhook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        await emulator.user_sends(9, {"text": "hi"})
+        await bot.send_message(9, "Which size?", reply_markup=two_buttons())
+        assert await bot.set_webhook(f"http://127.0.0.1:{runner.addresses[0][1]}/hook")
+        assert "message" in await asyncio.wait_for(received.get(), 10)
+
+        status, body = await raw(url, "/_emulator/users/9/press", button="Large")
+        assert status == 200
+        delivered = await asyncio.wait_for(received.get(), 10)
+        assert delivered == body["update"]
+        assert delivered["callback_query"]["data"] == "size:1"
+        assert delivered["callback_query"]["message"]["message_id"] == 1
+        status, body = await raw(url, "/_emulator/users/9/press", button=0, message_id=1)
+        assert status == 200
+        assert (await asyncio.wait_for(received.get(), 10))["callback_query"]["data"] == "size:0"
+        assert await raw(url, "/_emulator/users/9/press", button="Medium") == (
+            400,
+            {"ok": False, "description": "message 1 has no button 'Medium'; its buttons: ['Small', 'Large']"},
+        )
+        assert await bot.answer_callback_query(body["update"]["callback_query"]["id"], text="Noted")
+        async with ClientSession() as http, http.get(f"{url}/_emulator/chats/9") as response:
+            chat = await response.json()
+        assert chat["inline_buttons"] == [
+            [{"text": "Small", "callback_data": "size:0"}],
+            [{"text": "Large", "callback_data": "size:1"}],
+        ]
+        assert [answer["text"] for answer in chat["callback_answers"]] == ["Noted"]
+    finally:
+        await bot.delete_webhook()
+        await runner.cleanup()
 
 
 async def test_get_updates_offset_limit_and_long_polling(served: tuple[BotAPIEmulator, str], bot: Bot) -> None:
@@ -359,13 +514,18 @@ async def test_only_what_puts_something_into_a_chat_counts_toward_the_limits(
 ) -> None:
     emulator, _ = served
     await emulator.user_sends(7, {"text": "hi"})
+    await call(
+        served, chat_id=7, text="Pick", reply_markup={"inline_keyboard": [[{"text": "A", "callback_data": "a"}]]}
+    )
+    presses = [await emulator.user_presses(7, "A") for _ in range(3)]
     emulator.chaos = Chaos(flood=FloodControl(limits=FloodLimits(per_chat_burst=1, per_bot=1)))
-    for _ in range(3):
+    for press in presses:
         assert (await call(served, "sendChatAction", chat_id=7, action="typing"))[0] == 200
-        assert (await call(served, "answerCallbackQuery", callback_query_id="1"))[0] == 200
+        query = press["callback_query"]["id"]
+        assert (await call(served, "answerCallbackQuery", callback_query_id=query))[0] == 200
         assert (await call(served, "getUpdates"))[0] == 200
     assert (await send(served, 7))[0] == 200
-    assert (await call(served, "editMessageText", chat_id=7, message_id=1, text="y"))[0] == 429
+    assert (await call(served, "editMessageText", chat_id=7, message_id=2, text="y"))[0] == 429
 
 
 async def test_limits_over_the_control_api(served: tuple[BotAPIEmulator, str]) -> None:

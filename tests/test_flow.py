@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiogram.types import ReplyKeyboardMarkup, ReplyKeyboardRemove
+from aiogram.types import InlineKeyboardMarkup, ReplyKeyboardMarkup, ReplyKeyboardRemove
 
 from bot.key_locks import KeyLocks
 from bot.outbox import handle_update
@@ -37,7 +37,10 @@ async def test_each_question_is_asked_in_turn_and_the_summary_names_every_answer
     for number, (question, text) in enumerate(zip(questions, answers, strict=True)):
         assert await chat.state() == question.state
         keyboard = chat.last_reply().reply_markup
-        if question.choices:
+        if question.inline:  # buttons under the question
+            assert isinstance(keyboard, InlineKeyboardMarkup)
+            assert [button.text for row in keyboard.inline_keyboard for button in row] == list(question.choices)
+        elif question.choices:  # a keyboard in place of the user's
             assert isinstance(keyboard, ReplyKeyboardMarkup)
             assert [button.text for row in keyboard.keyboard for button in row] == list(question.choices)
         else:

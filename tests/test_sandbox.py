@@ -10,14 +10,21 @@ import sys
 from pathlib import Path
 
 import pytest
-from aiogram import Router
+from aiogram import F, Router
 from aiogram.filters import Command
-from aiogram.methods import SendMessage
-from aiogram.types import Message
+from aiogram.methods import AnswerCallbackQuery, SendMessage
+from aiogram.types import (
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    KeyboardButton,
+    Message,
+    ReplyKeyboardMarkup,
+)
 
 from bot.emulator import EMULATOR_BOT_TOKEN
-from bot.emulator.sandbox import run_sandbox
-from config import load_settings
+from bot.emulator.sandbox import format_keyboard, run_sandbox
+from config import Settings, load_settings
 from tests.support.bot_process import ROOT, finish, stop_process
 from tests.support.questionnaire import asked, conversation, shows_summary, typed
 from tests.support.routers import add_router
@@ -122,3 +129,68 @@ async def test_stopped_at_a_question_with_buttons_a_number_still_picks_a_button(
     second = await chat(tmp_path, *lines)
     assert f"You were answering: {question.prompt}" in second
     assert shows_summary(second, **{question.key: question.choices[0]})
+
+
+def first_inline() -> int:
+    """Where the questionnaire's first inline-button question is (it has one: states/questionnaire.py)."""
+    return next(index for index, question in enumerate(asked()) if question.inline)
+
+
+async def test_an_inline_question_shows_its_buttons_and_takes_a_press_by_number_or_by_label(tmp_path: Path) -> None:
+    at = first_inline()
+    question = asked()[at]
+    by_number = [*conversation()[: at + 1], str(len(question.choices)), *typed()[at + 1 :]]
+    by_label = [*conversation()[: at + 1], question.choices[0], *typed()[at + 1 :]]
+    shown = await chat(tmp_path, *by_number, *by_label)
+    assert format_keyboard([list(question.choices[:3])]).splitlines()[0] in shown  # numbered, as many as fit a row
+    first, second = shown.split("Thank you!")[1:]
+    assert shows_summary("Thank you!" + first, **{question.key: question.choices[-1]})
+    assert shows_summary("Thank you!" + second, **{question.key: question.choices[0]})
+
+
+def settings_in(folder: Path) -> Settings:
+    return load_settings(None, bot_token=EMULATOR_BOT_TOKEN).model_copy(
+        update={"database_url": f"sqlite+aiosqlite:///{folder / 'bot.db'}"}
+    )
+
+
+async def test_a_press_shows_its_notice_and_a_number_is_the_inline_buttons_while_there_are_any(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inline buttons under the last message are pressed by number or label; else a number is the keyboard's."""
+    router = Router(name="drinks")
+
+    @router.message(Command("menu"))
+    async def menu(message: Message) -> list[SendMessage]:
+        keyboard = ReplyKeyboardMarkup(keyboard=[[KeyboardButton(text="Typed")]])
+        drinks = InlineKeyboardMarkup(
+            inline_keyboard=[
+                [
+                    InlineKeyboardButton(text="Tea", callback_data="drink:tea"),
+                    InlineKeyboardButton(text="Coffee", callback_data="drink:coffee"),
+                ]
+            ]
+        )
+        return [message.answer("A keyboard", reply_markup=keyboard), message.answer("Drinks", reply_markup=drinks)]
+
+    @router.callback_query(F.data.startswith("drink:"))
+    async def drink(callback: CallbackQuery) -> AnswerCallbackQuery:
+        return callback.answer(f"You pressed {callback.data}", show_alert=callback.data == "drink:tea")
+
+    @router.message(F.text == "Typed")
+    async def typed_text(message: Message) -> SendMessage:
+        return message.answer("typed, not pressed")
+
+    add_router(monkeypatch, router)
+    shown = io.StringIO()
+    lines = ["/menu", "2", "Tea", "Typed", "1"]
+    await asyncio.wait_for(
+        run_sandbox(settings_in(tmp_path), io.StringIO("".join(f"{line}\n" for line in lines)), shown), 60
+    )
+    output = shown.getvalue()
+    assert "     [1] Tea  [2] Coffee\n" in output
+    assert "toast> You pressed drink:coffee\n" in output  # "2": the inline button, not the keyboard's (it has one)
+    assert "alert> You pressed drink:tea\n" in output  # by its label
+    # "Typed" is no inline label: a message. Its reply has no inline buttons, so "1" is the keyboard's button.
+    assert output.count("bot> typed, not pressed") == 2
+    assert "     [1] Typed\n" in output

@@ -5,8 +5,16 @@ configured storage) against the Bot API emulator inside this process; you
 are one of its users. Its state is in the configured storage, so stopping the
 sandbox and starting it again resumes the questionnaire where it was.
 
-Each line typed is one message; the sandbox waits until the bot has finished
-handling it, then shows every reply it got, however many.
+Each line typed is one message, or a press of a button; the sandbox waits
+until the bot has finished handling it, then shows every reply it got,
+however many, and a pressed button's notice (Telegram's toast).
+
+Buttons are shown numbered under what the bot said. A line that is the
+number or the exact label of an inline button under the bot's last message
+presses that button. Otherwise a number picks that reply-keyboard button
+(sent as its text, as Telegram's keyboard does), and anything else is sent as
+a message. Only one set of buttons is ever numbered: the inline buttons
+under the last message when it has any, else the reply keyboard.
 """
 
 from __future__ import annotations
@@ -18,10 +26,9 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from aiogram import Bot, Dispatcher
-from aiogram.types import ReplyKeyboardMarkup, Update
+from aiogram.types import Update
 
 from bot.emulator.server import BotAPIEmulator, ChatLog, running_emulator
-from bot.outbox import Delivery, calls_in
 from bot.polling import Poller
 from bot.running import running_bot
 from config import Settings
@@ -32,9 +39,11 @@ SANDBOX_USER_ID = 100_000_001
 REPLY_WAIT_SECONDS = 10
 HELP = (
     "Sandbox: you are chatting with the bot as user {user}; its state is kept in {where}.\n"
-    "Type /start to begin. Pick a keyboard button by its number. Send a photo with :photo,\n"
-    "a sticker with :sticker. Ctrl-C (or Ctrl-D) stops; run the sandbox again to carry on.\n"
+    "Type /start to begin. Press a button by typing its number or its label (the buttons\n"
+    "under the bot's last message, else the keyboard's). Send a photo with :photo, a sticker\n"
+    "with :sticker. Ctrl-C (or Ctrl-D) stops; run the sandbox again to carry on.\n"
 )
+NOTICE_WAIT_SECONDS = 2
 RESUMED = "You were answering: {prompt}\n(/start begins again from the first question.)\n"
 SPECIAL_MESSAGES = {":photo": {"kind": "photo"}, ":sticker": {"kind": "sticker"}, ":voice": {"kind": "voice"}}
 
@@ -49,17 +58,23 @@ async def run_sandbox(settings: Settings, stdin: TextIO = sys.stdin, stdout: Tex
             stdout.flush()
             handled = HandledUpdates()
             feed = dispatcher.feed_update
+            courier = dispatcher["courier"]
+            marking: set[asyncio.Task[None]] = set()
 
-            # Once the dispatcher has handled an update, the messages its handler sent itself are in
-            # the chat; the messages it committed are more, sent by the courier (bot/outbox.py) after.
+            async def mark_once_carried_out(update_id: int) -> None:
+                await courier.idle()
+                handled.mark(update_id, len(emulator.chats.get(SANDBOX_USER_ID, ChatLog()).messages))
+
+            # The calls an update's handler returned are committed with it and handed to the courier
+            # (bot/outbox.py) as soon as the dispatcher returns, in the same step: the update's replies
+            # (and a press's answer) are out once the courier is idle again.
             async def feed_and_mark(bot: Bot, update: Update, **kwargs: Any) -> Any:
-                result = None
                 try:
-                    result = await feed(bot, update, **kwargs)
-                    return result
+                    return await feed(bot, update, **kwargs)
                 finally:
-                    sent = len(emulator.chats.get(SANDBOX_USER_ID, ChatLog()).messages)
-                    handled.mark(update.update_id, sent + messages_in(result))
+                    task = asyncio.create_task(mark_once_carried_out(update.update_id))
+                    marking.add(task)
+                    task.add_done_callback(marking.discard)
 
             dispatcher.feed_update = feed_and_mark  # type: ignore[method-assign]
             poller = Poller(bot, dispatcher, settings.shutdown_timeout)
@@ -78,19 +93,10 @@ async def show_where_the_user_was(bot: Bot, dispatcher: Dispatcher, emulator: Bo
         return
     stdout.write(RESUMED.format(prompt=question.prompt))
     if question.choices:
-        keyboard = keyboard_for(question)
-        assert isinstance(keyboard, ReplyKeyboardMarkup)
-        rows = [[button.text for button in row] for row in keyboard.keyboard]
-        emulator.chats.setdefault(SANDBOX_USER_ID, ChatLog()).keyboard = rows
-        stdout.write(format_keyboard(rows))
-
-
-def messages_in(result: Any) -> int:
-    """How many messages an update's result sends into the chat: its committed calls (or an apology's)."""
-    if isinstance(result, Delivery):
-        fresh = [entry for entry in result.entries if entry.get("seq", 0) >= (result.fresh_from or 0)]
-        return sum(1 for entry in fresh if "call" in entry and entry["call"]["method"].startswith("Send"))
-    return sum(1 for call in calls_in(result) if call.__api_method__.startswith("send"))
+        # The question, as the bot sent it, back in the chat: its buttons work as they did.
+        markup = keyboard_for(question).model_dump(mode="json", exclude_none=True)
+        emulator.add_bot_message(SANDBOX_USER_ID, question.prompt, markup)
+        stdout.write(format_keyboard(buttons_shown(emulator)[1]))
 
 
 class HandledUpdates:
@@ -119,29 +125,57 @@ class HandledUpdates:
 async def terminal_chat(
     emulator: BotAPIEmulator, stop: Callable[[], None], stdin: TextIO, stdout: TextIO, handled: HandledUpdates
 ) -> None:
-    """Read lines as the user's messages; after each, once the bot has handled it, print every reply it got."""
+    """Read lines as the user's messages or presses; after each, once the bot has handled it, print what it did."""
     lines = read_lines_in_background(stdin)
-    seen = 0
+    seen = len(await emulator.bot_messages(SANDBOX_USER_ID))  # a question put back at start-up is shown already
     while (line := await lines.get()) is not None:
         text = line.strip()
         if not text:
             continue
-        [update] = await emulator.user_sends(SANDBOX_USER_ID, message_for(text, emulator.keyboard(SANDBOX_USER_ID)))
+        inline, buttons = buttons_shown(emulator)
+        what = message_for(text, emulator.keyboard(SANDBOX_USER_ID), buttons if inline else None)
+        if "press" in what:
+            update = await emulator.user_presses(SANDBOX_USER_ID, what["press"])
+        else:
+            [update] = await emulator.user_sends(SANDBOX_USER_ID, what)
         expected = await handled.wait(update["update_id"], REPLY_WAIT_SECONDS)
+        if "callback_query" in update:
+            answer = await emulator.callback_answer(update["callback_query"]["id"], wait=NOTICE_WAIT_SECONDS)
+            if answer is not None and answer["text"]:
+                stdout.write(format_notice(answer))
         messages = await emulator.bot_messages(SANDBOX_USER_ID, expected, wait=REPLY_WAIT_SECONDS)
         for message in messages[seen:]:
             stdout.write(format_message(message))
         seen = len(messages)
-        if keyboard := emulator.keyboard(SANDBOX_USER_ID):
-            stdout.write(format_keyboard(keyboard))
+        if buttons := buttons_shown(emulator)[1]:
+            stdout.write(format_keyboard(buttons))
         stdout.flush()
     stop()
 
 
-def message_for(text: str, keyboard: list[list[str]] | None) -> dict[str, Any]:
-    """What the user's line means: a special message, a keyboard button by number, or text."""
+def buttons_shown(emulator: BotAPIEmulator) -> tuple[bool, list[list[str]]]:
+    """The buttons a number picks: the inline ones under the bot's last message (True), else the keyboard's."""
+    if inline := emulator.inline_buttons(SANDBOX_USER_ID):
+        return True, [[str(button["text"]) for button in row] for row in inline]
+    return False, emulator.keyboard(SANDBOX_USER_ID) or []
+
+
+def message_for(text: str, keyboard: list[list[str]] | None, inline: list[list[str]] | None = None) -> dict[str, Any]:
+    """What the user's line means: a special message, a press of an inline button (`{"press": its place}`)
+    by its number or label, a keyboard button by its number, or text.
+
+    `inline` are the inline buttons under the bot's last message: while there
+    are any, a number is theirs, not the reply keyboard's.
+    """
     if text in SPECIAL_MESSAGES:
         return SPECIAL_MESSAGES[text]
+    if inline:
+        labels = [button for row in inline for button in row]
+        if text.isdigit() and 1 <= int(text) <= len(labels):
+            return {"press": int(text) - 1}
+        if text in labels:
+            return {"press": labels.index(text)}
+        return {"text": text}
     buttons = [button for row in keyboard or [] for button in row]
     if text.isdigit() and 1 <= int(text) <= len(buttons):
         return {"text": buttons[int(text) - 1]}
@@ -151,6 +185,11 @@ def message_for(text: str, keyboard: list[list[str]] | None) -> dict[str, Any]:
 def format_message(message: dict[str, Any]) -> str:
     first, *rest = str(message["text"]).splitlines() or [""]
     return "".join([f"bot> {first}\n", *(f"     {line}".rstrip() + "\n" for line in rest)])
+
+
+def format_notice(answer: dict[str, Any]) -> str:
+    """A pressed button's answer with text: Telegram shows it over the chat for a moment (an alert: until closed)."""
+    return f"{'alert' if answer['show_alert'] else 'toast'}> {answer['text']}\n"
 
 
 def format_keyboard(keyboard: list[list[str]]) -> str:

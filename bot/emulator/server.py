@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import itertools
 import json
 import logging
@@ -32,6 +33,8 @@ from bot.emulator.telegram_html import EntityParseError, parse_html, utf16_lengt
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_LENGTH = 4096
+MAX_CALLBACK_ANSWER_LENGTH = 200
+CHAT_INSTANCE_BASE = -4_611_686_018_427_387_904  # callback queries' chat_instance: this minus the chat's id
 MAX_LONG_POLL_SECONDS = 50
 # Telegram gives up on a webhook request after about a minute and sends the update again.
 WEBHOOK_TIMEOUT_SECONDS = 60
@@ -74,8 +77,8 @@ class Chaos:
     `retry_after` 1 to `max_retry_after` seconds, and once `long_retry_after`),
     502, or stalled `stall_seconds` before it is answered. getUpdates gets no
     429. A 429 is for one chat, as Telegram's are: the call's `chat_id`, or
-    the whole bot for a call without one (answerCallbackQuery: the emulator
-    keeps no callback queries to find its chat by). With `scope="bot"`
+    the whole bot for a call without one (answerCallbackQuery names no chat).
+    With `scope="bot"`
     every 429 is the whole bot's, as this emulator used to answer.
 
     `flood` then refuses calls for that chat (every call but getUpdates for
@@ -132,10 +135,11 @@ def too_many_requests(retry_after: int) -> BotAPIError:
 
 @dataclass
 class ChatLog:
-    """What the bot sent to one chat, and the reply keyboard the user sees now."""
+    """What the bot sent to one chat (each message with its inline keyboard), and the reply keyboard shown now."""
 
     messages: list[dict[str, Any]] = field(default_factory=list)
     keyboard: list[list[str]] | None = None
+    # Set on every new or edited message and every answered button press in the chat.
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -162,7 +166,12 @@ class BotAPIEmulator:
         # Groups the bot may send to (negative ids, as Telegram's), by title: see add_group.
         self.groups: dict[int, str] = {}
         self.commands: list[dict[str, Any]] = []
+        # Every Bot API method called, in order (refused calls too).
         self.calls: list[str] = []
+        # Button presses (`user_presses`) by callback query id, and every answerCallbackQuery
+        # made for one, in order: see `callback_answers`.
+        self.callback_queries: dict[str, dict[str, Any]] = {}
+        self.callback_answers: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
         self.chaos: Chaos | None = None
         self.webhook_url = ""
@@ -174,6 +183,7 @@ class BotAPIEmulator:
         # value after a week without updates), never from 1.
         self._update_ids = itertools.count(random.randrange(1, 2**30))
         self._user_message_ids = itertools.count(1)
+        self._callback_query_ids = itertools.count(random.randrange(10**17, 10**18))
         self._new_update = asyncio.Condition()
         self._poller = 0
         self._closing = False
@@ -186,10 +196,11 @@ class BotAPIEmulator:
             "getwebhookinfo": self._get_webhook_info,
             "sendmessage": self._send_message,
             "editmessagetext": self._edit_message_text,
+            "editmessagereplymarkup": self._edit_message_reply_markup,
             "setmycommands": self._set_my_commands,
             "getmycommands": self._get_my_commands,
             "sendchataction": self._true,
-            "answercallbackquery": self._true,
+            "answercallbackquery": self._answer_callback_query,
             "close": self._true,
             "logout": self._true,
         }
@@ -200,6 +211,7 @@ class BotAPIEmulator:
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle_method)
         app.router.add_post("/_emulator/users/{user_id}/send", self._control_send)
+        app.router.add_post("/_emulator/users/{user_id}/press", self._control_press)
         app.router.add_get("/_emulator/chats/{chat_id}", self._control_chat)
         app.router.add_post("/_emulator/faults", self._control_fault)
         app.router.add_post("/_emulator/flood_limits", self._control_flood_limits)
@@ -329,6 +341,12 @@ class BotAPIEmulator:
     async def _send_message(self, params: dict[str, Any]) -> dict[str, Any]:
         chat = self._chat(params)
         text, entities = self._message_text(params)
+        return self._append_message(chat, text, entities, params.get("reply_markup") or {})
+
+    def _append_message(
+        self, chat: dict[str, Any], text: str, entities: list[dict[str, Any]], markup: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A bot message into `chat`, kept with its inline keyboard; a reply keyboard replaces the one shown."""
         log = self.chats.setdefault(chat["id"], ChatLog())
         message: dict[str, Any] = {
             "message_id": len(log.messages) + 1,
@@ -339,9 +357,7 @@ class BotAPIEmulator:
         }
         if entities:
             message["entities"] = entities
-        markup = params.get("reply_markup") or {}
-        if "inline_keyboard" in markup:
-            message["reply_markup"] = markup
+        _set_inline_markup(message, _inline_markup(markup))
         if "keyboard" in markup:
             log.keyboard = [[_button_text(button) for button in row] for row in markup["keyboard"]]
         elif markup.get("remove_keyboard"):
@@ -351,22 +367,72 @@ class BotAPIEmulator:
         return message
 
     async def _edit_message_text(self, params: dict[str, Any]) -> dict[str, Any]:
-        chat = self._chat(params)
-        log = self.chats.get(chat["id"], ChatLog())
-        message_id = int(params.get("message_id", 0))
-        if not 0 < message_id <= len(log.messages):
-            raise BotAPIError(400, "Bad Request: message to edit not found")
+        """The new text; the inline keyboard becomes `reply_markup`'s, or none (as Telegram's edit does)."""
+        message, log = self._message_to_edit(params)
         text, entities = self._message_text(params)
-        message = log.messages[message_id - 1]
-        if message["text"] == text and message.get("entities", []) == entities:
-            raise BotAPIError(
-                400,
-                "Bad Request: message is not modified: specified new message content and reply "
-                "markup are exactly the same as a current content and reply markup of the message",
-            )
+        markup = _inline_markup(params.get("reply_markup"))
+        if (
+            message["text"] == text
+            and message.get("entities", []) == entities
+            and message.get("reply_markup") == markup
+        ):
+            raise not_modified()
         message.update(text=text, edit_date=int(time.time()), entities=entities)
+        _set_inline_markup(message, markup)
         log.changed.set()
         return message
+
+    async def _edit_message_reply_markup(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The message's inline keyboard replaced by `reply_markup`'s, or removed without one."""
+        message, log = self._message_to_edit(params)
+        markup = _inline_markup(params.get("reply_markup"))
+        if message.get("reply_markup") == markup:
+            raise not_modified()
+        message["edit_date"] = int(time.time())
+        _set_inline_markup(message, markup)
+        log.changed.set()
+        return message
+
+    def _message_to_edit(self, params: dict[str, Any]) -> tuple[dict[str, Any], ChatLog]:
+        chat = self._chat(params)
+        log = self.chats.get(chat["id"], ChatLog())
+        try:
+            message_id = int(params.get("message_id", 0))
+        except (TypeError, ValueError):
+            message_id = 0
+        if not 0 < message_id <= len(log.messages):
+            raise BotAPIError(400, "Bad Request: message to edit not found")
+        return log.messages[message_id - 1], log
+
+    async def _answer_callback_query(self, params: dict[str, Any]) -> bool:
+        """Stop a pressed button's spinner, with an optional notice; recorded in `callback_answers`.
+
+        Like Telegram: a query no user made, or one answered already, is refused.
+        """
+        query_id = str(params.get("callback_query_id", ""))
+        query = self.callback_queries.get(query_id)
+        if query is None or query.get("answered"):
+            raise BotAPIError(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
+        text = str(params.get("text") or "")
+        if len(text) > MAX_CALLBACK_ANSWER_LENGTH:
+            raise BotAPIError(400, "Bad Request: MESSAGE_TOO_LONG")
+        query["answered"] = True
+        chat_id = int(query["message"]["chat"]["id"])
+        log = self.chats.setdefault(chat_id, ChatLog())
+        self.callback_answers.append(
+            {
+                "callback_query_id": query_id,
+                "text": text,
+                "show_alert": _truthy(params.get("show_alert")),
+                "chat_id": chat_id,
+                "message_id": query["message"]["message_id"],
+                # Where it came: its place in `calls`, and how many messages the bot had sent to the chat.
+                "call": len(self.calls) - 1,
+                "messages_before": len(log.messages),
+            }
+        )
+        log.changed.set()
+        return True
 
     async def _set_my_commands(self, params: dict[str, Any]) -> bool:
         commands = params.get("commands")
@@ -407,12 +473,21 @@ class BotAPIEmulator:
 
     # --- acting as users -----------------------------------------------------
 
-    async def user_sends(self, user_id: int, *contents: dict[str, Any]) -> list[dict[str, Any]]:
-        """Post one or more messages from a user at once (they arrive in one getUpdates batch)."""
-        user = self.users.setdefault(
+    def _user(self, user_id: int) -> dict[str, Any]:
+        self.chats.setdefault(user_id, ChatLog())
+        return self.users.setdefault(
             user_id, {"id": user_id, "is_bot": False, "first_name": f"User {user_id}", "language_code": "en"}
         )
-        self.chats.setdefault(user_id, ChatLog())
+
+    async def _post(self, updates: list[dict[str, Any]]) -> None:
+        """Make `updates` waiting: for getUpdates (a waiting call answers at once), or for the webhook."""
+        async with self._new_update:
+            self.updates.extend(updates)
+            self._new_update.notify_all()
+
+    async def user_sends(self, user_id: int, *contents: dict[str, Any]) -> list[dict[str, Any]]:
+        """Post one or more messages from a user at once (they arrive in one getUpdates batch)."""
+        user = self._user(user_id)
         updates = []
         for content in contents:
             message = {
@@ -423,10 +498,103 @@ class BotAPIEmulator:
                 **_message_content(content),
             }
             updates.append({"update_id": next(self._update_ids), "message": message})
-        async with self._new_update:
-            self.updates.extend(updates)
-            self._new_update.notify_all()
+        await self._post(updates)
         return updates
+
+    async def user_presses(self, user_id: int, button: str | int, message_id: int | None = None) -> dict[str, Any]:
+        """The user presses an inline button under the bot's last message to them (or message `message_id`).
+
+        `button` is the button's text, or its place (from 0, row by row). The
+        `callback_query` update, with the message the button is under as
+        Telegram sends it, is delivered as `user_sends`' messages are; its
+        `callback_query.id` is what the bot's answerCallbackQuery names.
+        """
+        user = self._user(user_id)
+        message = self._message_with_buttons(user_id, message_id)
+        buttons = [pressed for row in message["reply_markup"]["inline_keyboard"] for pressed in row]
+        if isinstance(button, int):
+            if not 0 <= button < len(buttons):
+                msg = f"message {message['message_id']} has {len(buttons)} buttons: no button {button}"
+                raise ValueError(msg)
+            pressed = buttons[button]
+        else:
+            found = [candidate for candidate in buttons if candidate.get("text") == button]
+            if not found:
+                labels = [candidate.get("text") for candidate in buttons]
+                msg = f"message {message['message_id']} has no button {button!r}; its buttons: {labels}"
+                raise ValueError(msg)
+            pressed = found[0]
+        if "callback_data" not in pressed:
+            msg = f"button {pressed.get('text')!r} sends no callback data (a link or another kind of button)"
+            raise ValueError(msg)
+        query = {
+            "id": str(next(self._callback_query_ids)),
+            "from": user,
+            "message": copy.deepcopy(message),
+            # Telegram's: the same for every press in this chat, and only in it.
+            "chat_instance": str(CHAT_INSTANCE_BASE - int(message["chat"]["id"])),
+            "data": pressed["callback_data"],
+        }
+        self.callback_queries[query["id"]] = query
+        update = {"update_id": next(self._update_ids), "callback_query": query}
+        await self._post([update])
+        return update
+
+    def _message_with_buttons(self, chat_id: int, message_id: int | None) -> dict[str, Any]:
+        log = self.chats.get(chat_id, ChatLog())
+        if not log.messages:
+            msg = f"the bot has sent nothing to chat {chat_id}: no buttons to press"
+            raise ValueError(msg)
+        if message_id is None:
+            message = log.messages[-1]
+        elif 0 < message_id <= len(log.messages):
+            message = log.messages[message_id - 1]
+        else:
+            msg = f"chat {chat_id} has no message {message_id}"
+            raise ValueError(msg)
+        if "reply_markup" not in message:
+            msg = f"message {message['message_id']} in chat {chat_id} has no inline buttons"
+            raise ValueError(msg)
+        return message
+
+    def inline_buttons(self, chat_id: int, message_id: int | None = None) -> list[list[dict[str, Any]]] | None:
+        """The inline buttons under the bot's last message to `chat_id` (or message `message_id`), row by row.
+
+        Each button as the bot sent it (`{"text": ..., "callback_data": ...}`);
+        None if that message has none (or there is no such message).
+        """
+        log = self.chats.get(chat_id, ChatLog())
+        if message_id is None:
+            message = log.messages[-1] if log.messages else {}
+        else:
+            message = log.messages[message_id - 1] if 0 < message_id <= len(log.messages) else {}
+        markup = message.get("reply_markup")
+        return None if markup is None else copy.deepcopy(markup["inline_keyboard"])
+
+    async def callback_answer(self, callback_query_id: str, wait: float = 0) -> dict[str, Any] | None:
+        """The bot's answer to a press (`callback_answers`' entry), waiting up to `wait` seconds; None if none."""
+        query = self.callback_queries.get(callback_query_id)
+        if query is None:
+            return None
+        log = self.chats.setdefault(int(query["message"]["chat"]["id"]), ChatLog())
+        deadline = time.monotonic() + wait
+        while True:
+            found = [answer for answer in self.callback_answers if answer["callback_query_id"] == callback_query_id]
+            if found or (remaining := deadline - time.monotonic()) <= 0:
+                return found[0] if found else None
+            log.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(log.changed.wait(), remaining)
+
+    def add_bot_message(self, chat_id: int, text: str, reply_markup: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Put a message the bot sent before into a private chat, as if it had been there all along.
+
+        The emulator starts with empty chats; the sandbox, started again, puts
+        back the question the user was answering so its buttons can be pressed.
+        """
+        user = self._user(chat_id)
+        chat = {"id": chat_id, "type": "private", "first_name": user["first_name"]}
+        return self._append_message(chat, text, [], reply_markup or {})
 
     def add_group(self, chat_id: int, title: str = "Group") -> None:
         """Put the bot in a group (`chat_id` negative, as Telegram's), so it can send there."""
@@ -461,13 +629,35 @@ class BotAPIEmulator:
             return web.json_response({"ok": False, "description": str(error)}, status=400)
         return web.json_response({"ok": True, "updates": updates})
 
+    async def _control_press(self, request: web.Request) -> web.Response:
+        """Body: `{"button": <its text, or its place from 0>, "message_id": <optional>}`."""
+        user_id = int(request.match_info["user_id"])
+        body = await request.json()
+        button = body.get("button")
+        message_id = body.get("message_id")
+        if not isinstance(button, str | int) or isinstance(button, bool):
+            return web.json_response({"ok": False, "description": "button: its text or its place"}, status=400)
+        try:
+            update = await self.user_presses(user_id, button, None if message_id is None else int(message_id))
+        except ValueError as error:
+            return web.json_response({"ok": False, "description": str(error)}, status=400)
+        return web.json_response({"ok": True, "update": update})
+
     async def _control_chat(self, request: web.Request) -> web.Response:
         chat_id = int(request.match_info["chat_id"])
         count = int(request.query.get("count", 0))
         wait = min(float(request.query.get("wait", 0)), 60)
         messages = await self.bot_messages(chat_id, count, wait)
         log = self.chats[chat_id]
-        return web.json_response({"ok": True, "messages": messages, "keyboard": log.keyboard})
+        return web.json_response(
+            {
+                "ok": True,
+                "messages": messages,
+                "keyboard": log.keyboard,
+                "inline_buttons": self.inline_buttons(chat_id),
+                "callback_answers": [answer for answer in self.callback_answers if answer["chat_id"] == chat_id],
+            }
+        )
 
     async def _control_fault(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -665,6 +855,28 @@ def _chat_of(update: dict[str, Any]) -> int:
     if "callback_query" in update:
         return int(update["callback_query"]["from"]["id"])
     return 0
+
+
+def not_modified() -> BotAPIError:
+    return BotAPIError(
+        400,
+        "Bad Request: message is not modified: specified new message content and reply "
+        "markup are exactly the same as a current content and reply markup of the message",
+    )
+
+
+def _inline_markup(markup: Any) -> dict[str, Any] | None:
+    """A `reply_markup`'s inline keyboard, as a message keeps it; None for none (or another kind of markup)."""
+    if not isinstance(markup, dict) or not any(markup.get("inline_keyboard") or []):
+        return None
+    return {"inline_keyboard": markup["inline_keyboard"]}
+
+
+def _set_inline_markup(message: dict[str, Any], markup: dict[str, Any] | None) -> None:
+    if markup is None:
+        message.pop("reply_markup", None)
+    else:
+        message["reply_markup"] = markup
 
 
 def _button_text(button: Any) -> str:
