@@ -26,6 +26,7 @@ from storage.factory import create_mongo_storages, create_sql_storages
 
 # The names the benchmark reports, and checks its targets by (benchmarks/__main__.py).
 LIMIT = "MemoryStorage (aiogram), the limit"
+PLAIN = "plain aiogram bot, MemoryStorage (no ApplyOnce, outbox)"
 REDIS = "RedisStorage (aiogram), local Redis"
 SQLITE = "SQLite file (ours), FSM and responses"
 PYMONGO = "PyMongoStorage (aiogram), same server"
@@ -49,6 +50,8 @@ class Candidate:
     open: Callable[[], AbstractAsyncContextManager[Opened]]
     # aiogram-sqlalchemy-storage loses most users to "database is locked" with many at once, slowly.
     one_user_at_a_time_only: bool = False
+    # Not this project's bot: the plain aiogram bot a copier would write (benchmarks/plain_bot.py).
+    plain: bool = False
 
 
 class ResponsesInMemory:
@@ -79,6 +82,16 @@ def memory() -> Candidate:
         yield MemoryStorage(), ResponsesInMemory(), None
 
     return Candidate(LIMIT, opened)
+
+
+def plain_aiogram() -> Candidate:
+    """The same questionnaire written the plain way, on MemoryStorage: what the project's machinery costs."""
+
+    @asynccontextmanager
+    async def opened() -> AsyncIterator[Opened]:
+        yield MemoryStorage(), ResponsesInMemory(), None
+
+    return Candidate(PLAIN, opened, plain=True)
 
 
 def redis(url: str, across_processes: bool = False) -> Candidate:
@@ -192,6 +205,7 @@ def all_candidates(
     folder: Path, redis_url: str | None, mongo_url: str | None, sql_urls: dict[str, str]
 ) -> list[Candidate]:
     return [
+        plain_aiogram(),
         memory(),
         *([redis(redis_url), redis(redis_url, across_processes=True)] if redis_url else []),
         ours_sqlite(folder),

@@ -236,8 +236,9 @@ async def per_update(place: Place, empty: Callable[[], Any]) -> None:
             storages = await (place.open() if which == "big" else empty())
             try:
                 first = place.n + 10 + round_number * 1000  # new users, never in the table
-                await run_users((storages.fsm, storages.responses, None), first + 500, 5, 1)  # warm-up
-                _, latencies, failed = await run_users((storages.fsm, storages.responses, None), first, UPDATE_USERS, 1)
+                opened = (storages.fsm, storages.responses, None)
+                await run_users(opened, first + 500, 5, 1)  # warm-up
+                _, latencies, failed, _ = await run_users(opened, first, UPDATE_USERS, 1)
                 assert failed == 0, f"{failed} users failed on {place.name} ({which})"
             finally:
                 await storages.close()
