@@ -8,9 +8,9 @@ listener of its own (`MetricsListener`, started with the bot in either mode).
 
 Where the numbers come from:
 
-- `measure_update`, on bot/delivery.py's `handle_update` (polling and the
+- `measure_update`, on bot/outbox.py's `handle_update` (polling and the
   webhook both hand each update to it): how each update's handling ended
-  and how long it took, its reply delivered;
+  and how long it took, up to its commit;
 - `MeasureUpdates`, an outer middleware on the dispatcher's updates (inside
   aiogram's error middleware, outside `ApplyOnce`): an update that failed
   although an error handler answered the user, and the storage errors;
@@ -18,10 +18,11 @@ Where the numbers come from:
   `ApplyOnce`: an update applied before (delivered again), a fenced commit
   lost to another writer (the update is handled again);
 - `timed_lock()`, around the key's in-process lock in `ApplyOnce`: lock waits;
-- `waiting_reply`, on bot/delivery.py's `deliver`: replies not yet accepted
-  by Telegram, including those waiting out a 429;
-- `CountTelegramErrors`, the session's request middleware inside `FloodGate`:
-  every error answer Telegram gave;
+- `replies_waiting`, kept by the courier (bot/outbox.py): the outbox's
+  entries committed and not yet carried out, including those waiting out a
+  429; `waiting_reply` on bot/delivery.py's `deliver` (start-up's calls);
+- `CountTelegramErrors`, the session's request middleware: every error
+  answer Telegram gave;
 - bot/expiry.py: sweeps and the conversations they removed.
 """
 
@@ -108,7 +109,7 @@ class BotMetrics:
         )
         self.handling = Histogram(
             "bot_update_handling_seconds",
-            "Time from an update's arrival to its reply delivered (or its failure)",
+            "Time from an update's arrival to its commit (what it sends is then in the outbox), or its failure",
             buckets=HANDLING_BUCKETS,
             registry=r,
         )

@@ -68,7 +68,7 @@ async def test_polling_logs_json_lines_without_secrets_or_answers(tmp_path: Path
         assert await bot.stop(signal.SIGTERM) == 0
     entries = json_lines(bot.output())
     loggers = {entry["logger"] for entry in entries}
-    assert {"bot.running", "bot.polling", "bot.delivery"} <= loggers
+    assert {"bot.running", "bot.polling", "bot.outbox"} <= loggers
     assert any(entry["level"] == "WARNING" and "wait 1 s" in entry["message"] for entry in entries)  # the 429
     assert_nothing_secret(bot.output(), emulator)
 
