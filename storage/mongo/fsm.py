@@ -229,7 +229,9 @@ class MongoStorage(FsmStorage):
         writes: list[Any] = []
         for key, done in marks:
             key_id = self._id(key)
-            writes.append(UpdateOne({"_id": key_id, "outbox_sent": {"$lt": done}}, {"$set": {"outbox_sent": done}}))
+            # A document an older version wrote has no `outbox_sent` (None matches it; `$lt` would not).
+            behind = {"$or": [{"outbox_sent": {"$lt": done}}, {"outbox_sent": None}]}
+            writes.append(UpdateOne({"_id": key_id, **behind}, {"$set": {"outbox_sent": done}}))
             writes.append(UpdateOne({"_id": key_id, "outbox_queued": {"$lte": done}}, {"$unset": {"outbox_due": ""}}))
         await self.collection.bulk_write(writes, ordered=True)
 
