@@ -29,6 +29,7 @@ start-up pick-up; an entry carried out but not yet marked done goes out again.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
@@ -54,6 +55,7 @@ from bot.outbox import (
     calls_in,
 )
 from storage import CorruptDataError, FsmStorage, StorageUnavailableError, Versioned
+from storage.interface import ALL_DONE
 
 logger = logging.getLogger(__name__)
 
@@ -166,18 +168,21 @@ class ApplyOnce(BaseMiddleware):
                 return await self.write_unfenced(context, changes, entries, update)
             if isinstance(changes.data, CorruptDataError):  # unreadable, and the handler did not replace it
                 return Delivery(entries, lane=context.key.chat_id)
-            fresh_from = record.queued + 1
+            # Numbered on from the record's last entry, or from now (in microseconds) when higher: a record
+            # deleted and made again (/forget, expiry) never reuses a number a mark or a courier still holds.
+            fresh_from = max(record.queued + 1, time.time_ns() // 1000)
             for number, entry in enumerate(entries, start=fresh_from):
                 entry["seq"] = number
             record = AppliedRecord(
                 updates=[*record.updates, update.update_id][-REMEMBERED_UPDATES:],
-                queued=record.queued + len(entries),
+                queued=fresh_from + len(entries) - 1 if entries else record.queued,
                 outbox=waiting + entries,
                 key=context.key,
             )
             try:
+                done = 0 if sent == ALL_DONE else sent  # a record no outbox commit wrote: nothing marked yet
                 committed = await context.storage.swap_with_outbox(
-                    context.key, version, changes.state, changes.data | {APPLIED: record.dump()}, record.queued, sent
+                    context.key, version, changes.state, changes.data | {APPLIED: record.dump()}, record.queued, done
                 )
             except StorageUnavailableError:
                 # The write may have reached the database before its time ran out; then "please

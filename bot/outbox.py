@@ -51,13 +51,16 @@ from aiogram.utils.backoff import Backoff, BackoffConfig
 from bot.delivery import TELEGRAM_FAULTS, refused_for_now
 from bot.metrics import get_metrics, measure_update
 from storage import CompletedResponse, FsmStorage, ResponseStore, StorageUnavailableError
+from storage.interface import ALL_DONE
 
 logger = logging.getLogger(__name__)
 
 MARK_SECONDS = 0.05  # how often the entries done are recorded, in one batch for all keys
 SWEEP_SECONDS = 5.0  # how often the database is asked for entries no process is carrying out
-TAKEOVER_SECONDS = 10.0  # how long an entry waits in the database before another process takes it
-SWEEP_BATCH = 200
+# How long a key's entries wait in the database, not renewed by a mark or a postponement, before
+# another process takes them: longer than a request may stall (REQUEST_TIMEOUT).
+TAKEOVER_SECONDS = 30.0
+SWEEP_BATCH = 1000
 RETRY_BACKOFF = BackoffConfig(min_delay=0.5, max_delay=30.0, factor=2.0, jitter=0.1)
 # A request that stalls this long is given up and tried again (it may have reached Telegram).
 REQUEST_TIMEOUT = 15
@@ -255,6 +258,7 @@ class Delivery:
     # The first entry this update committed: those before it were committed earlier and are
     # perhaps being carried out by another process (None: take them all, as the sweep does).
     fresh_from: int | None = None
+    done_elsewhere: int = 0  # found carried out by another process (`Courier._await_others`)
 
     @property
     def durable(self) -> bool:
@@ -361,11 +365,12 @@ class Courier:
         self._known: set[tuple[StorageKey, int]] = set()  # entries queued in this process, not yet done
         self._marks: dict[StorageKey, int] = {}  # entries done, to record in the next batch
         self._writing: dict[StorageKey, int] = {}  # the batch being recorded
-        self._done_elsewhere: dict[StorageKey, int] = {}  # entries another process carried out
+        self._recorded: dict[StorageKey, int] = {}  # recorded done since the last sweep began
         self._marked = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._background: list[asyncio.Task[None]] = []
+        self._closing = asyncio.Event()  # stop(): the marks and the sweep end after their current call
 
     @property
     def durable(self) -> bool:
@@ -378,6 +383,7 @@ class Courier:
         carries it; webhook replicas: what no live replica does), then sweep now and then."""
         self.bot = bot
         self.running = True
+        self._closing.clear()
         if self.durable:
             await self.sweep(older_than=pick_up_after)
             self._background = [
@@ -391,8 +397,12 @@ class Courier:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), timeout)
         lanes = list(self._tasks.values())
-        for task in [*lanes, *self._background]:
+        for task in lanes:
             task.cancel()
+        # The marks and the sweep finish what they are at (a database call cancelled half-way can hang
+        # a driver), then end.
+        self._closing.set()
+        self._marked.set()
         await asyncio.gather(*lanes, *self._background, return_exceptions=True)
         self.running = False
         with contextlib.suppress(StorageUnavailableError):
@@ -416,14 +426,19 @@ class Courier:
         entries = delivery.entries
         if delivery.key is not None:
             # Not those queued here already, nor those done here and not yet recorded as done.
-            done = max(self._marks.get(delivery.key, 0), self._writing.get(delivery.key, 0))
+            done = max(
+                self._marks.get(delivery.key, 0),
+                self._writing.get(delivery.key, 0),
+                self._recorded.get(delivery.key, 0),
+            )
             entries = [
                 entry for entry in entries if entry["seq"] > done and (delivery.key, entry["seq"]) not in self._known
             ]
             self._known.update((delivery.key, entry["seq"]) for entry in entries)
             fresh = delivery.fresh_from
             if fresh is not None and self.running and self.durable and entries and entries[0]["seq"] < fresh:
-                entries = [{"await": fresh - 1}, *entries]
+                older = max(entry["seq"] for entry in entries if entry["seq"] < fresh)
+                entries = [{"await": older}, *entries]
         for entry in entries:
             self._lanes.setdefault(delivery.lane, deque()).append((delivery, entry))
             get_metrics().replies_waiting.inc()  # metrics: committed, not yet carried out
@@ -462,8 +477,9 @@ class Courier:
                 self._idle.set()
                 self.flood.forget_idle()
 
-    def _done_by_another(self, delivery: Delivery, entry: Entry) -> bool:
-        return delivery.key is not None and entry["seq"] <= self._done_elsewhere.get(delivery.key, 0)
+    @staticmethod
+    def _done_by_another(delivery: Delivery, entry: Entry) -> bool:
+        return int(entry.get("seq", 0)) <= delivery.done_elsewhere
 
     async def _await_others(self, delivery: Delivery, upto: int) -> None:
         """Wait (at most `takeover` s) until another process has carried out the key's entries up to `upto`."""
@@ -474,8 +490,8 @@ class Courier:
                 sent = (await self._storage.get_versioned(delivery.key)).sent
             except StorageUnavailableError:
                 sent = 0
-            if sent >= upto:
-                self._done_elsewhere[delivery.key] = sent
+            if upto <= sent < ALL_DONE:  # ALL_DONE: the record was rewritten by other means; no signal
+                delivery.done_elsewhere = sent
                 return
             await asyncio.sleep(0.2)
         logger.info(
@@ -506,6 +522,10 @@ class Courier:
                 logger.info("Telegram did not take a call (%s); again in %.1f s", type(error).__name__, delay)
             except TelegramAPIError as error:  # refused for good: a blocked bot, a bad request
                 logger.error("Telegram refused a call for good: %s", error)
+                return
+            except Exception:  # a bug, or an entry this version cannot read: passed over, never a stuck chat
+                what = entry["call"].get("method") if "call" in entry else next(iter(entry.keys() - {"seq"}), "?")
+                logger.exception("An outbox entry (%s) failed and is passed over", what)
                 return
             if delivery.key is not None and delay > 1 and self.durable:
                 await self._postpone(delivery.key, delay)
@@ -562,9 +582,10 @@ class Courier:
             self._marked.set()
 
     async def _mark_in_batches(self) -> None:
-        while True:
+        while not self._closing.is_set():
             await self._marked.wait()
-            await asyncio.sleep(MARK_SECONDS)
+            if not self._idle.is_set():  # busy: one batch for what the next moments carry out
+                await asyncio.sleep(MARK_SECONDS)
             try:
                 await self._write_marks()
             except StorageUnavailableError as error:
@@ -579,6 +600,8 @@ class Courier:
         self._writing = marks  # done here, not yet in the database: the sweep must not queue them again
         try:
             await self._storage.mark_sent(list(marks.items()))
+            for key, seq in marks.items():  # a sweep reading before this write must not queue them again
+                self._recorded[key] = max(self._recorded.get(key, 0), seq)
         except BaseException:
             for key, seq in marks.items():  # kept for the next batch
                 self._marks[key] = max(self._marks.get(key, 0), seq)
@@ -589,7 +612,10 @@ class Courier:
 
     async def _sweep_now_and_then(self) -> None:
         while True:
-            await asyncio.sleep(SWEEP_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), SWEEP_SECONDS)
+            if self._closing.is_set():
+                return
             try:
                 await self.sweep(older_than=self.takeover)
             except StorageUnavailableError as error:
@@ -598,6 +624,8 @@ class Courier:
     async def sweep(self, older_than: float) -> int:
         """Queue the entries that have waited in the database longer than `older_than` s; how many."""
         queued = 0
+        self._recorded = {}  # marks written from now on are seen here, whatever the sweep reads
+        self.flood.forget_idle()
         before = datetime.now(UTC) - timedelta(seconds=older_than)
         while True:
             new = 0

@@ -121,9 +121,10 @@ async def test_kill_9_between_answers_loses_nothing(bot: BotProcess) -> None:
     await bot.emulator.user_sends(5, {"text": second})  # sent while the bot is down
     await bot.start()
 
-    # The first answer may come again too, if it was not confirmed yet: its reply is then sent again.
+    # A reply carried out in the moment before the kill (not yet recorded as done) may come again.
     texts = await bot.wait_for(5, asked()[2].prompt)
-    assert set(texts[1:-1]) == {acknowledged}
+    assert acknowledged in texts[1:-1]
+    assert set(texts[1:-1]) <= {texts[0], acknowledged}
     for text in rest:
         [reply] = await bot.say(5, text)
     assert shows_summary(reply)

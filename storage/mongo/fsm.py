@@ -233,6 +233,10 @@ class MongoStorage(FsmStorage):
             behind = {"$or": [{"outbox_sent": {"$lt": done}}, {"outbox_sent": None}]}
             writes.append(UpdateOne({"_id": key_id, **behind}, {"$set": {"outbox_sent": done}}))
             writes.append(UpdateOne({"_id": key_id, "outbox_queued": {"$lte": done}}, {"$unset": {"outbox_due": ""}}))
+            # Entries still wait: their due time is renewed (the process carrying them out is alive).
+            writes.append(
+                UpdateOne({"_id": key_id, "outbox_queued": {"$gt": done}}, {"$set": {"outbox_due": time.time()}})
+            )
         await self.collection.bulk_write(writes, ordered=True)
 
     @database_call(MONGO_OUTAGES)

@@ -145,7 +145,8 @@ class FsmStatements:
         self.mark_sent_sql = (
             update(table)
             .where(key, c.outbox_sent < done)
-            .values(outbox_sent=done, outbox_due=case((c.outbox_queued <= done, None), else_=c.outbox_due))
+            # Entries still wait: their due time is renewed (the process carrying them out is alive).
+            .values(outbox_sent=done, outbox_due=case((c.outbox_queued <= done, None), else_=func.now()))
         )
         self.postpone_sql = update(table).where(key, c.outbox_due.is_not(None)).values(outbox_due=bindparam("until"))
         self.due_sql = (
