@@ -287,7 +287,7 @@ def error_code(error: TelegramAPIError) -> str:
 
 
 class CountTelegramErrors(BaseRequestMiddleware):
-    """Registered inside FloodGate: every error answer Telegram itself gave, each try of a request included."""
+    """On the Bot API session: every error answer Telegram itself gave, each try of a request included."""
 
     async def __call__(
         self,
