@@ -9,7 +9,7 @@ storages run as the bot runs them, FSM and completed responses together
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,7 +66,7 @@ class ResponsesInMemory:
     async def for_user(self, user_id: int) -> list[CompletedResponse]:
         return [response for response in self.saved.values() if response.user_id == user_id]
 
-    async def delete_for_user(self, user_id: int, before: datetime | None = None) -> int:
+    async def delete_for_user(self, user_id: int, only: Collection[str] | None = None) -> int:
         return 0
 
     async def replace(self, response: CompletedResponse) -> None:

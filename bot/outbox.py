@@ -34,7 +34,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -162,11 +162,13 @@ class PendingResponses:
         self.effects.append({"save": dump_response(response)})
         return True
 
-    async def delete_for_user(self, user_id: int, before: datetime | None = None) -> int:
-        """Queue the deletion of the user's responses completed until now; how many there are now."""
-        moment = before or datetime.now(UTC)
-        self.effects.append({"delete": {"responses_of": user_id, "before": moment.isoformat()}})
-        return sum(1 for response in await self.store.for_user(user_id) if response.completed_at < moment)
+    async def delete_for_user(self, user_id: int, only: Collection[str] | None = None) -> int:
+        """Queue the deletion of the user's responses kept now (by their ids: one saved after this
+        update, by another chat's, is not among them); how many there are."""
+        kept = [response.response_id for response in await self.store.for_user(user_id)]
+        chosen = kept if only is None else [response_id for response_id in kept if response_id in only]
+        self.effects.append({"delete": {"responses_of": user_id, "ids": chosen}})
+        return len(chosen)
 
     async def for_user(self, user_id: int) -> list[CompletedResponse]:
         return await self.store.for_user(user_id)
@@ -557,9 +559,8 @@ class Courier:
             return
         deletion = entry["delete"]
         if "responses_of" in deletion:
-            before = datetime.fromisoformat(deletion["before"])
             assert self.responses is not None
-            await self.responses.delete_for_user(int(deletion["responses_of"]), before)
+            await self.responses.delete_for_user(int(deletion["responses_of"]), deletion["ids"])
         elif isinstance(self.storage, FsmStorage):
             await self.storage.delete_user(int(deletion["keys_of"]), keep=delivery.key)
 

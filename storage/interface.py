@@ -92,8 +92,8 @@ class ResponseStore(Protocol):
 
     async def for_user(self, user_id: int) -> list[CompletedResponse]: ...
 
-    async def delete_for_user(self, user_id: int, before: datetime | None = None) -> int:
-        """Delete the user's responses (completed before `before`, if given); how many went."""
+    async def delete_for_user(self, user_id: int, only: Collection[str] | None = None) -> int:
+        """Delete the user's responses (only those with these response ids, if given); how many went."""
         ...
 
     async def replace(self, response: CompletedResponse) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -142,10 +142,10 @@ class MongoResponseStore:
         return sorted((int(value), n) for value, n in counted if isinstance(value, int) and not isinstance(value, bool))
 
     @database_call(MONGO_OUTAGES)
-    async def delete_for_user(self, user_id: int, before: datetime | None = None) -> int:
+    async def delete_for_user(self, user_id: int, only: Collection[str] | None = None) -> int:
         mine: dict[str, Any] = {"user_id": user_id}
-        if before is not None:
-            mine["completed_at"] = {"$lt": before.astimezone(UTC)}
+        if only is not None:
+            mine["_id"] = {"$in": list(only)}
         result = await self.collection.delete_many(mine)
         return int(result.deleted_count)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -234,10 +234,12 @@ class SQLResponseStore:
         return await self.storage.run_on_connection(count)
 
     @database_call(SQL_OUTAGES)
-    async def delete_for_user(self, user_id: int, before: datetime | None = None) -> int:
+    async def delete_for_user(self, user_id: int, only: Collection[str] | None = None) -> int:
         statement = delete(self.table).where(self.table.c.user_id == user_id)
-        if before is not None:
-            statement = statement.where(self.table.c.completed_at < _naive_utc(before))
+        if only is not None:
+            if not only:
+                return 0
+            statement = statement.where(self.table.c.response_id.in_(list(only)))
         result = await self.storage.run_on_connection(lambda connection: connection.execute(statement))
         return cast(CursorResult[Any], result).rowcount
 
