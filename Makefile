@@ -44,8 +44,9 @@ lint: $(VENV)/.dev-deps
 	$(BIN)/python -m tools.check_replies handlers
 	$(BIN)/hadolint Dockerfile
 
+# Two workers, each test file on one of them (a file's bot processes are shared by its tests).
 unit: $(VENV)/.dev-deps image-tools
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 image-tools:
 	@if [ -n "$(PODMAN)" ] && ! { command -v $(PODMAN) && command -v debootstrap; } >/dev/null; then \

@@ -481,7 +481,7 @@ class Courier:
 
     @staticmethod
     def _done_by_another(delivery: Delivery, entry: Entry) -> bool:
-        return int(entry.get("seq", 0)) <= delivery.done_elsewhere
+        return delivery.done_elsewhere > 0 and "seq" in entry and int(entry["seq"]) <= delivery.done_elsewhere
 
     async def _await_others(self, delivery: Delivery, upto: int) -> None:
         """Wait (at most `takeover` s) until another process has carried out the key's entries up to `upto`."""
