@@ -8,9 +8,12 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.bot_process import ROOT, finish
 
 
+@pytest.mark.timeout(600)  # a bound on a hang, not a speed test: it runs every storage
 async def test_benchmark_runs_and_reports_every_storage(tmp_path: Path) -> None:
     report = tmp_path / "bench.json"
     postgres = os.environ.get("POSTGRES_TEST_URL")
@@ -55,6 +58,7 @@ async def test_benchmark_runs_and_reports_every_storage(tmp_path: Path) -> None:
     assert numbers["process"]["this bot"]["first_reply_seconds"] > 0
 
 
+@pytest.mark.timeout(600)
 async def test_the_scale_benchmark_runs_on_a_tiny_table(tmp_path: Path) -> None:
     report = tmp_path / "scale.json"
     process = await asyncio.create_subprocess_exec(

@@ -125,6 +125,7 @@ async def answering_again(emulator: BotAPIEmulator) -> None:
         await asyncio.sleep(0.005)
 
 
+@pytest.mark.timeout(600)  # a bound on a hang: six restarts under sixty users
 @pytest.mark.parametrize("backend_name", ALL_BACKENDS)
 async def test_no_message_is_lost_or_misfiled_across_kills_and_deploys(
     backend_name: str, request: pytest.FixtureRequest, tmp_path: Path
