@@ -85,14 +85,28 @@ async def run_replicas(settings: Settings, env_file: str, count: int) -> None:
             emulator.webhook_targets = addresses
             handled = HandledUpdates()
 
-            # A replica answers a webhook only once the update is handled, its replies sent.
+            marking: set[asyncio.Task[None]] = set()
+
+            async def mark_once_replied(update_id: int, before: int) -> None:
+                """A replica answers once the update is committed; its replies follow from its outbox."""
+                chat = emulator.chats[SANDBOX_USER_ID]
+                for _ in range(50):  # up to 5 s for the first reply, then a moment for any after it
+                    if len(chat.messages) > before:
+                        break
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(0.3)
+                handled.mark(update_id, len(chat.messages))
+
             def delivered_to(url: str, update: dict[str, Any], delivered: bool) -> None:
                 print(
                     f"     [update {update['update_id']} -> replica {addresses.index(url) + 1}:"
                     f" {'handled' if delivered else 'failed, will be posted again'}]"
                 )
-                if delivered:  # answered only once the reply is out
-                    handled.mark(update["update_id"], len(emulator.chats[SANDBOX_USER_ID].messages))
+                if delivered:
+                    before = len(emulator.chats[SANDBOX_USER_ID].messages)
+                    task = asyncio.create_task(mark_once_replied(update["update_id"], before))
+                    marking.add(task)
+                    task.add_done_callback(marking.discard)
 
             emulator.on_delivery = delivered_to
             print(HELP.format(user=SANDBOX_USER_ID, where=describe(settings)))
