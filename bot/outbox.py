@@ -358,7 +358,6 @@ class Courier:
     ) -> None:
         self.bot: Bot | None = None  # the bot of the last update handed in (or of start())
         self.running = False  # started: deliveries wait in lanes; else they are carried out at once
-        self.alone = True  # no other process carries this bot's outbox (polling); set by start()
         self.storage = storage
         self.responses = responses
         self.flood = flood or FloodControl()
@@ -387,11 +386,8 @@ class Courier:
         self.bot = bot
         self.running = True
         self._closing.clear()
-        # Polling: this is the only process carrying the bot's outbox, so nothing is another's to wait for.
-        self.alone = pick_up_after <= 0
         if self.durable:
-            # A second ahead: a database may round the due time up to the next second (MySQL's DATETIME).
-            await self.sweep(older_than=pick_up_after if pick_up_after > 0 else -1.0)
+            await self.sweep(older_than=pick_up_after)
             self._background = [
                 asyncio.create_task(self._mark_in_batches()),
                 asyncio.create_task(self._sweep_now_and_then()),
@@ -442,7 +438,7 @@ class Courier:
             ]
             self._known.update((delivery.key, entry["seq"]) for entry in entries)
             fresh = delivery.fresh_from
-            if fresh is not None and not self.alone and self.durable and entries and entries[0]["seq"] < fresh:
+            if fresh is not None and self.running and self.durable and entries and entries[0]["seq"] < fresh:
                 older = max(entry["seq"] for entry in entries if entry["seq"] < fresh)
                 entries = [{"await": older}, *entries]
         for entry in entries:
