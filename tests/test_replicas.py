@@ -219,7 +219,7 @@ async def test_make_replicas_shows_each_message_taken_by_a_replica(tmp_path: Pat
         cwd=ROOT, env=env, stdin=PIPE, stdout=PIPE, stderr=PIPE,
     )  # fmt: skip
     lines = [
-        str(len(q.choices)) if q.choices and not q.inline else text for q, text in zip(asked(), typed(), strict=True)
+        str(len(q.choices)) if q.choices else text for q, text in zip(asked(), typed(), strict=True)
     ]
     shown, errors = await finish(demo, 120, "".join(f"{line}\n" for line in ["/start", *lines]).encode())
 
