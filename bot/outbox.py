@@ -61,6 +61,7 @@ SWEEP_SECONDS = 5.0  # how often the database is asked for entries no process is
 # another process takes them: longer than a request may stall (REQUEST_TIMEOUT).
 TAKEOVER_SECONDS = 30.0
 SWEEP_BATCH = 1000
+EVERYTHING = timedelta(days=3650)  # a start-up sweep that takes all that waits, however far put off
 RETRY_BACKOFF = BackoffConfig(min_delay=0.5, max_delay=30.0, factor=2.0, jitter=0.1)
 # A request that stalls this long is given up and tried again (it may have reached Telegram).
 REQUEST_TIMEOUT = 15
@@ -380,9 +381,13 @@ class Courier:
 
     # --- lifecycle (dp.startup / dp.shutdown) ---
 
-    async def start(self, bot: Bot, *, pick_up_after: float = 0.0) -> None:
-        """Queue what has waited in the database over `pick_up_after` s (polling: all of it, nothing else
-        carries it; webhook replicas: what no live replica does), then sweep now and then."""
+    async def start(self, bot: Bot, *, pick_up_after: float | None = None) -> None:
+        """Queue what waits in the database, then sweep now and then.
+
+        `pick_up_after`: None (polling, one process) takes all of it, also what a paced or refused
+        call had put off; webhook replicas take only what has waited over that many seconds (what
+        no live replica is carrying out).
+        """
         self.bot = bot
         self.running = True
         self._closing.clear()
@@ -566,7 +571,7 @@ class Courier:
 
     async def _postpone(self, key: StorageKey, delay: float) -> None:
         """Keep other processes' sweeps off this key while it waits here (they would send into the wait)."""
-        until = datetime.now(UTC) + timedelta(seconds=delay + self.takeover)
+        until = datetime.now(UTC) + timedelta(seconds=delay)  # then, if not carried out, `takeover` s more
         with contextlib.suppress(StorageUnavailableError):
             await self._storage.postpone_outbox(key, until)
 
@@ -622,12 +627,14 @@ class Courier:
             except StorageUnavailableError as error:
                 logger.warning("The outbox sweep could not read the database (%s)", error)
 
-    async def sweep(self, older_than: float) -> int:
-        """Queue the entries that have waited in the database longer than `older_than` s; how many."""
+    async def sweep(self, older_than: float | None) -> int:
+        """Queue the entries that have waited in the database longer than `older_than` s (None: all,
+        also those put off into the future); how many."""
         queued = 0
         self._recorded = {}  # marks written from now on are seen here, whatever the sweep reads
         self.flood.forget_idle()
-        before = datetime.now(UTC) - timedelta(seconds=older_than)
+        now = datetime.now(UTC)
+        before = now + EVERYTHING if older_than is None else now - timedelta(seconds=older_than)
         while True:
             new = 0
             for due in await self._storage.due_outboxes(before, SWEEP_BATCH):

@@ -59,9 +59,9 @@ async def running_bot(settings: Settings) -> AsyncIterator[tuple[Bot, Dispatcher
                 dispatcher.startup.register(sweeper.start)
                 dispatcher.shutdown.register(sweeper.stop)
             courier = dispatcher["courier"]
-            # Polling is the only process handling this bot: whatever waits in the outbox is its own.
-            # Webhook replicas leave to another what it carries now (it keeps those postponed).
-            pick_up_after = TAKEOVER_SECONDS if settings.webhook_url else 0.0
+            # Polling is the only process handling this bot: whatever waits in the outbox is its own,
+            # also what a paced call had put off. Webhook replicas leave to another what it carries now.
+            pick_up_after = TAKEOVER_SECONDS if settings.webhook_url else None
 
             async def start_courier(bot: Bot) -> None:
                 await courier.start(bot, pick_up_after=pick_up_after)

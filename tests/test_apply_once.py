@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -113,6 +114,24 @@ async def test_a_reply_committed_before_a_crash_goes_out_from_the_outbox_after_t
 
     assert await deliver(chat, age) == []  # Telegram delivers it again too: nothing more
     assert await chat.state() == asked()[2].state
+
+
+async def test_a_reply_put_off_by_pacing_when_the_process_died_goes_out_at_the_next_start(
+    chat: ChatHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Polling is the bot's only process: its start takes all that waits, also a reply put off for a while."""
+    for text in conversation()[:2]:
+        await chat.send(text)
+    crash_after_commits(chat, monkeypatch)
+    await deliver(chat, chat.update(1, typed()[1]))
+    # Held back under the bot's pace, the courier put the key off (as a replica would leave it alone)...
+    await chat.storages.fsm.postpone_outbox(storage_key(1), datetime.now(UTC) + timedelta(seconds=40))
+    # ...and the process died before sending it.
+    before = len(chat.session.sent_messages())
+    await restart_and_pick_up(chat, monkeypatch)
+
+    [reply] = chat.session.sent_messages()[before:]
+    assert asked()[2].prompt in reply.text
 
 
 async def test_the_last_answer_committed_before_a_crash_saves_once_and_gets_the_summary(

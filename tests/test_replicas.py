@@ -218,9 +218,7 @@ async def test_make_replicas_shows_each_message_taken_by_a_replica(tmp_path: Pat
         sys.executable, "-m", "bot.emulator.replicas", "--env-file", str(tmp_path / ".env"),
         cwd=ROOT, env=env, stdin=PIPE, stdout=PIPE, stderr=PIPE,
     )  # fmt: skip
-    lines = [
-        str(len(q.choices)) if q.choices else text for q, text in zip(asked(), typed(), strict=True)
-    ]
+    lines = [str(len(q.choices)) if q.choices else text for q, text in zip(asked(), typed(), strict=True)]
     shown, errors = await finish(demo, 120, "".join(f"{line}\n" for line in ["/start", *lines]).encode())
 
     assert demo.returncode == 0, errors
