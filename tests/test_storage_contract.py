@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -298,3 +299,29 @@ async def test_records_written_without_a_user_id_are_filled_in_and_forgotten(
 async def test_update_data_with_nothing_leaves_no_record(storage: BaseStorage, backend: Backend) -> None:
     assert await storage.update_data(storage_key(), {}) == {}
     assert await backend.record_ids(storage) == []
+
+
+async def test_outbox_marks_only_raise_and_a_key_is_due_while_anything_waits(storage: BaseStorage) -> None:
+    """The courier's bookkeeping: due while calls wait (renewed by a mark, put off by a postponement),
+    not due once all are done; a late, lower mark changes nothing."""
+    assert isinstance(storage, FsmStorage)
+    now = datetime.now(UTC)
+    waiting, done = storage_key(1), storage_key(2)
+    for key in (waiting, done):
+        assert await storage.swap_with_outbox(key, None, Form.first, {"k": key.user_id}, queued=5)
+
+    async def due(before: datetime) -> dict[int, int]:
+        return {found.data["k"]: found.sent for found in await storage.due_outboxes(before, 10)}
+
+    assert await due(now + timedelta(seconds=5)) == {1: 0, 2: 0}
+    version = (await storage.get_versioned(waiting)).version
+    await storage.mark_sent([(waiting, 3), (done, 5)])
+    await storage.mark_sent([(waiting, 2)])  # late and lower: kept at 3
+    assert await due(now + timedelta(seconds=5)) == {1: 3}
+    assert (await storage.get_versioned(waiting)).sent == 3
+    assert (await storage.get_versioned(waiting)).version == version  # a handler's commit is not refused for it
+
+    await storage.postpone_outbox(waiting, now + timedelta(minutes=10))
+    await storage.postpone_outbox(done, now + timedelta(minutes=10))  # nothing waits: stays not due
+    assert await due(now + timedelta(minutes=1)) == {}
+    assert await due(now + timedelta(minutes=11)) == {1: 3}

@@ -227,22 +227,28 @@ class MongoStorage(FsmStorage):
         if not marks:
             return
         writes: list[Any] = []
+        now = time.time()
         for key, done in marks:
             key_id = self._id(key)
-            # A document an older version wrote has no `outbox_sent` (None matches it; `$lt` would not).
-            behind = {"$or": [{"outbox_sent": {"$lt": done}}, {"outbox_sent": None}]}
-            writes.append(UpdateOne({"_id": key_id, **behind}, {"$set": {"outbox_sent": done}}))
-            writes.append(UpdateOne({"_id": key_id, "outbox_queued": {"$lte": done}}, {"$unset": {"outbox_due": ""}}))
-            # Entries still wait: their due time is renewed (the process carrying them out is alive).
+            # `$max`: marks only ever raise it (a document an older version wrote has none: set). Of the
+            # two, the one whose filter matches runs: nothing left, not due; entries still wait, their
+            # due time renewed (the process carrying them out is alive).
+            raised = {"$max": {"outbox_sent": done}}
             writes.append(
-                UpdateOne({"_id": key_id, "outbox_queued": {"$gt": done}}, {"$set": {"outbox_due": time.time()}})
+                UpdateOne({"_id": key_id, "outbox_queued": {"$lte": done}}, raised | {"$unset": {"outbox_due": ""}})
+            )
+            writes.append(
+                UpdateOne({"_id": key_id, "outbox_queued": {"$gt": done}}, raised | {"$set": {"outbox_due": now}})
             )
         await self.collection.bulk_write(writes, ordered=True)
 
     @database_call(MONGO_OUTAGES)
     async def postpone_outbox(self, key: StorageKey, until: datetime) -> None:
         await self.collection.update_one(
-            {"_id": self._id(key), "outbox_due": {"$ne": None}}, {"$set": {"outbox_due": until.timestamp()}}
+            # Only a key that is due (a number, since the epoch): `$gt`, not `$ne: None`, which nx-27017
+            # lets match a missing field (docs/nx-27017.md).
+            {"_id": self._id(key), "outbox_due": {"$gt": 0}},
+            {"$set": {"outbox_due": until.timestamp()}},
         )
 
     @database_call(MONGO_OUTAGES)
