@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.disable()
     try:
         from bot.log import configure_logging
-        from bot.polling import run_polling
+        from bot.polling import LeadershipLostError, run_polling
         from bot.running import StartupError
         from bot.webhook import run_webhook
     finally:
@@ -139,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         pass
+    except LeadershipLostError as error:
+        # Started again (compose's restart, systemd's Restart=on-failure), it stands by.
+        logging.getLogger("main").error("The bot stopped polling: %s", error)
+        return 1
     except Exception:
         # Through logging, so the token is redacted even from a traceback.
         logging.getLogger("main").critical("The bot stopped on an unexpected error", exc_info=True)

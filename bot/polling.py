@@ -36,6 +36,7 @@ from bot.outbox import handle_update
 from bot.running import running_bot, stop_on_signals
 from bot.update_ledger import UpdateLedger
 from config import Settings
+from storage import Leadership, create_leadership
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +49,65 @@ IDLE_WAIT_SECONDS = 0.5
 FETCH_BACKOFF = BackoffConfig(min_delay=1.0, max_delay=30.0, factor=1.5, jitter=0.1)
 
 
+class LeadershipLostError(Exception):
+    """Another process may poll now: this one stopped; started again, it stands by."""
+
+
 async def run_polling(settings: Settings) -> None:
+    """Stand by until no other process polls this bot on this database, then poll until stopped.
+
+    Raises LeadershipLostError when the database no longer holds this process's
+    lock (its connection died, its lease ran out): the poller has stopped, and
+    the supervisor's restart makes the process a standby again.
+    """
     async with running_bot(settings) as (bot, dispatcher):
-        await Poller(bot, dispatcher, settings.shutdown_timeout).run()
+        leadership = create_leadership(settings)
+        try:
+            if not await stand_by(leadership):
+                return
+            poller = Poller(bot, dispatcher, settings.shutdown_timeout)
+            polling = asyncio.create_task(poller.run())
+            lost = asyncio.create_task(leadership.lost())
+            await asyncio.wait({polling, lost}, return_when=asyncio.FIRST_COMPLETED)
+            if polling.done():
+                lost.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lost
+                await polling
+                return
+            logger.warning("Another process may poll this bot now: stopping")
+            poller.stop()
+            await polling
+            raise LeadershipLostError("this process lost the lock of the polling process (see the warning above)")
+        finally:
+            await leadership.release()
+
+
+async def stand_by(leadership: Leadership) -> bool:
+    """Wait until this process leads (True), or for SIGINT or SIGTERM (False)."""
+    stopped = asyncio.Event()
+    waited = False
+
+    def standing_by() -> None:
+        nonlocal waited
+        waited = True
+        logger.info("Standing by: another process polls this bot; taking over when it stops")
+
+    with stop_on_signals(stopped.set):
+        acquiring = asyncio.create_task(leadership.acquire(standing_by))
+        stopping = asyncio.create_task(stopped.wait())
+        await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if acquiring.done():
+            acquiring.result()
+            if waited:
+                logger.info("Taking over: no other process polls this bot now")
+            return True
+        acquiring.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await acquiring
+    logger.info("Stopped while standing by")
+    return False
 
 
 class Poller:

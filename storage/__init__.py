@@ -8,8 +8,9 @@ pays for it.
 from typing import TYPE_CHECKING, Any
 
 from storage.errors import CorruptDataError, SchemaError, StorageError, StorageUnavailableError
-from storage.factory import Storages, create_storages
+from storage.factory import Storages, create_leadership, create_storages
 from storage.interface import CompletedResponse, DueOutbox, ErasesUsers, FsmRecord, FsmStorage, ResponseStore, Versioned
+from storage.leadership import Leadership
 from storage.sql.fsm import SQLAlchemyStorage
 from storage.sql.responses import SQLResponseStore
 
@@ -24,6 +25,7 @@ __all__ = [
     "ErasesUsers",
     "FsmRecord",
     "FsmStorage",
+    "Leadership",
     "MongoResponseStore",
     "MongoStorage",
     "ResponseStore",
@@ -34,6 +36,7 @@ __all__ = [
     "StorageUnavailableError",
     "Storages",
     "Versioned",
+    "create_leadership",
     "create_storages",
 ]
 

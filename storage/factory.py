@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from config import DEFAULT_FSM_TTL, MongoDriver, StorageKind, StorageSettings
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, SchemaError, StorageUnavailableError
 from storage.interface import FsmStorage, ResponseRecords
+from storage.leadership import Leadership, leadership_beside
 from storage.sql.fsm import SQLAlchemyStorage
 from storage.sql.responses import SQLResponseStore
 
@@ -108,6 +109,26 @@ async def create_sql_storages(
         await fsm.close()
         raise
     return Storages(fsm=fsm, responses=responses)
+
+
+# What the polling processes of one bot on one database take turns on (storage/leadership.py).
+LEADERSHIP_NAME = "aiogram_fsm_data.polling"
+
+
+def create_leadership(settings: StorageSettings) -> Leadership:
+    """The lock the polling processes on this database share: one polls, the others stand by.
+
+    Nothing connects here: the first `acquire()` does.
+    """
+    if settings.storage is StorageKind.MONGO:
+        from storage.mongo.leadership import MongoLeadership
+
+        return MongoLeadership(settings.mongo_url, settings.mongo_db, settings.mongo_driver)
+    if make_url(settings.database_url).get_backend_name() == "sqlite":
+        return leadership_beside(settings.sqlite_path)
+    from storage.sql.leadership import SQLLeadership
+
+    return SQLLeadership(settings.database_url, LEADERSHIP_NAME)
 
 
 async def create_mongo_storages(
