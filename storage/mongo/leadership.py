@@ -49,9 +49,15 @@ class MongoLeadership(Leadership):
         self.name = name
         self.holder = uuid.uuid4().hex
         self.token: int | None = None  # this process's turn while it leads
-        self._client: Any = create_client(url, driver)
-        self._collection = self._client[db_name][COLLECTION]
+        self._url, self._driver, self._db_name = url, driver, db_name
+        self._client: Any = None  # created on first use, closed by release()
         self._until = 0.0  # the monotonic time the lease runs out, as this process counts it
+
+    @property
+    def _collection(self) -> Any:
+        if self._client is None:
+            self._client = create_client(self._url, self._driver)
+        return self._client[self._db_name][COLLECTION]
 
     async def _call(self, operation: Any, timeout: float = CALL_TIMEOUT_SECONDS) -> Any:  # noqa: ASYNC109
         try:
@@ -128,4 +134,6 @@ class MongoLeadership(Leadership):
             self.token = None
             with contextlib.suppress(StorageUnavailableError):
                 await self._call(self._collection.delete_one({"_id": self.name, "holder": self.holder}))
-        await close_client(self._client)
+        client, self._client = self._client, None
+        if client is not None:
+            await close_client(client)
