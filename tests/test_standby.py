@@ -11,20 +11,30 @@ every message answered, in each chat's order, none misfiled, every summary right
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import random
+import signal
 import sys
 import time
 import uuid
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from bot.emulator import BotAPIEmulator, running_emulator
+from storage import Storages
 from storage.leadership import FileLeadership, Leadership
 from storage.mongo.leadership import MongoLeadership
 from storage.sql.leadership import SQLLeadership
-from tests.support.backends import SQL_URL_VARIABLES, backend_params
+from tests.support.backends import SQL_URL_VARIABLES, backend_params, make_backend
+from tests.support.bot_process import BotProcess, bot_environment, drop_bot_tables
+from tests.support.questionnaire import asked
+from tests.test_storm import Person
 
 LOCK_BACKENDS = backend_params("sqlite", "postgresql", "mysql", "mongo-pymongo")
 # A standby asks every 0.25 s, a Mongo lease lasts 1.5 s: "a couple of seconds", with room for a busy machine.
@@ -151,3 +161,116 @@ async def test_a_mongo_leader_whose_lease_was_taken_knows_it_lost(mongo_url: str
     finally:
         await first.release()
         await second.release()
+
+
+# --- three real processes on one database ------------------------------------------------------
+
+USERS = 50
+E2E_BACKENDS = backend_params("sqlite", "postgresql", "mysql", "mongo-pymongo")
+# The issue's target is 2 s; a shared machine running other tests may be much slower.
+GENEROUS_TAKEOVER_SECONDS = 15.0
+
+
+@dataclass
+class OrderedPerson(Person):
+    """A storm user who also remembers the order the replies must come in."""
+
+    replies: list[str] = field(default_factory=list)
+
+    def script(self, round_number: int) -> list[tuple[str, str]]:
+        lines = super().script(round_number)
+        self.replies.extend(reply for _message, reply in lines)
+        return lines
+
+
+def in_order(told: list[str], expected: list[str], repeats_back: int = 3) -> bool:
+    """`told` is `expected` in order, where a reply may come again soon after itself (after a kill)."""
+    position = 0
+    for message in told:
+        if position < len(expected) and message == expected[position]:
+            position += 1
+        elif message not in expected[max(position - repeats_back, 0) : position]:
+            return False
+    return position == len(expected)
+
+
+async def first_answer_after(emulator: BotAPIEmulator, since: float) -> float:
+    """Seconds from `since` (monotonic) to the next sendMessage, from now on."""
+    sent = emulator.calls.count("sendMessage")
+    async with asyncio.timeout(60):
+        while emulator.calls.count("sendMessage") == sent:  # noqa: ASYNC110 - the bot process changes it
+            await asyncio.sleep(0.005)
+    return time.monotonic() - since
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("backend_name", E2E_BACKENDS)
+async def test_a_standby_takes_over_from_a_killed_and_from_a_stopped_leader(
+    backend_name: str, tmp_path: Path, mongo: str | None
+) -> None:
+    seed = int(os.environ.get("STORM_SEED", random.randrange(2**32)))
+    rng = random.Random(seed)
+    backend = make_backend(backend_name, tmp_path, mongo)
+    if backend.name in SQL_URL_VARIABLES:
+        await drop_bot_tables(backend.url)
+    people = [OrderedPerson(user_id, random.Random(rng.random())) for user_id in range(7000, 7000 + USERS)]
+    async with (
+        running_emulator(BotAPIEmulator()) as (emulator, api_url),
+        contextlib.AsyncExitStack() as processes,
+    ):
+        environment = bot_environment(backend, tmp_path)
+        if backend.name == "sqlite":
+            environment["DATABASE_URL"] = backend.url  # the file the test reads the responses from
+        first, second, third = [
+            await processes.enter_async_context(BotProcess(emulator, api_url, tmp_path / f"bot-{n}.log", environment))
+            for n in (1, 2, 3)
+        ]
+        await first.start()
+        await second.start_standby()
+        storm_over = asyncio.Event()
+        users = asyncio.gather(*(person.talk(emulator, storm_over) for person in people))
+        try:
+            await asyncio.sleep(rng.uniform(2.0, 4.0))
+            killed = time.monotonic()
+            assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
+            after_kill = await first_answer_after(emulator, killed)
+            assert "Taking over" in second.output(), second.output()[-3000:]
+            await third.start_standby()
+            await asyncio.sleep(rng.uniform(2.0, 4.0))
+            stopping = time.monotonic()
+            assert await second.stop(signal.SIGTERM, wait=60) == 0, second.output()[-3000:]
+            stopped = time.monotonic()
+            after_stop = await first_answer_after(emulator, stopped)
+            assert "Taking over" in third.output(), third.output()[-3000:]
+            await asyncio.sleep(2.0)
+            storm_over.set()
+            await users
+        except BaseException as error:
+            users.cancel()
+            error.add_note(f"STORM_SEED={seed}; logs in {tmp_path}")
+            raise
+        assert await third.stop() == 0, third.output()[-3000:]
+        assert "Standing by" not in first.output()
+
+    print(
+        f"\nstandby on {backend_name}: first answer {after_kill:.2f} s after the leader was killed, "
+        f"{after_stop:.2f} s after the next one exited ({stopped - stopping:.2f} s from its SIGTERM: it "
+        "finishes its updates and calls first)"
+    )
+    assert after_kill < GENEROUS_TAKEOVER_SECONDS
+    for person in people:
+        told = [str(m["text"]) for m in await emulator.bot_messages(person.user_id)]
+        assert set(told) <= set(person.expected), f"STORM_SEED={seed}: user {person.user_id} was told {told}"
+        repeated = {text: n for text, n in Counter(told).items() if n > person.expected[text] + 1}
+        assert not repeated, f"STORM_SEED={seed}: user {person.user_id} got these more than once per crash: {repeated}"
+        assert in_order(told, person.replies), f"STORM_SEED={seed}: user {person.user_id} out of order: {told}"
+    storages: Storages = await backend.open_storages()
+    try:
+        for person in people:
+            responses = await storages.responses.for_user(person.user_id)
+            first_key = asked()[0].key
+            kept = sorted((r.answers for r in responses), key=lambda answers: str(answers[first_key]))
+            assert kept == sorted(person.rounds, key=lambda answers: str(answers[first_key])), f"STORM_SEED={seed}"
+    finally:
+        await storages.close()
+        await backend.drop()

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -127,14 +127,23 @@ class BotProcess:
         """Start the bot and wait until it calls `ready_on` (getUpdates: it polls)."""
         polls_before = self.emulator.calls.count(ready_on)
         await self._spawn(sys.executable, str(ROOT / "main.py"), "--env-file", os.devnull)
+        await self._until(lambda: self.emulator.calls.count(ready_on) != polls_before, f"call {ready_on}")
+
+    async def start_standby(self) -> None:
+        """Start the bot while another process polls; wait until it says it stands by."""
+        logged_before = len(self.output())
+        await self._spawn(sys.executable, str(ROOT / "main.py"), "--env-file", os.devnull)
+        await self._until(lambda: "Standing by" in self.output()[logged_before:], "stand by")
+
+    async def _until(self, ready: Callable[[], bool], what: str) -> None:
         assert self.process is not None
         deadline = time.monotonic() + START_SECONDS
-        while self.emulator.calls.count(ready_on) == polls_before:
+        while not ready():
             if self.process.returncode is not None:
                 msg = f"the bot exited with {self.process.returncode}:\n{self.output()}"
                 raise AssertionError(msg)
             if time.monotonic() > deadline:
-                msg = f"the bot did not call {ready_on} within {START_SECONDS} s:\n{self.output()}"
+                msg = f"the bot did not {what} within {START_SECONDS} s:\n{self.output()}"
                 raise AssertionError(msg)
             await asyncio.sleep(0.05)
 
