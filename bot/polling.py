@@ -78,7 +78,8 @@ async def run_polling(settings: Settings) -> None:
             logger.warning("Another process may poll this bot now: stopping")
             poller.stop()
             await polling
-            raise LeadershipLostError("this process lost the lock of the polling process (see the warning above)")
+            msg = "the database no longer holds this process's polling lock (see the warning above)"
+            raise LeadershipLostError(msg)
         finally:
             await leadership.release()
 

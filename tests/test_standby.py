@@ -27,7 +27,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.emulator import BotAPIEmulator, running_emulator
+from config import MongoDriver
 from storage import Storages
+from storage.factory import LEADERSHIP_NAME
 from storage.leadership import FileLeadership, Leadership
 from storage.mongo.leadership import MongoLeadership
 from storage.sql.leadership import SQLLeadership
@@ -36,7 +38,7 @@ from tests.support.bot_process import BotProcess, bot_environment, drop_bot_tabl
 from tests.support.questionnaire import asked
 from tests.test_storm import Person
 
-LOCK_BACKENDS = backend_params("sqlite", "postgresql", "mysql", "mongo-pymongo")
+LOCK_BACKENDS = backend_params("sqlite", "postgresql", "mysql", "mongo-pymongo", "mongo-motor")
 # A standby asks every 0.25 s, a Mongo lease lasts 1.5 s: "a couple of seconds", with room for a busy machine.
 TAKEOVER_SECONDS = 5.0
 
@@ -49,9 +51,9 @@ def two_processes(backend_name: str, tmp_path: Path, mongo_url: str | None) -> t
         return FileLeadership(path), FileLeadership(path)
     if backend_name.startswith("mongo"):
         assert mongo_url is not None
-        return MongoLeadership(mongo_url, f"test_{name[-8:]}", name=name), MongoLeadership(
-            mongo_url, f"test_{name[-8:]}", name=name
-        )
+        driver: MongoDriver = "motor" if backend_name == "mongo-motor" else "pymongo"
+        database = f"test_{name[-8:]}"
+        return MongoLeadership(mongo_url, database, driver, name), MongoLeadership(mongo_url, database, driver, name)
     url = os.environ[SQL_URL_VARIABLES[backend_name]]
     return SQLLeadership(url, name), SQLLeadership(url, name)
 
@@ -274,3 +276,48 @@ async def test_a_standby_takes_over_from_a_killed_and_from_a_stopped_leader(
     finally:
         await storages.close()
         await backend.drop()
+
+
+@pytest.mark.parametrize("backend_name", backend_params("postgresql", "mysql"))
+async def test_a_leader_whose_lock_connection_dies_stops_and_the_standby_takes_over(
+    backend_name: str, tmp_path: Path
+) -> None:
+    backend = make_backend(backend_name, tmp_path, None)
+    await drop_bot_tables(backend.url)
+    async with (
+        running_emulator(BotAPIEmulator()) as (emulator, api_url),
+        BotProcess(emulator, api_url, tmp_path / "bot-1.log", bot_environment(backend, tmp_path)) as first,
+        BotProcess(emulator, api_url, tmp_path / "bot-2.log", bot_environment(backend, tmp_path)) as second,
+    ):
+        await first.start()
+        await second.start_standby()
+        assert await first.say(7001, "/start")
+        await end_lock_connection(backend.url)
+        assert first.process is not None
+        assert await asyncio.wait_for(first.process.wait(), 30) == 1, first.output()[-3000:]
+        assert "Leadership lost" in first.output()
+        assert "The bot stopped polling" in first.output()
+        assert await second.say(7002, "/start")
+        assert "Taking over" in second.output()
+
+
+async def end_lock_connection(url: str) -> None:
+    """The server ends the connection that holds the bot's leadership lock (found by the server's lock tables)."""
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            if engine.dialect.name == "postgresql":
+                holder = await connection.scalar(
+                    text(
+                        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                    )
+                )
+                await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": holder})
+            else:
+                name = f"{engine.url.database}.{LEADERSHIP_NAME}"
+                holder = await connection.scalar(text("SELECT IS_USED_LOCK(:name)"), {"name": name})
+                await connection.execute(text(f"KILL {int(holder)}"))
+            assert holder is not None
+    finally:
+        await engine.dispose()
