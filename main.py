@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     except LeadershipLostError as error:
         # Started again (compose's restart, systemd's Restart=on-failure), it stands by.
-        logging.getLogger("main").error("The bot stopped polling: %s", error)
+        logging.getLogger("main").error("The bot stopped polling: %s; started again, it stands by", error)
         return 1
     except Exception:
         # Through logging, so the token is redacted even from a traceback.

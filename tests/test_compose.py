@@ -121,6 +121,13 @@ def test_the_polling_bot_keeps_its_data_and_serves_metrics(compose: dict[str, An
     assert any(volume.endswith(":/app/data") for volume in bot["volumes"])
 
 
+def test_the_polling_bot_runs_a_standby_beside_the_one_that_polls(compose: dict[str, Any]) -> None:
+    bot = compose["services"]["bot"]
+    assert bot["deploy"]["replicas"] == 2
+    assert bot["restart"] == "unless-stopped"  # one that lost the lock exits 1 and stands by again
+    assert settings_of(bot).database_url.startswith("postgresql")  # a lock both containers share
+
+
 def test_the_replicas_are_webhook_servers_the_proxy_reaches(compose: dict[str, Any]) -> None:
     caddyfile = (ROOT / "deploy" / "Caddyfile").read_text()
     for name in REPLICAS:
