@@ -56,9 +56,9 @@ class LeadershipLostError(Exception):
 async def run_polling(settings: Settings) -> None:
     """Stand by until no other process polls this bot on this database, then poll until stopped.
 
-    Raises LeadershipLostError when the database no longer holds this process's
-    lock (its connection died, its lease ran out): the poller has stopped, and
-    the supervisor's restart makes the process a standby again.
+    Raises LeadershipLostError when another process took over the lock (while
+    this one could not reach the database, storage/leadership.py): the poller
+    has stopped, and the supervisor's restart makes the process a standby again.
     """
     async with running_bot(settings) as (bot, dispatcher):
         leadership = create_leadership(settings)
@@ -78,7 +78,7 @@ async def run_polling(settings: Settings) -> None:
             logger.warning("Another process may poll this bot now: stopping")
             poller.stop()
             await polling
-            msg = "the database no longer holds this process's polling lock (see the warning above)"
+            msg = "another process took over the polling lock (see the warnings above)"
             raise LeadershipLostError(msg)
         finally:
             await leadership.release()

@@ -51,7 +51,11 @@ class Leadership(ABC):
 
     @abstractmethod
     async def lost(self) -> None:
-        """Return once leadership is lost (the connection died, the lease ran out). Only while leading."""
+        """Return once another process holds the lock. Only while leading.
+
+        While the database does not answer, this process goes on leading (and polling, as a
+        single process would) and returns only if, once it answers, another took over meanwhile.
+        """
 
     @abstractmethod
     async def release(self) -> None:

@@ -135,6 +135,27 @@ async def test_the_other_takes_over_when_the_leader_dies(backend_name: str, tmp_
         await second.release()
 
 
+@pytest.mark.parametrize("backend_name", backend_params("postgresql", "mysql"))
+async def test_a_sql_leader_alone_whose_connection_dies_takes_the_lock_again(backend_name: str, tmp_path: Path) -> None:
+    leader, other = two_processes(backend_name, tmp_path, None)
+    assert isinstance(leader, SQLLeadership)
+    leader.check_seconds = 0.2
+    try:
+        assert await leader.try_acquire()
+        first_holder = leader.holder_id
+        losing = asyncio.create_task(leader.lost())
+        await end_connection(leader)
+        async with asyncio.timeout(TAKEOVER_SECONDS):
+            while leader.holder_id in (None, first_holder):  # noqa: ASYNC110 - the watcher changes it
+                await asyncio.sleep(0.05)
+        assert not losing.done()  # nobody else wanted it: it leads on, on a new connection
+        assert not await other.try_acquire()
+        losing.cancel()
+    finally:
+        await leader.release()
+        await other.release()
+
+
 async def end_connection(leadership: SQLLeadership) -> None:
     """The server ends the connection that holds the lock, as when its process died."""
     url = os.environ[SQL_URL_VARIABLES[leadership.backend]]

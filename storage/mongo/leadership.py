@@ -4,11 +4,13 @@
 `holder` is the leading process's random id, `until` when its lease ends
 (seconds since the epoch, by the clock of the process that wrote it), and
 `token` counts the leaders so far. The leader renews the lease every
-`RENEW_SECONDS` for `LEASE_SECONDS`; a standby takes a lease that ran out.
-A renewal that finds the document no longer its own, or none that succeeds
-before the lease runs out, means leadership is lost: the leader stops polling
-no later than a standby may take over. Taking over after a leader died waits
-out the rest of its lease (at most `LEASE_SECONDS`). The clocks of the
+`RENEW_SECONDS` for `LEASE_SECONDS`; a standby takes a lease that ran out,
+so taking over from a leader that died waits out the rest of its lease (at
+most `LEASE_SECONDS`). A renewal that finds the document no longer the
+leader's own means another process took over: leadership is lost. While the
+server does not answer, the leader goes on polling (its handlers fail as
+they would with one process, and users are asked to send again) and renews
+once it answers, unless another took over meanwhile. The clocks of the
 machines must agree to well within a lease (NTP does).
 
 Three commands, never one with `$or` beside `_id` (nx-27017 loses the `_id`
@@ -51,7 +53,6 @@ class MongoLeadership(Leadership):
         self.token: int | None = None  # this process's turn while it leads
         self._url, self._driver, self._db_name = url, driver, db_name
         self._client: Any = None  # created on first use, closed by release()
-        self._until = 0.0  # the monotonic time the lease runs out, as this process counts it
 
     @property
     def _collection(self) -> Any:
@@ -72,7 +73,6 @@ class MongoLeadership(Leadership):
     async def try_acquire(self) -> bool:
         if self.token is not None:
             return True
-        started = time.monotonic()
         now = time.time()
         taken = await self._call(
             self._collection.find_one_and_update(
@@ -93,41 +93,38 @@ class MongoLeadership(Leadership):
                 return False  # another process's lease, still running
             taken = {"token": 1}
         self.token = int(taken["token"])
-        self._until = started + self.lease_seconds
         return True
 
     async def _renew(self) -> bool:
-        """Extend the lease; False if it is no longer this process's."""
-        started = time.monotonic()
+        """Extend the lease; False if it is no longer this process's (another took it over)."""
         result = await self._call(
             self._collection.update_one(
                 {"_id": self.name, "holder": self.holder, "token": self.token},
                 {"$set": {"until": time.time() + self.lease_seconds}},
-            ),
-            timeout=max(self._until - started, 0.001),
+            )
         )
-        if result.matched_count != 1:
-            return False
-        self._until = started + self.lease_seconds
-        return True
+        return bool(result.matched_count == 1)
 
     async def lost(self) -> None:
+        failing = False
         while True:
-            await asyncio.sleep(min(self.renew_seconds, max(self._until - time.monotonic(), 0)))
-            if time.monotonic() >= self._until:
-                logger.warning("Leadership lost: the lease ran out before it could be renewed")
-                break
+            await asyncio.sleep(self.renew_seconds)
             try:
                 if await self._renew():
+                    if failing:
+                        logger.info("The polling lease is renewed again")
+                    failing = False
                     continue
             except StorageUnavailableError as error:
-                if time.monotonic() < self._until:
-                    continue  # tried again until the lease runs out
-                logger.warning("Leadership lost: %s", error)
-                break
-            logger.warning("Leadership lost: another process took over the lease")
-            break
-        self.token = None
+                if not failing:
+                    logger.warning(
+                        "Cannot renew the polling lease (%s): polling on, renewing it when it answers", error
+                    )
+                failing = True
+                continue
+            logger.warning("Leadership lost: another process took over the polling lease")
+            self.token = None
+            return
 
     async def release(self) -> None:
         if self.token is not None:
