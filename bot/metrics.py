@@ -118,6 +118,11 @@ class BotMetrics:
             "Replies committed and not yet accepted by Telegram, including those waiting out flood control (429)",
             registry=r,
         )
+        self.polling_leader = Gauge(
+            "bot_polling_leader",
+            "1 while this process polls; 0 while it stands by, another process polling (polling mode only)",
+            registry=r,
+        )
         self.telegram_errors = Counter(
             "bot_telegram_errors",
             "Error answers from the Bot API (every try), by method and code (5xx: server errors; network: no answer)",

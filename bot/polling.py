@@ -32,6 +32,7 @@ from aiogram.types import Update
 from aiogram.utils.backoff import Backoff, BackoffConfig
 
 from bot.delivery import RESEND_BACKOFF, TELEGRAM_FAULTS, refused_for_now
+from bot.metrics import get_metrics
 from bot.outbox import handle_update
 from bot.running import running_bot, stop_on_signals
 from bot.update_ledger import UpdateLedger
@@ -63,8 +64,11 @@ async def run_polling(settings: Settings) -> None:
     async with running_bot(settings) as (bot, dispatcher):
         leadership = create_leadership(settings)
         try:
+            leading = get_metrics().polling_leader
+            leading.set(0)
             if not await stand_by(leadership):
                 return
+            leading.set(1)
             poller = Poller(bot, dispatcher, settings.shutdown_timeout)
             polling = asyncio.create_task(poller.run())
             lost = asyncio.create_task(leadership.lost())

@@ -107,6 +107,7 @@ async def test_polling_serves_every_metric_from_the_start_with_bounded_labels(
         "process_resident_memory_bytes",
     ):
         assert name in names
+    assert samples[("bot_polling_leader", frozenset())] == 1  # the only polling process leads
     for name, labels in samples:
         if name.startswith("bot_"):
             assert {label for label, _ in labels} <= BOUNDED_LABELS, name
