@@ -342,3 +342,19 @@ async def end_lock_connection(url: str) -> None:
             assert holder is not None
     finally:
         await engine.dispose()
+
+
+async def test_a_standby_stops_at_once_on_sigterm_and_the_leader_goes_on(tmp_path: Path) -> None:
+    environment = bot_environment(make_backend("sqlite", tmp_path, None), tmp_path)
+    async with (
+        running_emulator(BotAPIEmulator()) as (emulator, api_url),
+        BotProcess(emulator, api_url, tmp_path / "bot-1.log", environment) as first,
+        BotProcess(emulator, api_url, tmp_path / "bot-2.log", environment) as second,
+    ):
+        await first.start()
+        await second.start_standby()
+        assert await second.stop(signal.SIGTERM, wait=10) == 0, second.output()[-3000:]
+        assert "Stopped while standing by" in second.output()
+        assert "Polling for updates" not in second.output()
+        assert await first.say(7003, "/start")
+        assert await first.stop() == 0
