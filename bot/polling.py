@@ -15,6 +15,12 @@ are handled one after another, in Telegram's order (a lane per chat);
 different chats at once. On SIGINT or SIGTERM it stops fetching, gives the
 running handlers and the courier up to `shutdown_timeout` seconds each,
 confirms what finished, and only then lets the session and the storage close.
+
+Several processes may run this on one database: `run_polling` first takes
+the database's polling lock (storage/leadership.py). The others stand by,
+connected, until the leader stops (it lets go after its shutdown hooks) or
+dies; then one of them polls, and its courier's start picks up whatever the
+previous leader left in the outbox.
 """
 
 from __future__ import annotations
@@ -79,6 +85,8 @@ async def run_polling(settings: Settings) -> None:
                     await lost
                 await polling
                 return
+            if (failure := lost.exception()) is not None:  # a fault of the watch itself, not of the lock
+                logger.error("Watching the polling lock failed", exc_info=failure)
             logger.warning("Another process may poll this bot now: stopping")
             poller.stop()
             await polling
