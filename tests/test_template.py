@@ -9,6 +9,7 @@ the idiom guards against is shown to be caught.
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import types
 from datetime import UTC, datetime
@@ -201,13 +202,59 @@ async def test_a_command_added_where_readme_says_works_in_every_state(
 # --- the guards on the idiom ------------------------------------------------------------------------
 
 
+DROPPED = "a reply built and dropped, never sent"
+SENT_AT_ONCE = "sends at once, before the changes are saved"
+
+
 @pytest.mark.parametrize(
     ("source", "reported"),
     [
-        ('async def ping(message):\n    message.answer("pong")\n', "a reply built and dropped"),
+        ('async def ping(message):\n    message.answer("pong")\n', DROPPED),
+        # the project's own builders (handlers/forms.py), plain or async
+        ("async def ping(message, state):\n    ask(message, Questionnaire.age)\n", DROPPED),
+        ("async def ping(callback, state):\n    ask_in(callback.message, Questionnaire.age)\n", DROPPED),
+        ('async def ping(message, state):\n    await come_back(message, state, "Back.")\n', DROPPED),
+        ('async def ping(message):\n    SendMessage(chat_id=message.chat.id, text="pong")\n', DROPPED),
+        # a builder of the file's own, annotated or not
+        (
+            'def pong(message):\n    return message.answer("pong")\nasync def ping(message):\n    pong(message)\n',
+            DROPPED,
+        ),
+        # the last reply without its return: the project's hint, not ruff's RET503 ("return None")
+        (
+            'async def ping(message):\n    if message.text:\n        return message.answer("pong")\n'
+            '    message.answer("?")\n',
+            DROPPED,
+        ),
         ('async def ping(message):\n    return await message.answer("pong")\n', "return await sends before"),
-        ('async def ping(message):\n    await message.answer("pong")\n    return message.answer("2")\n', None),
+        ('async def ping(message):\n    await message.answer("pong")\n    return message.answer("2")\n', SENT_AT_ONCE),
+        (
+            'async def ping(message):\n    sent = await message.answer("pong")\n    return sent.edit_text("2")\n',
+            SENT_AT_ONCE,
+        ),
+        ("async def ping(callback):\n    await callback.answer()\n    return ask(callback.message, q)\n", SENT_AT_ONCE),
+        ("async def ping(callback):\n    return [await callback.answer(), ask(callback.message, q)]\n", SENT_AT_ONCE),
+        ('async def ping(bot, message):\n    await bot.send_message(message.chat.id, "pong")\n', SENT_AT_ONCE),
+        # the sanctioned forms
         ('async def ping(message):\n    return message.answer("pong")\n', None),
+        ("async def ping(callback):\n    return [callback.answer(), ask(callback.message, q)]\n", None),
+        ('async def ping(message, state):\n    return await come_back(message, state, "Back.")\n', None),
+        ("async def ping(message, state):\n    return await start_questionnaire(message, state)\n", None),
+        (
+            "async def ping(bot, message):\n    chat = await bot.get_chat(message.chat.id)\n"
+            "    return message.answer(chat.title)\n",
+            None,
+        ),
+        (
+            "async def ping(message, responses):\n    await responses.delete_for_user(1)\n"
+            "    return message.answer('ok')\n",
+            None,
+        ),
+        (
+            'async def ping(bot, message):\n    await bot.send_chat_action(message.chat.id, "typing")'
+            "  # check_replies: sends now\n    return message.answer('pong')\n",
+            None,
+        ),
     ],
 )
 def test_make_lint_reports_a_reply_dropped_or_sent_too_early(source: str, reported: str | None) -> None:
@@ -215,14 +262,44 @@ def test_make_lint_reports_a_reply_dropped_or_sent_too_early(source: str, report
     if reported is None:
         assert found == []
     else:
-        assert len(found) == 1
+        assert len(found) == 1, found
         assert reported in found[0]
-        assert found[0].startswith("handlers/ping.py:2:")
+        assert re.match(r"handlers/ping\.py:[24]: ping: ", found[0])
+        assert "\n" not in found[0]
+        assert "return " in found[0].split(": ", 3)[-1]  # what to write instead
 
 
 def test_the_bots_own_handlers_pass_the_check() -> None:
     handlers = sorted((ROOT / "handlers").glob("*.py"))
     assert [problem for file in handlers for problem in problems(file.read_text(), str(file))] == []
+
+
+def test_make_lint_runs_the_projects_check_first_and_every_checker_after_a_failure(tmp_path: Path) -> None:
+    """The copier sees check_replies' hint before ruff's, and every tool's findings, not only the first's."""
+    dry_run = subprocess.run(
+        ["make", "-n", "-o", ".venv/.dev-deps", "lint"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    order = [dry_run.index(tool) for tool in ("tools.check_replies", "ruff check", "ruff format", "mypy", "hadolint")]
+    assert order == sorted(order)
+    failing = subprocess.run(
+        ["make", "-s", "-o", ".venv/.dev-deps", "lint", f"LINTERS=false 'touch {tmp_path / 'ran'}'"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert failing.returncode != 0
+    assert (tmp_path / "ran").exists()
+
+
+def test_check_replies_knows_the_projects_builders_from_a_copiers_file(tmp_path: Path) -> None:
+    feature = tmp_path / "feature.py"
+    feature.write_text("async def step(message, state):\n    ask(message, Questionnaire.age)\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.check_replies", str(feature)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"{feature}:2: step: {DROPPED}")
 
 
 async def test_a_reply_sent_too_early_is_reported_with_the_handlers_name(
