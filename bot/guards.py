@@ -1,17 +1,22 @@
 """Checks on this project's handler idiom, so a slip is reported instead of silent.
 
 - `check_dependencies`: when the Dispatcher is built, every handler's
-  arguments must be something aiogram, the Dispatcher's workflow data or the
-  handler's own filters hand it. A name no one provides (a store never passed
-  to `Dispatcher(...)`) stops the bot at start-up, naming the handler, instead
-  of failing a user's message later.
+  arguments must be something aiogram, the Dispatcher's workflow data, the
+  handler's own filters or a middleware on its way (by its `provides`
+  attribute) hand it. A name no one provides (a store never passed to
+  `Dispatcher(...)`) stops the bot at start-up, naming the handler, instead
+  of failing a user's message later; a handler behind a filter of its own
+  that declares nothing is logged as a warning naming it. A router using
+  aiogram's Scenes stops the start-up too: a scene's enter/leave handlers
+  cannot return their calls to the commit.
 - `ReplyGuard`: handlers return their reply (`return message.answer(...)`),
   which `ApplyOnce` sends once the handler's changes are saved. A handler
   that returns a `Message` it already sent (`return await message.answer(...)`),
   or sends a message itself while it changes the state, is logged as a
   warning naming the handler: such a reply goes out before the answer is
   saved, and is not sent again after a crash. The tests fail on that warning.
-- `tools/check_replies.py` (run by `make lint`) finds a reply built and dropped.
+- `tools/check_replies.py` (run first by `make lint`) finds a call built and
+  dropped, and a call a handler sends itself (`await message.answer(...)`).
 """
 
 from __future__ import annotations
