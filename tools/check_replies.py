@@ -84,19 +84,20 @@ def shortcuts() -> frozenset[str]:
 
 def builders(sources: Iterable[tuple[str, str]]) -> frozenset[str]:
     """The names of the functions in `sources` ((source, path) pairs) that build and return Bot API calls."""
+    trees = [ast.parse(source, path) for source, path in sources]
     functions = [
-        node
-        for source, path in sources
-        for node in ast.walk(ast.parse(source, path))
+        (node, _modules(tree))
+        for tree in trees
+        for node in ast.walk(tree)
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
     ]
-    found = {function.name for function in functions if _names_a_method(function.returns)}
+    found = {function.name for function, _ in functions if _names_a_method(function.returns)}
     while True:  # a function returning what a builder builds builds too
         more = {
             function.name
-            for function in functions
+            for function, modules in functions
             if function.name not in found
-            and any(isinstance(node, ast.Return) and _builds(node.value, found) for node in ast.walk(function))
+            and any(isinstance(node, ast.Return) and _builds(node.value, found, modules) for node in ast.walk(function))
         }
         if not more:
             return frozenset(found)
@@ -116,13 +117,14 @@ def problems(source: str, path: str, known: frozenset[str] | None = None) -> Ite
     known = (project_builders() if known is None else known) | builders([(source, path)])
     lines = source.splitlines()
     tree = ast.parse(source, path)
+    modules = _modules(tree)
     returned = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Return)}
     for function, node in _nodes(tree):
         line = lines[node.lineno - 1] if node.lineno <= len(lines) else ""
         if SENT_ON_PURPOSE in line:
             continue
         where = f"{path}:{node.lineno}: {function}: "
-        if isinstance(node, ast.Expr) and _dropped(node.value, known):
+        if isinstance(node, ast.Expr) and _dropped(node.value, known, modules):
             yield where + DROPPED.format(call=_shown(node.value))
         elif isinstance(node, ast.Return) and isinstance(node.value, ast.Await) and _sent(node.value):
             yield where + RETURN_AWAIT.format(call=_shown(node.value.value))
@@ -170,24 +172,43 @@ def _called(node: ast.expr | None) -> str | None:
     return None
 
 
-def _builds(node: ast.expr | None, known: frozenset[str] | set[str]) -> bool:
-    """Whether `node` evaluates to a Bot API call (or a list of them) without sending it."""
-    if isinstance(node, ast.List | ast.Tuple):
-        return any(_builds(item, known) for item in node.elts)
-    if isinstance(node, ast.Await):  # awaiting a builder of the project's (async come_back) gives the call
-        name = _called(node.value)
-        return name is not None and name in known and not _sent(node)
+def _modules(tree: ast.AST) -> frozenset[str]:
+    """The names a file binds to modules: `forms` for `from handlers import forms`, `handlers` for `import handlers`."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.asname or alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == HANDLERS.name:
+            names |= {alias.asname or alias.name for alias in node.names}
+    return frozenset(names)
+
+
+def _calls_builder(node: ast.expr, known: frozenset[str] | set[str], modules: frozenset[str]) -> bool:
+    """`ask(...)`, `forms.ask(...)`: a call of a builder of handlers/ (by its name; a method of that name is not)."""
     if not isinstance(node, ast.Call):
         return False
-    name = _called(node)
-    return name is not None and (name in known or _is_api_call(node))
+    if isinstance(node.func, ast.Name):
+        return node.func.id in known
+    root = node.func
+    while isinstance(root, ast.Attribute):
+        root = root.value
+    return isinstance(node.func, ast.Attribute) and node.func.attr in known and ast.unparse(root) in modules
 
 
-def _dropped(node: ast.expr, known: frozenset[str]) -> bool:
+def _builds(node: ast.expr | None, known: frozenset[str] | set[str], modules: frozenset[str]) -> bool:
+    """Whether `node` evaluates to a Bot API call (or a list of them) without sending it."""
+    if isinstance(node, ast.List | ast.Tuple):
+        return any(_builds(item, known, modules) for item in node.elts)
+    if isinstance(node, ast.Await):  # awaiting a builder of the project's (async come_back) gives the call
+        return _calls_builder(node.value, known, modules) and not _sent(node)
+    return node is not None and (_calls_builder(node, known, modules) or _is_api_call(node))
+
+
+def _dropped(node: ast.expr, known: frozenset[str], modules: frozenset[str]) -> bool:
     """A statement of its own that builds a call (anything that looks like a shortcut counts) and drops it."""
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and SENDS.match(node.func.attr):
         return True
-    return _builds(node, known)
+    return _builds(node, known, modules)
 
 
 def _is_api_call(node: ast.expr) -> bool:
