@@ -294,71 +294,74 @@ async def test_prometheus_scrapes_the_bot_the_dashboard_answers_and_faults_fire_
     config.write_text(yaml.safe_dump(prometheus_config(rules_file, metrics_port)))
     database = tmp_path / "bot.db"
     url = f"http://127.0.0.1:{prometheus_port}"
-    with (tmp_path / "prometheus.log").open("wb") as prometheus_log:
-        async with (
-            running_emulator(BotAPIEmulator()) as (emulator, api_url),
-            BotProcess(
-                emulator,
-                api_url,
-                tmp_path / "bot.log",
-                {
-                    "DATABASE_URL": f"sqlite+aiosqlite:///{database}",
-                    "METRICS_PORT": str(metrics_port),
-                    "WEB_SERVER_HOST": "127.0.0.1",
-                    "FSM_TTL": "8s",  # a sweep every 2 s: the expiry panel has data
-                    "LOG_LEVEL": "INFO",
-                },
-            ) as bot,
-            started(
+    async with (
+        running_emulator(BotAPIEmulator()) as (emulator, api_url),
+        BotProcess(
+            emulator,
+            api_url,
+            tmp_path / "bot.log",
+            {
+                "DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+                "METRICS_PORT": str(metrics_port),
+                "WEB_SERVER_HOST": "127.0.0.1",
+                "FSM_TTL": "8s",  # a sweep every 2 s: the expiry panel has data
+                "LOG_LEVEL": "INFO",
+            },
+        ) as bot,
+        ClientSession() as session,
+    ):
+        await bot.start()  # before Prometheus, whose first scrapes would otherwise find nothing (BotDown)
+        with (tmp_path / "prometheus.log").open("wb") as prometheus_log:
+            async with started(
                 server,
                 f"--config.file={config}",
                 f"--storage.tsdb.path={tmp_path / 'data'}",
                 f"--web.listen-address=127.0.0.1:{prometheus_port}",
                 stdout=prometheus_log,
                 stderr=subprocess.STDOUT,
-            ),
-            ClientSession() as session,
-        ):
-            await bot.start()
-            prometheus = Prometheus(session, url)
-            await until_ready(session, url)
-            await prometheus.until(f'up{{job="{JOB}"}} == 1', lambda: prometheus.query(f'up{{job="{JOB}"}} == 1'))
-            first_question = asked()[0].prompt
+            ):
+                await drive_faults_until_alerts_fire(Prometheus(session, url), bot, database, metrics_port)
 
-            # A conversation (updates, lock waits, handling times), and one whose data is corrupt.
-            await bot.say(1, "/start", "Ann")
-            await bot.say(2, "/start")
-            corrupt_conversation(database, 2)
-            await bot.say(2, "Bob")
-            await prometheus.until(
-                "the corrupt conversation counted",
-                lambda: prometheus.query('bot_storage_errors_total{kind="CorruptDataError", where="update"} > 0'),
-            )
 
-            # Telegram refuses chat 3's replies with 429s until the fault is taken away.
-            refusal = Fault(method="sendMessage", status=429, count=1_000_000, retry_after=1, chat=3)
-            emulator.faults.append(refusal)
-            await emulator.user_sends(3, {"text": "/start"})
-            fired = await prometheus.until_firing("BotFloodControl", "BotRepliesStuck", "BotStorageErrors")
-            instance = f"127.0.0.1:{metrics_port}"
-            assert fired["BotFloodControl"] == [
-                {"alertname": "BotFloodControl", "job": JOB, "instance": instance, "severity": "warning"}
-            ]
-            assert fired["BotStorageErrors"][0]["kind"] == "CorruptDataError"
-            assert not {"BotDown", "BotMissing", "BotDatabaseUnavailable", "BotExpiryFailing"} & set(fired)
+async def drive_faults_until_alerts_fire(prometheus: Prometheus, bot: BotProcess, database: Path, port: int) -> None:
+    await until_ready(prometheus.session, prometheus.url)
+    await prometheus.until(f'up{{job="{JOB}"}} == 1', lambda: prometheus.query(f'up{{job="{JOB}"}} == 1'))
+    first_question = asked()[0].prompt
 
-            await check_the_documented_metrics(prometheus)
-            await check_the_dashboard_answers(prometheus)
+    # A conversation (updates, lock waits, handling times), and one whose data is corrupt.
+    await bot.say(1, "/start", "Ann")
+    await bot.say(2, "/start")
+    corrupt_conversation(database, 2)
+    await bot.say(2, "Bob")
+    await prometheus.until(
+        "the corrupt conversation counted",
+        lambda: prometheus.query('bot_storage_errors_total{kind="CorruptDataError", where="update"} > 0'),
+    )
 
-            refusal.count = 0
-            await bot.wait_for(3, first_question)
-            await prometheus.until(
-                "the replies waiting back to 0", lambda: prometheus.query(f'bot_replies_waiting{{job="{JOB}"}} == 0')
-            )
+    # Telegram refuses chat 3's replies with 429s until the fault is taken away.
+    refusal = Fault(method="sendMessage", status=429, count=1_000_000, retry_after=1, chat=3)
+    bot.emulator.faults.append(refusal)
+    await bot.emulator.user_sends(3, {"text": "/start"})
+    fired = await prometheus.until_firing("BotFloodControl", "BotRepliesStuck", "BotStorageErrors")
+    instance = f"127.0.0.1:{port}"
+    assert fired["BotFloodControl"] == [
+        {"alertname": "BotFloodControl", "job": JOB, "instance": instance, "severity": "warning"}
+    ]
+    assert fired["BotStorageErrors"][0]["kind"] == "CorruptDataError"
+    assert not {"BotDown", "BotMissing", "BotDatabaseUnavailable", "BotExpiryFailing"} & set(fired)
 
-            assert await bot.stop(signal.SIGTERM) == 0
-            down = await prometheus.until_firing("BotDown")
-            assert down["BotDown"][0]["instance"] == instance
+    await check_the_documented_metrics(prometheus)
+    await check_the_dashboard_answers(prometheus)
+
+    refusal.count = 0
+    await bot.wait_for(3, first_question)
+    await prometheus.until(
+        "the replies waiting back to 0", lambda: prometheus.query(f'bot_replies_waiting{{job="{JOB}"}} == 0')
+    )
+
+    assert await bot.stop(signal.SIGTERM) == 0
+    down = await prometheus.until_firing("BotDown")
+    assert down["BotDown"][0]["instance"] == instance
 
 
 async def until_ready(session: ClientSession, url: str) -> None:
