@@ -215,12 +215,15 @@ def test_prometheus_loads_the_scrape_config_and_alerts_and_scrapes_each_bot_wher
 def test_grafana_is_provisioned_with_the_prometheus_datasource_and_the_dashboard(compose: dict[str, Any]) -> None:
     grafana = compose["services"]["grafana"]
     files = mounts(grafana)
-    provisioning = files["/etc/grafana/provisioning"]
-    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    datasources, providers = (
+        files["/etc/grafana/provisioning/datasources"],
+        files["/etc/grafana/provisioning/dashboards"],
+    )
+    (datasource,) = yaml.safe_load((datasources / "prometheus.yml").read_text())["datasources"]
     port = compose["services"]["prometheus"]["ports"][0].rsplit(":", 1)[1]
     assert datasource["url"] == f"http://prometheus:{port}"
     assert datasource["type"] == "prometheus"
-    (provider,) = yaml.safe_load((provisioning / "dashboards" / "questionnaire-bot.yml").read_text())["providers"]
+    (provider,) = yaml.safe_load((providers / "questionnaire-bot.yml").read_text())["providers"]
     dashboards = files[provider["options"]["path"]]
     assert (dashboards / "questionnaire-bot.json").is_file()
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]

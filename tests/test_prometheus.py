@@ -405,7 +405,16 @@ async def check_the_dashboard_answers(prometheus: Prometheus) -> None:
     """Every query of every panel returns data, as Grafana would send it for all processes."""
     instances = await prometheus.get("/api/v1/label/instance/values", **{"match[]": f'up{{job="{JOB}"}}'})
     assert len(instances) == 1  # what the dashboard's process picker offers
-    empty = [name for name, expr in panel_queries().items() if not await prometheus.query(as_grafana_sends(expr))]
+    empty = []
+    for panel in dashboard()["panels"]:
+        for target in panel["targets"]:
+            name = f"{panel['title']}/{target['refId']}"
+            result = await prometheus.query(as_grafana_sends(target["expr"]))
+            if not result:
+                empty.append(name)
+            # The legend names each line by labels the query's answer has.
+            for label in re.findall(r"\{\{(\w+)\}\}", target["legendFormat"]):
+                assert all(label in sample["metric"] for sample in result), f"{name}: no {label} in {result}"
     assert not empty, f"dashboard panels without data: {empty}"
     annotation = dashboard()["annotations"]["list"][0]["expr"]
     assert await prometheus.query(annotation)
