@@ -97,11 +97,22 @@ def builders(sources: Iterable[tuple[str, str]]) -> frozenset[str]:
             function.name
             for function, modules in functions
             if function.name not in found
-            and any(isinstance(node, ast.Return) and _builds(node.value, found, modules) for node in ast.walk(function))
+            and any(_builds(node.value, found, modules) for node in _own_returns(function))
         }
         if not more:
             return frozenset(found)
         found |= more
+
+
+def _own_returns(function: ast.FunctionDef | ast.AsyncFunctionDef) -> Iterator[ast.Return]:
+    """The function's own `return`s, not those of functions defined inside it (`follow`'s handlers)."""
+    pending: list[ast.AST] = list(function.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Return):
+            yield node
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            pending.extend(ast.iter_child_nodes(node))
 
 
 @cache
