@@ -13,7 +13,11 @@ export MYSQL_TEST_URL ?= mysql+asyncmy://root@127.0.0.1:3306/test
 # with debootstrap; as root, make installs both from Debian. PODMAN= leaves the image test out.
 export PODMAN ?= podman
 
-.PHONY: run sandbox replicas test lint unit image-tools bench bench-scale clean
+# tests/test_prometheus.py runs Debian's Prometheus server and promtool (/usr/bin) on the alert rules and the
+# dashboard (deploy/monitoring); as root, make installs them. PROMETHEUS= leaves those tests out.
+export PROMETHEUS ?= /usr/bin/prometheus
+
+.PHONY: run sandbox replicas test lint unit image-tools monitoring-tools bench bench-scale clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,15 +41,16 @@ sandbox: $(VENV)/.run-deps
 replicas: $(VENV)/.run-deps
 	$(BIN)/python -m bot.emulator.replicas
 
+# Every checker runs, even after one failed, so all findings show; the project's own check comes
+# first: its hint for a reply not returned is the right one here (ruff's RET503 says "return None").
+LINTERS := "$(BIN)/python -m tools.check_replies handlers" "$(BIN)/ruff check ." "$(BIN)/ruff format --check ." \
+	"$(BIN)/mypy" "$(BIN)/hadolint Dockerfile"
+
 lint: $(VENV)/.dev-deps
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy
-	$(BIN)/python -m tools.check_replies handlers
-	$(BIN)/hadolint Dockerfile
+	@status=0; for linter in $(LINTERS); do echo "$$linter"; $$linter || status=1; done; exit $$status
 
 # Two workers, each test file on one of them (a file's bot processes are shared by its tests).
-unit: $(VENV)/.dev-deps image-tools
+unit: $(VENV)/.dev-deps image-tools monitoring-tools
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 image-tools:
@@ -56,6 +61,17 @@ image-tools:
 			|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends podman debootstrap >/dev/null; }; \
 		else \
 			echo "The image test needs podman and debootstrap: sudo apt-get install podman debootstrap, or PODMAN= make test"; \
+		fi; \
+	fi
+
+monitoring-tools:
+	@if [ -n "$(PROMETHEUS)" ] && ! { [ -x "$(PROMETHEUS)" ] && [ -x "$(dir $(PROMETHEUS))promtool" ]; }; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+			|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; \
+		else \
+			echo "The monitoring test needs prometheus and promtool: sudo apt-get install prometheus, or PROMETHEUS= make test"; \
 		fi; \
 	fi
 

@@ -68,7 +68,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
-from storage import StorageError
+from storage import CorruptDataError, SchemaError, StorageError, StorageUnavailableError
 
 if TYPE_CHECKING:
     from aiogram import Bot
@@ -79,6 +79,8 @@ logger = logging.getLogger(__name__)
 Outcome = Literal["applied", "already_applied", "failed", "redelivery"]
 OUTCOMES: tuple[Outcome, ...] = ("applied", "already_applied", "failed", "redelivery")
 SWEEP_RESULTS = ("ok", "skipped", "failed")
+STORAGE_ERROR_KINDS = tuple(kind.__name__ for kind in (StorageUnavailableError, CorruptDataError, SchemaError))
+STORAGE_ERROR_PLACES = ("update", "expiry")
 # What Telegram may answer for now and accept later (bot/delivery.py's TELEGRAM_FAULTS):
 # the update is handled again (polling: in its lane; webhook: when Telegram posts it again).
 TELEGRAM_FAULTS = (TelegramRetryAfter, TelegramServerError, TelegramNetworkError)
@@ -156,11 +158,15 @@ class BotMetrics:
         self.expired = Counter(
             "bot_expired_conversations", "Conversations removed for being untouched longer than FSM_TTL", registry=r
         )
-        # Every outcome is exported from the start, at 0: a rate() over it needs no first event.
+        # Every outcome is exported from the start, at 0: a rate() over it needs no first event,
+        # and a first storage error is an increase (a series born at 1 has none: no alert).
         for outcome in OUTCOMES:
             self.updates.labels(outcome=outcome)
         for result in SWEEP_RESULTS:
             self.expiry_sweeps.labels(result=result)
+        for kind in STORAGE_ERROR_KINDS:
+            for where in STORAGE_ERROR_PLACES:
+                self.storage_errors.labels(kind=kind, where=where)
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The registry as text (Prometheus' format, or OpenMetrics if `accept` asks for it) and its type."""

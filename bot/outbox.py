@@ -590,8 +590,10 @@ class Courier:
     async def _mark_in_batches(self) -> None:
         while not self._closing.is_set():
             await self._marked.wait()
-            if not self._idle.is_set():  # busy: one batch for what the next moments carry out
-                await asyncio.sleep(MARK_SECONDS)
+            # One batch for what the next moments carry out: a user answering right away (or many
+            # users) costs one write per batch, not one per reply (make bench: 3.25 calls per
+            # update one user at a time when idle marks went at once, 2.25 with many users).
+            await asyncio.sleep(MARK_SECONDS)
             try:
                 await self._write_marks()
             except StorageUnavailableError as error:

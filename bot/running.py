@@ -15,7 +15,7 @@ from aiogram.types import User
 
 from bot.delivery import TELEGRAM_FAULTS, deliver
 from bot.expiry import ExpirySweeper
-from bot.guards import MissingDependencyError
+from bot.guards import HandlerCheckError
 from bot.metrics import MetricsListener
 from bot.outbox import TAKEOVER_SECONDS, FloodControl
 from bot.setup import create_bot, create_dispatcher
@@ -52,7 +52,7 @@ async def running_bot(settings: Settings) -> AsyncIterator[tuple[Bot, Dispatcher
             )
             try:
                 dispatcher = create_dispatcher(storages.fsm, storages.responses, flood=flood)
-            except MissingDependencyError as error:  # a handler asks for what nothing provides
+            except HandlerCheckError as error:  # a handler asks for what nothing provides, or uses Scenes
                 raise StartupError(str(error)) from None
             if settings.fsm_ttl is not None:
                 sweeper = ExpirySweeper(storages.fsm, settings.fsm_ttl)

@@ -1,21 +1,27 @@
-"""What every form's handlers share: asking a question, stepping aside into another form, saving a completed one.
+"""What every form's handlers share: asking a question, taking answers typed or pressed, stepping aside
+into another form, saving a completed one.
 
-A form is a `StatesGroup` of `Question`s (states/form.py). Its completed
-answers are saved as one response of its `kind` through the `responses`
-store, whatever the form: a second form needs no storage code.
+A form is a `StatesGroup` of `Question`s (states/form.py). `follow(router,
+Form, summary)` takes its answers question by question; its completed
+answers are saved as one response of its kind (`form_kind(Form)`) through
+the `responses` store, whatever the form: a second form needs no storage code.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from aiogram import html
+from aiogram import F, Router, html
+from aiogram.filters import StateFilter
 from aiogram.filters.callback_data import CallbackData
 from aiogram.fsm.context import FSMContext
-from aiogram.methods import SendMessage
+from aiogram.fsm.state import StatesGroup
+from aiogram.methods import SendMessage, TelegramMethod
 from aiogram.types import (
+    CallbackQuery,
     InaccessibleMessage,
     InlineKeyboardMarkup,
     Message,
@@ -25,7 +31,7 @@ from aiogram.types import (
 )
 from aiogram.utils.keyboard import InlineKeyboardBuilder, ReplyKeyboardBuilder
 
-from states import Answer, Question, question_at
+from states import Answer, InvalidAnswer, Question, form_kind, next_question, question_at, questions
 from storage import CompletedResponse, ResponseStore
 
 # Kept in the FSM data beside the answers; never saved as answers.
@@ -39,6 +45,76 @@ class Choice(CallbackData, prefix="choice"):
 
     question: str
     index: int
+
+
+Summary = Callable[[Mapping[str, Answer]], str]  # a completed form's answers, as the user is shown them
+
+
+def follow(router: Router, form: type[StatesGroup], summary: Summary) -> None:
+    """Take `form`'s answers on `router`, typed or pressed (a question with `inline=True`), in order.
+
+    A typed answer is read by its question (refused with the reason, and asked
+    again); a press stops the button's spinner and sends the next step, from one
+    update. After the last answer the response is saved (kind `form_kind(form)`)
+    and `summary(answers)` is sent: back where the user was if the form was a
+    step aside (`step_aside`), else with the conversation cleared.
+    """
+
+    @router.message(StateFilter(form), F.text, ~F.text.startswith("/"))
+    async def take_answer(
+        message: Message, state: FSMContext, raw_state: str | None, event_from_user: User, responses: ResponseStore
+    ) -> SendMessage:
+        question = question_at(raw_state)
+        assert question is not None  # the filter let in the form's states only
+        try:
+            answer = question.read((message.text or "").strip())
+        except InvalidAnswer as problem:
+            return ask(message, question, str(problem))
+        return await take(question, answer, message, state, event_from_user, responses)
+
+    @router.callback_query(StateFilter(form), Choice.filter())
+    async def take_press(
+        callback: CallbackQuery,
+        callback_data: Choice,
+        state: FSMContext,
+        raw_state: str | None,
+        event_from_user: User,
+        responses: ResponseStore,
+    ) -> list[TelegramMethod[Any]]:
+        """A press on the current question's button: the spinner stopped and the next step, from one update."""
+        question = question_at(raw_state)
+        assert question is not None
+        if callback.message is None:  # a button of a message sent in inline mode: not this bot's flow
+            return [callback.answer()]
+        if callback_data.question != question.key or not 0 <= callback_data.index < len(question.choices):
+            return [callback.answer("That button belongs to an earlier question."), ask_in(callback.message, question)]
+        answer = question.read(question.choices[callback_data.index])
+        step = await take(question, answer, callback.message, state, event_from_user, responses)
+        return [callback.answer(), step]
+
+    async def take(
+        question: Question,
+        answer: Answer,
+        message: Message | InaccessibleMessage,
+        state: FSMContext,
+        user: User,
+        responses: ResponseStore,
+    ) -> SendMessage:
+        """Keep `answer` to `question` (given in, or under, `message`); the next question, or the summary."""
+        await state.update_data({question.key: answer})
+        following = next_question(question)
+        if following is not None:
+            await state.set_state(following)
+            return ask_in(message, following, thanks_for(question, answer))
+        # The last answer. Only the questions' own answers are saved, never other keys of the data.
+        data = await state.get_data()
+        answers = {asked.key: data[asked.key] for asked in questions(form) if asked.key in data}
+        # Saved with the state that follows, in one commit (bot/outbox.py), before the summary goes out.
+        await save_response(state, responses, message, user, form_kind(form), answers)
+        if data.get(RETURN_TO):
+            return await come_back(message, state, summary(answers))
+        await state.clear()
+        return say_in(message, summary(answers))
 
 
 def ask(message: Message, question: Question, preface: str = "") -> SendMessage:
@@ -89,15 +165,21 @@ async def step_aside(state: FSMContext, first: Question) -> None:
     await state.update_data({RETURN_TO: was})
 
 
-async def come_back(message: Message, state: FSMContext, preface: str) -> SendMessage:
+async def come_back(message: Message | InaccessibleMessage, state: FSMContext, preface: str) -> SendMessage:
     """Put the user back where they were before `step_aside`, and say so: `preface`, then their question, if any."""
     was = (await state.get_data()).get(RETURN_TO) or {}
     await state.set_state(was.get("state"))
     await state.set_data(was.get("data") or {})
     question = question_at(was.get("state"))
     if question is not None:
-        return ask(message, question, preface)
-    return message.answer(preface, reply_markup=ReplyKeyboardRemove())
+        return ask_in(message, question, preface)
+    return say_in(message, preface)
+
+
+def say_in(where: Message | InaccessibleMessage, text: str) -> SendMessage:
+    """`text` into the chat (and forum topic) of `where`, any keyboard taken away."""
+    thread = where.message_thread_id if isinstance(where, Message) and where.is_topic_message else None
+    return SendMessage(chat_id=where.chat.id, text=text, reply_markup=ReplyKeyboardRemove(), message_thread_id=thread)
 
 
 async def save_response(

@@ -140,3 +140,15 @@ def whole_number(what: str, low: int, high: int) -> Reader:
         return number
 
     return read
+
+
+def one_of(what: str, choices: Sequence[str]) -> Reader:
+    """One of `choices` (as offered on the buttons; typed in any case): a size, yes or no."""
+    by_folded = {choice.casefold(): choice for choice in choices}
+
+    def read(text: str) -> str:
+        if text.casefold() not in by_folded:
+            raise InvalidAnswer(f"Please pick the {what}: {', '.join(choices)}.")
+        return by_folded[text.casefold()]
+
+    return read

@@ -15,7 +15,7 @@ from aiogram.types import ReplyKeyboardRemove, Update
 
 from bot.apply_once import PendingChanges
 from bot.outbox import APPLIED, Courier, Delivery, OwnKeyWriteError, UpdateStorage, handle_update
-from handlers import questionnaire
+from handlers import forms
 from handlers.errors import SOMETHING_WENT_WRONG
 from handlers.forms import RESPONSE_ID
 from tests.support.backends import storage_key
@@ -189,7 +189,7 @@ async def test_a_handler_that_fails_half_way_writes_nothing(chat: ChatHarness, m
     def broken(*_: Any) -> str:
         raise RuntimeError("a bug after the state was cleared")
 
-    monkeypatch.setattr(questionnaire, "summary", broken)
+    monkeypatch.setattr(forms, "say_in", broken)  # the summary's message, built after the state is cleared
     assert await chat.send(last) == [SOMETHING_WENT_WRONG]
 
     assert await chat.state() == asked()[-1].state

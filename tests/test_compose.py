@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path, PurePosixPath
 from typing import Any
 from unittest import mock
 
@@ -29,6 +30,7 @@ DOTENV = {
 }
 BOT_SERVICES = ("bot", "replica-1", "replica-2", "replica-3")
 REPLICAS = BOT_SERVICES[1:]
+MONITORING = ("prometheus", "grafana")
 _VARIABLE = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|\$(?P<bare>[A-Za-z_]\w*)")
 
 
@@ -80,13 +82,17 @@ def settings_of(service: dict[str, Any]) -> Settings:
         return Settings(_env_file=None)
 
 
-def test_the_bot_and_postgres_start_without_a_profile_and_the_replicas_with_one(compose: dict[str, Any]) -> None:
+def test_the_bot_and_postgres_start_without_a_profile_the_replicas_and_monitoring_with_one(
+    compose: dict[str, Any],
+) -> None:
     services = compose["services"]
-    assert set(services) == {"postgres", "bot", *REPLICAS, "proxy"}
+    assert set(services) == {"postgres", "bot", *REPLICAS, "proxy", *MONITORING}
     assert "profiles" not in services["postgres"]
     assert "profiles" not in services["bot"]
     for name in (*REPLICAS, "proxy"):
         assert services[name]["profiles"] == ["replicas"]
+    for name in MONITORING:
+        assert services[name]["profiles"] == ["monitoring"]
 
 
 @pytest.mark.parametrize("name", BOT_SERVICES)
@@ -178,6 +184,65 @@ def test_replicas_without_their_secret_are_refused_by_the_bot() -> None:
     service = without["services"]["replica-1"]
     with pytest.raises(ValidationError, match="WEBHOOK_SECRET is not set"):
         settings_of(service)
+
+
+def mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """A service's bind mounts of this repository's files: the file or folder in the repository, by container path."""
+    found = {}
+    for volume in service["volumes"]:
+        source, target, *_ = volume.split(":")
+        if source.startswith("."):
+            found[target] = (COMPOSE.parent / source).resolve()
+            assert found[target].exists(), f"{volume}: no such file in the repository"
+    return found
+
+
+def test_prometheus_loads_the_scrape_config_and_alerts_and_scrapes_each_bot_where_its_metrics_are(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    prometheus = services["prometheus"]
+    files = mounts(prometheus)
+    config_path = next(arg.split("=", 1)[1] for arg in prometheus["command"] if arg.startswith("--config.file="))
+    config = yaml.safe_load(files[config_path].read_text())
+    for rule_file in config["rule_files"]:  # relative to the config file, as Prometheus reads them
+        assert files[str(PurePosixPath(config_path).parent / rule_file)] == ROOT / "deploy" / "monitoring" / rule_file
+    assert "127.0.0.1:9090:9090" in prometheus["ports"]  # not published beyond the machine
+    (job,) = (job for job in config["scrape_configs"] if job["job_name"] == "questionnaire-bot")
+    scraped = {name: sd["port"] for sd in job["dns_sd_configs"] for name in sd["names"]}
+    assert set(scraped) == set(BOT_SERVICES)
+    for name in BOT_SERVICES:
+        settings = settings_of(services[name])
+        port = settings.metrics_port or settings.web_server_port
+        assert scraped[name] == port, name
+        assert str(port) in services[name]["expose"]
+    assert any(volume.endswith(":/prometheus") for volume in prometheus["volumes"])
+
+
+def test_grafana_is_provisioned_with_the_prometheus_datasource_and_the_dashboard(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    files = mounts(grafana)
+    datasources, providers = (
+        files["/etc/grafana/provisioning/datasources"],
+        files["/etc/grafana/provisioning/dashboards"],
+    )
+    (datasource,) = yaml.safe_load((datasources / "prometheus.yml").read_text())["datasources"]
+    port = compose["services"]["prometheus"]["ports"][0].rsplit(":", 1)[1]
+    assert datasource["url"] == f"http://prometheus:{port}"
+    assert datasource["type"] == "prometheus"
+    (provider,) = yaml.safe_load((providers / "questionnaire-bot.yml").read_text())["providers"]
+    dashboards = files[provider["options"]["path"]]
+    assert (dashboards / "questionnaire-bot.json").is_file()
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert files[str(PurePosixPath(home).parent)] == dashboards
+    assert "127.0.0.1:3000:3000" in grafana["ports"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "admin"  # unless .env sets GRAFANA_ADMIN_PASSWORD
+    assert (
+        load({**DOTENV, "GRAFANA_ADMIN_PASSWORD": "s3cret"})["services"]["grafana"]["environment"][
+            "GF_SECURITY_ADMIN_PASSWORD"
+        ]
+        == "s3cret"
+    )
 
 
 def parse_seconds(duration: str) -> float:

@@ -9,26 +9,31 @@ the idiom guards against is shown to be caught.
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import types
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from aiogram import Router
-from aiogram.filters import Command
+from aiogram import BaseMiddleware, Dispatcher, Router
+from aiogram.filters import Command, Filter
 from aiogram.fsm.context import FSMContext
+from aiogram.fsm.scene import Scene, SceneRegistry, ScenesManager, on
 from aiogram.methods import SendMessage
-from aiogram.types import Message
+from aiogram.types import Message, TelegramObject
 
 from admin.export import render as render_export
 from admin.migrate import migrate
 from admin.stats import count
 from admin.stats import render as render_stats
-from bot.guards import MissingDependencyError
+from bot.guards import MissingDependencyError, ScenesNotSupportedError, check_dependencies
 from bot.running import StartupError, running_bot
 from bot.setup import create_dispatcher
 from config import StorageSettings
+from handlers import fallback, get_routers
 from states import Question, Questionnaire, Tally
 from states.form import short_text
 from storage.factory import create_sql_storages
@@ -201,13 +206,61 @@ async def test_a_command_added_where_readme_says_works_in_every_state(
 # --- the guards on the idiom ------------------------------------------------------------------------
 
 
+DROPPED = "a reply built and dropped, never sent"
+SENT_AT_ONCE = "sends at once, before the changes are saved"
+
+
 @pytest.mark.parametrize(
     ("source", "reported"),
     [
-        ('async def ping(message):\n    message.answer("pong")\n', "a reply built and dropped"),
+        ('async def ping(message):\n    message.answer("pong")\n', DROPPED),
+        # the project's own builders (handlers/forms.py), plain or async
+        ("async def ping(message, state):\n    ask(message, Questionnaire.age)\n", DROPPED),
+        ("async def ping(callback, state):\n    ask_in(callback.message, Questionnaire.age)\n", DROPPED),
+        ('async def ping(message, state):\n    await come_back(message, state, "Back.")\n', DROPPED),
+        ('async def ping(message):\n    SendMessage(chat_id=message.chat.id, text="pong")\n', DROPPED),
+        ("from handlers import forms\nasync def ping(message):\n    forms.ask(message, Questionnaire.age)\n", DROPPED),
+        # a builder of the file's own, annotated or not
+        (
+            'def pong(message):\n    return message.answer("pong")\nasync def ping(message):\n    pong(message)\n',
+            DROPPED,
+        ),
+        # the last reply without its return: the project's hint, not ruff's RET503 ("return None")
+        (
+            'async def ping(message):\n    if message.text:\n        return message.answer("pong")\n'
+            '    message.answer("?")\n',
+            DROPPED,
+        ),
         ('async def ping(message):\n    return await message.answer("pong")\n', "return await sends before"),
-        ('async def ping(message):\n    await message.answer("pong")\n    return message.answer("2")\n', None),
+        ('async def ping(message):\n    await message.answer("pong")\n    return message.answer("2")\n', SENT_AT_ONCE),
+        (
+            'async def ping(message):\n    sent = await message.answer("pong")\n    return sent.edit_text("2")\n',
+            SENT_AT_ONCE,
+        ),
+        ("async def ping(callback):\n    await callback.answer()\n    return ask(callback.message, q)\n", SENT_AT_ONCE),
+        ("async def ping(callback):\n    return [await callback.answer(), ask(callback.message, q)]\n", SENT_AT_ONCE),
+        ('async def ping(bot, message):\n    await bot.send_message(message.chat.id, "pong")\n', SENT_AT_ONCE),
+        # the sanctioned forms; a method named as a handler of the bot's (`start`) is no builder
+        ("async def ping(message, sweeper):\n    sweeper.start()\n    return message.answer('pong')\n", None),
         ('async def ping(message):\n    return message.answer("pong")\n', None),
+        ("async def ping(callback):\n    return [callback.answer(), ask(callback.message, q)]\n", None),
+        ('async def ping(message, state):\n    return await come_back(message, state, "Back.")\n', None),
+        ("async def ping(message, state):\n    return await start_questionnaire(message, state)\n", None),
+        (
+            "async def ping(bot, message):\n    chat = await bot.get_chat(message.chat.id)\n"
+            "    return message.answer(chat.title)\n",
+            None,
+        ),
+        (
+            "async def ping(message, responses):\n    await responses.delete_for_user(1)\n"
+            "    return message.answer('ok')\n",
+            None,
+        ),
+        (
+            'async def ping(bot, message):\n    await bot.send_chat_action(message.chat.id, "typing")'
+            "  # check_replies: sends now\n    return message.answer('pong')\n",
+            None,
+        ),
     ],
 )
 def test_make_lint_reports_a_reply_dropped_or_sent_too_early(source: str, reported: str | None) -> None:
@@ -215,14 +268,44 @@ def test_make_lint_reports_a_reply_dropped_or_sent_too_early(source: str, report
     if reported is None:
         assert found == []
     else:
-        assert len(found) == 1
+        assert len(found) == 1, found
         assert reported in found[0]
-        assert found[0].startswith("handlers/ping.py:2:")
+        assert re.match(r"handlers/ping\.py:[2-4]: ping: ", found[0])
+        assert "\n" not in found[0]
+        assert "return " in found[0].split(": ", 3)[-1]  # what to write instead
 
 
 def test_the_bots_own_handlers_pass_the_check() -> None:
     handlers = sorted((ROOT / "handlers").glob("*.py"))
     assert [problem for file in handlers for problem in problems(file.read_text(), str(file))] == []
+
+
+def test_make_lint_runs_the_projects_check_first_and_every_checker_after_a_failure(tmp_path: Path) -> None:
+    """The copier sees check_replies' hint before ruff's, and every tool's findings, not only the first's."""
+    dry_run = subprocess.run(
+        ["make", "-n", "-o", ".venv/.dev-deps", "lint"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    order = [dry_run.index(tool) for tool in ("tools.check_replies", "ruff check", "ruff format", "mypy", "hadolint")]
+    assert order == sorted(order)
+    failing = subprocess.run(
+        ["make", "-s", "-o", ".venv/.dev-deps", "lint", f"LINTERS=false 'touch {tmp_path / 'ran'}'"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert failing.returncode != 0
+    assert (tmp_path / "ran").exists()
+
+
+def test_check_replies_knows_the_projects_builders_from_a_copiers_file(tmp_path: Path) -> None:
+    feature = tmp_path / "feature.py"
+    feature.write_text("async def step(message, state):\n    ask(message, Questionnaire.age)\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.check_replies", str(feature)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"{feature}:2: step: {DROPPED}")
 
 
 async def test_a_reply_sent_too_early_is_reported_with_the_handlers_name(
@@ -269,3 +352,146 @@ async def test_a_dependency_nothing_provides_stops_the_dispatcher_from_being_bui
         with pytest.raises(StartupError, match=r"needs_a_store needs feedback_store"):
             async with running_bot(settings_for(chat.backend.url)):
                 pass
+
+
+def checked(*routers: Router) -> None:
+    """The start-up check on a Dispatcher with the bot's routers and `routers` (before fallback, as README says)."""
+    release_routers()
+    dispatcher = Dispatcher(disable_fsm=True, responses=object())
+    included = get_routers()
+    for router in routers:
+        included.insert(included.index(fallback.router), router)
+    dispatcher.include_routers(*included)
+    try:
+        check_dependencies(dispatcher)
+    finally:
+        for router in routers:
+            router._parent_router = None
+        release_routers()
+
+
+class Survey(Scene, state="survey"):
+    @on.message.enter()
+    async def on_enter(self, message: Message) -> SendMessage:
+        return message.answer("What is your name?")  # aiogram drops it: never sent
+
+    @on.message()
+    async def on_name(self, message: Message) -> SendMessage:
+        return message.answer("Thanks")
+
+
+def test_the_bots_own_routers_pass_the_start_up_check_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    checked()
+    assert [record.getMessage() for record in caplog.records if record.name == "bot.guards"] == []
+
+
+@pytest.mark.parametrize("how", ["registry", "as_router", "as_handler", "takes_scenes"])
+def test_a_router_using_scenes_stops_the_start_up_with_one_line_naming_it(how: str) -> None:
+    router = Router(name="survey")
+    if how == "registry":
+        SceneRegistry(router).add(Survey)
+    elif how == "as_router":
+        router.include_router(Survey.as_router())
+    elif how == "as_handler":
+        router.message.register(Survey.as_handler(), Command("survey"))
+    else:
+
+        @router.message(Command("survey"))
+        async def enter_survey(message: Message, scenes: ScenesManager) -> None:
+            await scenes.enter(Survey)
+
+    named = {
+        "registry": r"a SceneRegistry on router 'survey'",
+        "as_router": r"scene tests\.test_template\.Survey",
+        "as_handler": r"Survey\.as_handler\(\) \(router 'survey'\) takes scenes",
+        "takes_scenes": r"test_template\.[\w.<>]*enter_survey \(router 'survey'\) takes scenes",
+    }[how]
+    with pytest.raises(
+        ScenesNotSupportedError, match=rf"^aiogram Scenes are not supported by this bot: .*{named}"
+    ) as error:
+        checked(router)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "needs scenes" not in message  # not the misleading "pass it to Dispatcher(...)"
+    assert "before the state is saved" in message  # and why
+
+
+async def test_scenes_stop_the_bot_at_start_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    router = Router(name="survey")
+    router.message.register(Survey.as_handler(), Command("survey"))
+    add_router(monkeypatch, router)
+    release_routers()
+    with pytest.raises(StartupError, match=r"^aiogram Scenes are not supported by this bot: Survey\.as_handler\(\)"):
+        async with running_bot(settings_for(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")):
+            pass
+
+
+class Tags(BaseMiddleware):
+    """A copier's middleware that hands handlers `tags`, and says so."""
+
+    provides = ("tags",)
+
+    async def __call__(
+        self,
+        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        event: TelegramObject,
+        data: dict[str, Any],
+    ) -> Any:
+        data["tags"] = ["new"]
+        return await handler(event, data)
+
+
+@pytest.mark.parametrize("where", ["router", "dispatcher_update", "parent_router"])
+def test_a_name_a_middleware_declares_it_provides_passes_the_start_up_check(where: str) -> None:
+    router = Router(name="tagged")
+
+    @router.message(Command("tags"))
+    async def show_tags(message: Message, tags: list[str]) -> SendMessage:
+        return message.answer(", ".join(tags))
+
+    if where == "router":
+        router.message.outer_middleware(Tags())
+        checked(router)
+    elif where == "parent_router":
+        parent = Router(name="parent")
+        parent.message.middleware(Tags())
+        parent.include_router(router)
+        try:
+            checked(parent)
+        finally:
+            router._parent_router = None
+    else:
+        with pytest.raises(MissingDependencyError, match=r"show_tags needs tags\. .*`provides` of the middleware"):
+            checked(router)  # without the middleware
+        bare = Router(name="tagged_again")
+        bare.message.register(show_tags, Command("tags"))
+        release_routers()
+        dispatcher = Dispatcher(disable_fsm=True, responses=object())
+        dispatcher.update.outer_middleware(Tags())
+        dispatcher.include_router(bare)
+        check_dependencies(dispatcher)
+
+
+def test_a_handler_whose_filter_cannot_be_judged_is_reported_by_name(caplog: pytest.LogCaptureFixture) -> None:
+    class Mood(Filter):
+        async def __call__(self, message: Message) -> dict[str, str]:
+            return {"mood": "fine"}
+
+    class DeclaredMood(Mood):
+        provides = ("mood",)
+
+    router = Router(name="moods")
+
+    @router.message(Command("mood"), Mood())
+    async def how_are_you(message: Message, mood: str) -> SendMessage:
+        return message.answer(mood)
+
+    @router.message(Command("declared"), DeclaredMood())
+    async def declared(message: Message, mood: str) -> SendMessage:
+        return message.answer(mood)
+
+    checked(router)  # not stopped: the filter may hand it `mood`
+    warnings = [record.getMessage() for record in caplog.records if record.name == "bot.guards"]
+    assert len(warnings) == 1, warnings
+    assert re.match(r"tests\.test_template\.[\w.<>]*how_are_you asks for mood, .* not checked", warnings[0])
+    caplog.clear()  # the test suite fails on a warning of bot.guards (conftest.py); this test means to cause it

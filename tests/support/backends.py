@@ -18,8 +18,8 @@ from aiogram.fsm.storage.base import BaseStorage, StorageKey
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+import handlers
 from config import MongoDriver, Settings
-from handlers import get_routers
 from storage import MongoStorage, SQLAlchemyStorage, Storages
 from storage.factory import create_mongo_storages, create_sql_storages
 from storage.mongo.client import close_client, create_client
@@ -137,6 +137,7 @@ def settings_for(database_url: str) -> Settings:
 
 
 def release_routers() -> None:
-    """Let the module-level routers join a new Dispatcher, as they would in a new process."""
-    for router in get_routers():
+    """Let the module-level routers join a new Dispatcher, as they would in a new process (a test's
+    own router too, listed by `tests.support.routers.add_router`)."""
+    for router in handlers.get_routers():
         router._parent_router = None

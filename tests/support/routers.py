@@ -6,6 +6,7 @@ import pytest
 from aiogram import Router
 
 import bot.setup
+import handlers
 from handlers import fallback, get_routers
 
 
@@ -14,3 +15,4 @@ def add_router(monkeypatch: pytest.MonkeyPatch, router: Router) -> None:
     routers = get_routers()
     routers.insert(routers.index(fallback.router), router)
     monkeypatch.setattr(bot.setup, "get_routers", lambda: routers)
+    monkeypatch.setattr(handlers, "get_routers", lambda: routers)  # what a restart lets go of

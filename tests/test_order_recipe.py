@@ -1,0 +1,117 @@
+"""README's "A form with buttons" recipe, run as written: an /order answered by presses and text, across a restart.
+
+The block is taken from README.md and imported as `handlers.order`, listed
+where README says; the test reads the recipe's own questions (their
+`sample`s, its `summary`), so editing the recipe keeps it honest.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from aiogram.methods import AnswerCallbackQuery, SendMessage
+from aiogram.types import InlineKeyboardMarkup
+
+from admin.export import render as render_export
+from admin.stats import count
+from admin.stats import render as render_stats
+from states import questions
+from tests.support.chat import ChatHarness
+from tests.support.questionnaire import asked, conversation
+from tests.support.routers import add_router
+from tools.check_replies import problems
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_block(file: str) -> str:
+    """The python block of README.md that starts with `# <file>`."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    [code] = re.findall(rf"```python\n(# {re.escape(file)}\n.*?)```", readme, flags=re.DOTALL)
+    return str(code)
+
+
+@pytest.fixture
+def order(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """README's handlers/order.py, imported as that module and listed where README says."""
+    module = types.ModuleType("handlers.order")
+    monkeypatch.setitem(sys.modules, "handlers.order", module)
+    exec(compile(readme_block("handlers/order.py"), "README.md: handlers/order.py", "exec"), module.__dict__)
+    add_router(monkeypatch, module.router)
+    return module
+
+
+def buttons(reply: SendMessage) -> list[str]:
+    assert isinstance(reply.reply_markup, InlineKeyboardMarkup), f"no buttons under {reply.text!r}"
+    return [button.text for row in reply.reply_markup.inline_keyboard for button in row]
+
+
+async def test_readmes_button_form_takes_presses_and_text_survives_a_restart_and_is_saved(
+    chat: ChatHarness, order: types.ModuleType
+) -> None:
+    await chat.restart()  # built with the recipe's router
+    steps = questions(order.Order)
+    await chat.send("/start")  # in the middle of the questionnaire: /order steps aside from it
+    at = await chat.state()
+
+    [first] = await chat.send("/order")
+    assert first == steps[0].prompt
+    assert buttons(chat.last_reply()) == list(steps[0].choices)
+    answers: dict[str, str] = {}
+    for number, step in enumerate(steps):
+        if step.inline:
+            calls = await chat.press(step.sample)
+            # The spinner stopped, then the next step: both from the one update of the press.
+            assert [type(call) for call in calls] == [AnswerCallbackQuery, SendMessage]
+            reply = chat.last_reply().text
+        else:
+            [reply] = await chat.send(step.sample)
+        answers[step.key] = step.sample
+        if number < len(steps) - 1:
+            assert reply.endswith(steps[number + 1].prompt)
+            if number == 0:
+                await chat.restart()  # a deploy mid-order: the next answer is taken where it left off
+    assert reply.startswith(order.summary(answers))
+    assert reply.endswith(asked()[0].prompt)  # back in the questionnaire, at the same question
+    assert await chat.state() == at
+
+    [saved] = [r for r in await chat.storages.responses.completed() if r.kind == "order"]
+    assert saved.answers == answers
+    exported = render_export([saved], "jsonl").decode()
+    assert '"kind": "order"' in exported
+    assert "\nOrder forms\n  started           1\n  finished          1  100%\n" in render_stats(
+        await count(chat.storages, datetime.now(UTC)), None
+    )
+    for text in conversation()[1:]:  # the questionnaire goes on and is saved on its own
+        await chat.send(text)
+    assert sorted(r.kind for r in await chat.storages.responses.completed()) == ["order", "questionnaire"]
+
+
+async def test_readmes_button_form_refuses_a_typed_choice_it_does_not_offer(
+    chat: ChatHarness, order: types.ModuleType
+) -> None:
+    await chat.restart()
+    first = questions(order.Order)[0]
+    await chat.send("/order")
+    [refused] = await chat.send("not one of them")
+    assert refused.endswith(first.prompt)
+    assert all(choice in refused for choice in first.choices)  # the reason names what to pick
+    assert await chat.state() == first.state
+    [taken] = await chat.send(first.choices[0].lower())  # typed instead of pressed, in any case
+    assert taken.endswith(questions(order.Order)[1].prompt)
+
+
+def test_readmes_button_form_passes_check_replies_and_a_dropped_step_in_it_does_not() -> None:
+    """`follow(router, Order, summary)` registers handlers (it builds no call); the recipe is clean as
+    written, and its command handler's `ask(...)` without `return` is caught."""
+    recipe = readme_block("handlers/order.py")
+    assert list(problems(recipe, "handlers/order.py")) == []
+    dropped = recipe.replace("    return ask(message, first)", "    ask(message, first)")
+    assert dropped != recipe
+    [problem] = problems(dropped, "handlers/order.py")
+    assert "order: a reply built and dropped" in problem
