@@ -120,11 +120,6 @@ class BotMetrics:
             "Replies committed and not yet accepted by Telegram, including those waiting out flood control (429)",
             registry=r,
         )
-        self.polling_leader = Gauge(
-            "bot_polling_leader",
-            "1 while this process polls; 0 while it stands by, another process polling (polling mode only)",
-            registry=r,
-        )
         self.telegram_errors = Counter(
             "bot_telegram_errors",
             "Error answers from the Bot API (every try), by method and code (5xx: server errors; network: no answer)",
@@ -167,6 +162,15 @@ class BotMetrics:
         for kind in STORAGE_ERROR_KINDS:
             for where in STORAGE_ERROR_PLACES:
                 self.storage_errors.labels(kind=kind, where=where)
+
+    @functools.cached_property
+    def polling_leader(self) -> Gauge:
+        """Made by polling only: webhook replicas export no such series (an alert reads its 0 as "nobody polls")."""
+        return Gauge(
+            "bot_polling_leader",
+            "1 while this process polls; 0 while it stands by, another process polling",
+            registry=self.registry,
+        )
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The registry as text (Prometheus' format, or OpenMetrics if `accept` asks for it) and its type."""

@@ -170,6 +170,7 @@ async def test_the_webhook_server_serves_metrics_that_move_through_a_429_and_the
         await until_healthy(base)
         before = await scrape(url)
         assert value(before, "bot_updates_total", outcome="applied") == 0
+        assert ("bot_polling_leader", frozenset()) not in before  # no "nobody polls" from a replica
         emulator.faults.append(Fault(method="sendMessage", status=429, count=1, retry_after=1))
         await process.say(1, "/start")
         after = await until(url, lambda s: moved(before, s, "bot_updates_total", outcome="applied") == 1)
