@@ -75,6 +75,18 @@ def keeps_as_typed(question: Question, text: str) -> bool:
         return False
 
 
+def told_apart(tag: str) -> dict[str, str]:
+    """Answers that tell one user from another: `tag` for the first question that keeps it as typed.
+
+    `typed(**told_apart("Ann"))`: the samples, but "Ann" where free text goes (not to a number question).
+    """
+    for question in asked():
+        if keeps_as_typed(question, tag):
+            return {question.key: tag}
+    msg = f"no question takes {tag!r} as typed: the tests tell users apart by a free-text answer"
+    raise LookupError(msg)
+
+
 def saved_first(count: int, **answers: str) -> dict[str, Answer]:
     """The answers kept after the first `count` questions are answered."""
     return dict(list(saved(**answers).items())[:count])
