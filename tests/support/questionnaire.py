@@ -97,6 +97,11 @@ def replies(**answers: str) -> list[str]:
     return bot_replies(conversation(**answers), saved(**answers))
 
 
+def exchanges(**answers: str) -> list[tuple[str, str]]:
+    """Each message of `conversation(**answers)` with the bot's reply to it, as the user reads it."""
+    return list(zip(conversation(**answers), replies(**answers), strict=True))
+
+
 # The summary's last line: what the reply to the last answer ends with.
 SUMMARY_END = summary({}).rpartition("\n")[2]
 
