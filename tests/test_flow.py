@@ -20,7 +20,16 @@ from states import InvalidAnswer, Question
 from states.form import Reader, short_text, whole_number
 from tests.support.backends import storage_key
 from tests.support.chat import ChatHarness
-from tests.support.questionnaire import asked, conversation, fill_in, keeps_as_typed, saved, shows_summary, typed
+from tests.support.questionnaire import (
+    asked,
+    conversation,
+    fill_in,
+    keeps_as_typed,
+    saved,
+    shows_summary,
+    told_apart,
+    typed,
+)
 
 
 async def answer_up_to(chat: ChatHarness, question: Question, user_id: int = 1) -> None:
@@ -250,16 +259,15 @@ async def test_burst_of_all_answers_is_applied_in_order(chat: ChatHarness) -> No
 
 async def test_many_users_at_once_each_get_their_own_summary(chat: ChatHarness) -> None:
     users = range(100, 130)
-    first = asked()[0].key
 
     async def one_user(user_id: int) -> list[list[str]]:
-        return await fill_in(lambda text: chat.send(text, user_id), **{first: f"Name{user_id}"})
+        return await fill_in(lambda text: chat.send(text, user_id), **told_apart(f"Name{user_id}"))
 
     summaries = await asyncio.gather(*(one_user(user) for user in users))
     for user, replies in zip(users, summaries, strict=True):
-        assert shows_summary(replies[-1][0], **{first: f"Name{user}"})
+        assert shows_summary(replies[-1][0], **told_apart(f"Name{user}"))
         [response] = await chat.storages.responses.for_user(user)
-        assert response.answers == saved(**{first: f"Name{user}"})
+        assert response.answers == saved(**told_apart(f"Name{user}"))
     locks = chat.dispatcher.fsm.events_isolation
     assert isinstance(locks, KeyLocks)
     assert locks.held == 0, "a user's lock outlived their updates: memory would grow with every user"

@@ -32,7 +32,7 @@ from handlers.forms import thanks_for
 from tests.support.backends import SQL_URL_VARIABLES, Backend, backend_params, make_backend
 from tests.support.bot_process import ROOT, BotProcess, bot_environment, drop_bot_tables, finish
 from tests.support.pushback import chaos, everyone_fills_in
-from tests.support.questionnaire import asked, bot_replies, conversation, saved, shows_summary, typed
+from tests.support.questionnaire import asked, bot_replies, conversation, saved, shows_summary, told_apart, typed
 from tests.support.webhook import SECRET, free_port, until_healthy
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -123,7 +123,7 @@ async def fill_in(deployment: Deployment, user_id: int) -> str:
 
 
 def named(user_id: int) -> dict[str, str]:
-    return {asked()[0].key: f"User{user_id}"}
+    return told_apart(f"User{user_id}")
 
 
 async def test_a_hundred_users_through_three_replicas(deployment: Deployment) -> None:
