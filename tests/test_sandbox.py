@@ -75,7 +75,7 @@ async def test_two_answers_then_end_of_input_then_finish_in_a_second_run(tmp_pat
             picked[question.key] = question.choices[-1]
         else:
             lines.append(text)
-    second = await chat(tmp_path, lines[0], ":photo", *lines[1:])
+    second = await chat(tmp_path, ":photo", *lines)  # a photo at the second question first
     assert "I can only read text here." in second
     assert all(f"[{len(q.choices)}] {q.choices[-1]}" in second for q in asked()[1:] if q.choices)
     assert shows_summary(second, **picked)
