@@ -4,7 +4,7 @@ For each variant, the project is copied (without .venv and .git) into a temporar
 its states/questionnaire.py rewritten as a copier would edit it, and the test files that
 go through the questions run there in a subprocess (`python -m pytest`). They run on SQLite
 only (TEST_SQLITE_ONLY=1, tests/support/backends.py): the other backends run the same
-handlers, and the three runs would take three times as long.
+handlers. The three runs go at once (they mostly wait on bot processes): about 4 minutes.
 """
 
 from __future__ import annotations
@@ -66,24 +66,36 @@ def copy_of_the_project(target: Path) -> Path:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_the_tests_pass_after_the_questions_change(variant: str, tmp_path: Path) -> None:
-    project = copy_of_the_project(tmp_path / "project")
+def test_the_tests_pass_after_the_questions_change(tmp_path: Path) -> None:
+    """The three variants at once: their runs mostly wait on bot processes, so together they take about one's time."""
     head, blocks = split((ROOT / QUESTIONNAIRE).read_text(encoding="utf-8"))
-    changed = VARIANTS[variant](blocks)
-    assert changed != blocks
-    (project / QUESTIONNAIRE).write_text(head + "".join(changed), encoding="utf-8")
-
     env = {**os.environ, "TEST_SQLITE_ONLY": "1", "POSTGRES_TEST_URL": "", "MYSQL_TEST_URL": ""}
     env.pop("PYTEST_XDIST_WORKER", None)
     env.pop("PYTEST_XDIST_TESTRUNUID", None)
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", *FILES],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=840,
-        check=False,
-    )
-    assert run.returncode == 0, f"{variant}:\n{head + ''.join(changed)}\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
+    definitions, runs = {}, {}
+    try:
+        for variant, change in VARIANTS.items():
+            project = copy_of_the_project(tmp_path / variant)
+            definitions[variant] = head + "".join(change(blocks))
+            assert definitions[variant] != head + "".join(blocks)
+            (project / QUESTIONNAIRE).write_text(definitions[variant], encoding="utf-8")
+            runs[variant] = subprocess.Popen(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", *FILES],
+                cwd=project,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        outputs = {variant: run.communicate(timeout=840)[0] for variant, run in runs.items()}
+    finally:
+        for run in runs.values():
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    failed = [
+        f"--- {variant}:\n{definitions[variant]}\n{outputs[variant][-6000:]}"
+        for variant, run in runs.items()
+        if run.returncode != 0
+    ]
+    assert not failed, "\n".join(failed)
