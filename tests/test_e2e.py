@@ -17,7 +17,17 @@ from bot.emulator import BotAPIEmulator, running_emulator
 from handlers.common import COMMANDS
 from tests.support.backends import ALL_BACKENDS, MONGO_BACKENDS, SQL_URL_VARIABLES, make_backend
 from tests.support.bot_process import BotProcess, bot_environment, drop_bot_tables
-from tests.support.questionnaire import asked, conversation, fill_in, keeps_as_typed, shows_summary, typed
+from tests.support.questionnaire import (
+    SUMMARY_END,
+    asked,
+    conversation,
+    exchanges,
+    fill_in,
+    keeps_as_typed,
+    shows_summary,
+    told_apart,
+    typed,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -62,16 +72,14 @@ async def test_answers_in_one_batch_are_kept_in_order(bot: BotProcess) -> None:
 
 
 async def test_fifty_users_at_once_each_get_their_own_summary(bot: BotProcess) -> None:
-    first = asked()[0].key
-
     async def one_user(user_id: int) -> str:
-        [*_, [summary]] = await fill_in(lambda text: bot.say(user_id, text), **{first: f"User{user_id}"})
+        [*_, [summary]] = await fill_in(lambda text: bot.say(user_id, text), **told_apart(f"User{user_id}"))
         return summary
 
     users = range(1000, 1050)
     summaries = await asyncio.gather(*(one_user(user_id) for user_id in users))
     for user_id, summary in zip(users, summaries, strict=True):
-        assert shows_summary(summary, **{first: f"User{user_id}"})
+        assert shows_summary(summary, **told_apart(f"User{user_id}"))
 
 
 async def test_bad_input_is_answered_and_changes_nothing(bot: BotProcess) -> None:
@@ -93,48 +101,46 @@ async def test_bad_input_is_answered_and_changes_nothing(bot: BotProcess) -> Non
 async def test_cancel_forgets_and_says_so(bot: BotProcess) -> None:
     [reply] = await bot.say(4, "/cancel")
     assert "Nothing to cancel" in reply
-    await bot.say(4, *conversation()[:2])
+    await bot.say(4, *conversation()[:-1])  # at the last question
     [reply] = await bot.say(4, "/cancel")
     assert "Cancelled" in reply
-    [reply] = await bot.say(4, typed()[1])
+    [reply] = await bot.say(4, typed()[-1])
     assert "Send /start" in reply
 
 
 async def test_forget_deletes_what_the_bot_keeps(bot: BotProcess) -> None:
-    for answer in (*conversation(), *conversation()[:2]):
+    for answer in (*conversation(), *conversation()[:-1]):
         await bot.say(8, answer)
     [reply] = await bot.say(8, "/forget")
     assert "1 finished form" in reply
-    [reply] = await bot.say(8, typed()[1])
+    [reply] = await bot.say(8, typed()[-1])
     assert "Send /start" in reply
     [reply] = await bot.say(8, "/forget")
     assert "0 finished form" in reply
 
 
 async def test_kill_9_between_answers_loses_nothing(bot: BotProcess) -> None:
-    first, second, *rest = typed()
-    await bot.say(5, "/start")
-    [acknowledged] = await bot.say(5, first)
-    assert acknowledged.endswith(asked()[1].prompt)  # acknowledged: the answer is saved
+    *before, (penultimate, acknowledgement), (last, _) = exchanges()
+    for text, reply in before:
+        assert await bot.say(5, text) == [reply]
+    [acknowledged] = await bot.say(5, penultimate)
+    assert acknowledged == acknowledgement  # acknowledged: the answer is saved
 
     assert await bot.stop(signal.SIGKILL) == -signal.SIGKILL
-    await bot.emulator.user_sends(5, {"text": second})  # sent while the bot is down
+    await bot.emulator.user_sends(5, {"text": last})  # sent while the bot is down
     await bot.start()
 
     # A reply carried out in the moment before the kill (not yet recorded as done) may come again.
-    texts = await bot.wait_for(5, asked()[2].prompt)
-    assert acknowledged in texts[1:-1]
-    assert set(texts[1:-1]) <= {texts[0], acknowledged}
-    for text in rest:
-        [reply] = await bot.say(5, text)
-    assert shows_summary(reply)
+    texts = await bot.wait_for(5, SUMMARY_END)
+    settled = len(before) + 1
+    assert texts[settled - 1] == acknowledged
+    assert set(texts[settled:-1]) <= set(texts[:settled])
+    assert shows_summary(texts[-1])
 
 
 async def test_graceful_stop_and_start_continue_the_flow(bot: BotProcess) -> None:
-    first, *rest = typed()
-    await bot.say(6, "/start", first)
+    *before, (last, summary) = exchanges()
+    await bot.say(6, *(text for text, _ in before))
     assert await bot.stop(signal.SIGTERM) == 0
     await bot.start()
-    replies = [await bot.say(6, text) for text in rest]
-    assert replies[0][0].endswith(asked()[2].prompt)
-    assert shows_summary(replies[-1][0])
+    assert await bot.say(6, last) == [summary]

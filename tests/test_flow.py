@@ -10,15 +10,26 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aiogram import html
 from aiogram.types import InlineKeyboardMarkup, ReplyKeyboardMarkup, ReplyKeyboardRemove
 
 from bot.key_locks import KeyLocks
 from bot.outbox import handle_update
 from handlers.questionnaire import NUMBERS
-from states import Question, Questionnaire
+from states import InvalidAnswer, Question
+from states.form import Reader, short_text, whole_number
 from tests.support.backends import storage_key
 from tests.support.chat import ChatHarness
-from tests.support.questionnaire import asked, conversation, fill_in, keeps_as_typed, saved, shows_summary, typed
+from tests.support.questionnaire import (
+    asked,
+    conversation,
+    fill_in,
+    keeps_as_typed,
+    saved,
+    shows_summary,
+    told_apart,
+    typed,
+)
 
 
 async def answer_up_to(chat: ChatHarness, question: Question, user_id: int = 1) -> None:
@@ -90,44 +101,63 @@ async def test_a_bad_answer_to_any_question_is_refused_and_asked_again(chat: Cha
     assert await chat.data() == data_before
 
 
+# Texts some reader refuses: each question that refuses one says why, its reader's reason.
+REFUSED_BY_SOME = ["   ", "x" * 65, "thirty", "30.5", "²", "-5", "0", "121", "1000"]
+
+
+@pytest.mark.parametrize("at", range(len(asked())))
+async def test_a_bad_answer_is_told_why_and_the_question_asked_again(chat: ChatHarness, at: int) -> None:
+    question = asked()[at]
+    await answer_up_to(chat, question)
+    state_before, data_before = await chat.state(), await chat.data()
+    refused = {"/foo": "I don't know the command /foo"}
+    for text in REFUSED_BY_SOME:
+        try:
+            question.read(text.strip())
+        except InvalidAnswer as problem:
+            refused[text] = html.quote(str(problem))
+    for text, why in refused.items():
+        [reply] = await chat.send(text)
+        assert why in reply
+        assert reply.endswith(question.prompt)
+    assert (await chat.state(), await chat.data()) == (state_before, data_before)
+
+
 @pytest.mark.parametrize(
-    ("answer", "reason"),
-    [("   ", "can't be empty"), ("x" * 65, "keep the name to 64"), ("/foo", "I don't know the command /foo")],
+    ("read", "text", "reason"),
+    [
+        (short_text("name"), "", "The name can't be empty."),
+        (short_text("name"), "x" * 65, "That's 65 characters; please keep the name to 64."),
+        (whole_number("age", 1, 120), "thirty", "Please send your age as a whole number."),
+        (whole_number("age", 1, 120), "30.5", "whole number"),
+        (whole_number("age", 1, 120), "²", "whole number"),
+        (whole_number("age", 1, 120), "-5", "whole number"),
+        (whole_number("age", 1, 120), "1000", "whole number"),
+        (whole_number("age", 1, 120), "0", "The age must be between 1 and 120."),
+        (whole_number("age", 1, 120), "121", "between 1 and 120"),
+    ],
 )
-async def test_a_bad_name_is_told_why(chat: ChatHarness, answer: str, reason: str) -> None:
-    await answer_up_to(chat, Questionnaire.name)
-    [reply] = await chat.send(answer)
-    assert reason in reply
+def test_the_readers_refuse_with_the_reason(read: Reader, text: str, reason: str) -> None:
+    """The readers questions are built from (states/form.py), on their own: what the user is told."""
+    with pytest.raises(InvalidAnswer) as refused:
+        read(text)
+    assert reason in str(refused.value)
+
+
+def test_the_readers_keep_what_they_accept() -> None:
+    assert short_text("name")("x" * 64) == "x" * 64
+    assert [whole_number("age", 1, 120)(text) for text in ("1", "30", "120", "007")] == [1, 30, 120, 7]
 
 
 async def test_an_unknown_command_of_a_whole_message_gets_a_reply_that_fits_in_one(chat: ChatHarness) -> None:
     """Telegram refuses a message over 4096 characters: the reply names the command's start, not all of it."""
-    await answer_up_to(chat, Questionnaire.name)
+    await answer_up_to(chat, asked()[0])
     command = "/<" + "x" * 4089  # 4091 characters, HTML in it
     [reply] = await chat.send(command)
     assert len(reply) <= 4096
     assert "I don't know the command /&lt;xxx" in reply
     assert "x" * 60 not in reply
-    assert reply.endswith(Questionnaire.name.prompt)
-
-
-@pytest.mark.parametrize(
-    ("answer", "reason"),
-    [
-        ("thirty", "whole number"),
-        ("30.5", "whole number"),
-        ("²", "whole number"),
-        ("-5", "whole number"),
-        ("0", "between 1 and 120"),
-        ("121", "between 1 and 120"),
-        ("1000", "whole number"),
-    ],
-)
-async def test_a_bad_age_is_told_why(chat: ChatHarness, answer: str, reason: str) -> None:
-    await answer_up_to(chat, Questionnaire.age)
-    [reply] = await chat.send(answer)
-    assert reason in reply
-    assert await chat.state() == Questionnaire.age.state
+    assert reply.endswith(asked()[0].prompt)
 
 
 @pytest.mark.parametrize("content", ["photo", "sticker", "voice"])
@@ -168,7 +198,7 @@ async def test_only_the_questions_answers_are_saved_not_other_keys_of_the_data(c
 
 
 async def test_cancel_in_the_middle_forgets_the_answers(chat: ChatHarness) -> None:
-    await answer_up_to(chat, asked()[1])
+    await answer_up_to(chat, asked()[-1])  # the last question: after the others' answers
     [reply] = await chat.send("/cancel")
     assert "Cancelled" in reply
     assert isinstance(chat.last_reply().reply_markup, ReplyKeyboardRemove)
@@ -182,7 +212,7 @@ async def test_cancel_with_nothing_to_cancel_says_so(chat: ChatHarness) -> None:
 
 
 async def test_start_in_the_middle_starts_over(chat: ChatHarness) -> None:
-    await answer_up_to(chat, asked()[1])
+    await answer_up_to(chat, asked()[-1])  # the last question: after the others' answers
     [reply] = await chat.send("/start")
     assert reply.endswith(asked()[0].prompt)
     assert await chat.state() == asked()[0].state
@@ -190,7 +220,7 @@ async def test_start_in_the_middle_starts_over(chat: ChatHarness) -> None:
 
 
 async def test_help_works_inside_the_flow_and_changes_nothing(chat: ChatHarness) -> None:
-    await answer_up_to(chat, asked()[1])
+    await answer_up_to(chat, asked()[-1])  # the last question: after the others' answers
     state_before, answers_before = await chat.state(), await chat.answers()
     [reply] = await chat.send("/help")
     assert "/cancel" in reply
@@ -229,16 +259,15 @@ async def test_burst_of_all_answers_is_applied_in_order(chat: ChatHarness) -> No
 
 async def test_many_users_at_once_each_get_their_own_summary(chat: ChatHarness) -> None:
     users = range(100, 130)
-    first = asked()[0].key
 
     async def one_user(user_id: int) -> list[list[str]]:
-        return await fill_in(lambda text: chat.send(text, user_id), **{first: f"Name{user_id}"})
+        return await fill_in(lambda text: chat.send(text, user_id), **told_apart(f"Name{user_id}"))
 
     summaries = await asyncio.gather(*(one_user(user) for user in users))
     for user, replies in zip(users, summaries, strict=True):
-        assert shows_summary(replies[-1][0], **{first: f"Name{user}"})
+        assert shows_summary(replies[-1][0], **told_apart(f"Name{user}"))
         [response] = await chat.storages.responses.for_user(user)
-        assert response.answers == saved(**{first: f"Name{user}"})
+        assert response.answers == saved(**told_apart(f"Name{user}"))
     locks = chat.dispatcher.fsm.events_isolation
     assert isinstance(locks, KeyLocks)
     assert locks.held == 0, "a user's lock outlived their updates: memory would grow with every user"

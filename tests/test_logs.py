@@ -15,12 +15,17 @@ import pytest
 from bot.emulator import BotAPIEmulator, Fault, running_emulator
 from config import SettingsError, load_settings
 from tests.support.bot_process import BotProcess
+from tests.support.questionnaire import asked, conversation, keeps_as_typed, replies
 from tests.support.webhook import SECRET, free_port, until_healthy, webhook_environment
 
-# Answers no log line could contain by chance.
-NAME = "Zebediah Quokkaworth"
-COLOUR = "Chartreuse-Marmalade"
+SECRET_WORD = "Quokkaworth"  # in no log line by chance
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+
+
+def secret_answers() -> dict[str, str]:
+    """Answers no log line could contain by chance: one for each question that keeps a text as typed."""
+    texts = ((question, f"Zebediah {SECRET_WORD} {number}") for number, question in enumerate(asked()))
+    return {question.key: text for question, text in texts if keeps_as_typed(question, text)}
 
 
 def json_lines(output: str) -> list[dict[str, str]]:
@@ -37,20 +42,24 @@ def json_lines(output: str) -> list[dict[str, str]]:
 def assert_nothing_secret(output: str, emulator: BotAPIEmulator, *secrets: str) -> None:
     for secret in (emulator.token, emulator.token.split(":")[1], *secrets):
         assert secret not in output
-    for answer in (NAME, NAME.split()[1], COLOUR):
+    for answer in (*secret_answers().values(), SECRET_WORD):
         assert answer not in output
 
 
 async def questionnaire_through_failures(bot: BotProcess, user_id: int) -> None:
-    """The whole questionnaire, its answers met by a 429, by 502s past the retries and redelivery."""
-    assert "What is your name?" in (await bot.say(user_id, "/start"))[0]
-    bot.emulator.faults.append(Fault(method="sendMessage", status=502, count=3))
-    await bot.emulator.user_sends(user_id, {"text": NAME})
-    await bot.wait_for(user_id, "How old are you?")
-    bot.emulator.faults.append(Fault(method="sendMessage", status=429, count=1, retry_after=1))
-    assert "favourite colour" in (await bot.say(user_id, "93"))[0]
-    [summary] = await bot.say(user_id, COLOUR)
-    assert NAME in summary  # the user sees their answers; the logs do not
+    """The whole questionnaire, its first answer met by 502s past the retries, its second (or the same) by a 429."""
+    answers = secret_answers()
+    messages, expected = conversation(**answers), replies(**answers)
+    assert await bot.say(user_id, messages[0]) == [expected[0]]
+    for step in range(1, len(messages)):
+        if step == 1:
+            bot.emulator.faults.append(Fault(method="sendMessage", status=502, count=3))
+        if step == min(2, len(messages) - 1):
+            bot.emulator.faults.append(Fault(method="sendMessage", status=429, count=1, retry_after=1))
+        await bot.emulator.user_sends(user_id, {"text": messages[step]})
+        texts = await bot.wait_for(user_id, expected[step])
+        assert texts[-1] == expected[step]
+    assert all(answer in expected[-1] for answer in answers.values())  # the user sees their answers; the logs do not
 
 
 async def test_polling_logs_json_lines_without_secrets_or_answers(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from bot.emulator import BotAPIEmulator, Fault, running_emulator
 from config import SettingsError, load_settings
 from tests.support.backends import TOKEN
 from tests.support.bot_process import BotProcess
+from tests.support.questionnaire import asked, typed, what_follows
 from tests.support.webhook import free_port, until_healthy, webhook_environment
 
 # The polling bot is one process for the module: its tests share its event loop.
@@ -122,7 +123,7 @@ async def test_a_reply_waiting_out_a_429_is_seen_waiting_then_sent(polling: tupl
 
     waiting = await until(url, lambda s: value(s, "bot_replies_waiting") == 1)
     assert value(waiting, "bot_telegram_errors_total", method="sendMessage", code="429") == 1
-    await bot.wait_for(1, "What is your name?")
+    await bot.wait_for(1, asked()[0].prompt)
     after = await until(url, lambda s: value(s, "bot_replies_waiting") == 0)
     assert moved(before, after, "bot_updates_total", outcome="applied") == 1
     assert moved(before, after, "bot_update_handling_seconds_count") == 1
@@ -140,8 +141,8 @@ async def test_a_reply_refused_with_502s_is_tried_again_and_each_refusal_counted
     await bot.say(2, "/start")
     before = await scrape(url)
     bot.emulator.faults.append(Fault(method="sendMessage", status=502, count=3))
-    await bot.emulator.user_sends(2, {"text": "Ann"})
-    await bot.wait_for(2, "How old are you?")
+    await bot.emulator.user_sends(2, {"text": typed()[0]})
+    await bot.wait_for(2, what_follows(asked()[0]))
     after = await until(url, lambda s: moved(before, s, "bot_updates_total", outcome="applied") == 1)
     assert moved(before, after, "bot_telegram_errors_total", method="sendMessage", code="5xx") == 3
     assert moved(before, after, "bot_updates_total", outcome="redelivery") == 0
@@ -180,7 +181,7 @@ async def test_the_webhook_server_serves_metrics_that_move_through_a_429_and_the
         # A long 429: the update is done once committed (200); its reply waits in the outbox, then goes out.
         before = after
         emulator.faults.append(Fault(method="sendMessage", status=429, count=1, retry_after=3))
-        await emulator.user_sends(1, {"text": "Ann"})
+        await emulator.user_sends(1, {"text": typed()[0]})
         during = await until(url, lambda s: moved(before, s, "bot_updates_total", outcome="applied") == 1)
         assert value(during, "bot_replies_waiting") == 1
         after = await until(url, lambda s: value(s, "bot_replies_waiting") == 0)

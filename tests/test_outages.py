@@ -18,7 +18,7 @@ from bot.emulator import BotAPIEmulator, Fault, running_emulator
 from handlers.errors import SEND_AGAIN
 from tests.support.bot_process import BotProcess
 from tests.support.mongo_server import WireProtocolServer
-from tests.support.questionnaire import asked, shows_summary, typed
+from tests.support.questionnaire import asked, exchanges, replies, typed
 from tests.support.tcp_proxy import TcpProxy, proxied
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -63,17 +63,16 @@ async def mongo_bot(
 
 async def test_postgresql_goes_away_mid_questionnaire(postgres_bot: tuple[BotProcess, TcpProxy]) -> None:
     bot, proxy = postgres_bot
-    await bot.say(1, "/start")
-    assert asked()[1].prompt in (await bot.say(1, typed()[0]))[0]
+    *before, (last, summary) = exchanges()
+    for text, reply in before:
+        assert await bot.say(1, text) == [reply]
 
     proxy.down()
-    assert await bot.say(1, typed()[1]) == [SEND_AGAIN]
+    assert await bot.say(1, last) == [SEND_AGAIN]
     assert bot.output().count(FAILURE_LOG_LINE) == 1
 
     proxy.up()
-    assert asked()[2].prompt in (await bot.say(1, typed()[1]))[0]
-    replies = [await bot.say(1, text) for text in typed()[2:]]
-    assert shows_summary(replies[-1][0])
+    assert await bot.say(1, last) == [summary]
 
 
 async def test_a_hanging_database_is_given_up_on(postgres_bot: tuple[BotProcess, TcpProxy]) -> None:
@@ -84,7 +83,7 @@ async def test_a_hanging_database_is_given_up_on(postgres_bot: tuple[BotProcess,
         assert await bot.say(2, typed()[0]) == [SEND_AGAIN]
     finally:
         proxy.up()
-    assert asked()[1].prompt in (await bot.say(2, typed()[0]))[0]
+    assert await bot.say(2, typed()[0]) == [replies()[1]]
 
 
 async def test_polling_backs_off_on_502_and_recovers(postgres_bot: tuple[BotProcess, TcpProxy]) -> None:
@@ -109,14 +108,13 @@ async def test_mongo_server_stops_and_restarts_mid_questionnaire(
     mongo_bot: tuple[BotProcess, WireProtocolServer],
 ) -> None:
     bot, server = mongo_bot
-    await bot.say(1, "/start")
-    assert asked()[1].prompt in (await bot.say(1, typed()[0]))[0]
+    *before, (last, summary) = exchanges()
+    for text, reply in before:
+        assert await bot.say(1, text) == [reply]
 
     server.stop()
-    assert await bot.say(1, typed()[1]) == [SEND_AGAIN]
+    assert await bot.say(1, last) == [SEND_AGAIN]
     assert bot.output().count(FAILURE_LOG_LINE) == 1
 
     server.start()
-    assert asked()[2].prompt in (await bot.say(1, typed()[1]))[0]
-    replies = [await bot.say(1, text) for text in typed()[2:]]
-    assert shows_summary(replies[-1][0])
+    assert await bot.say(1, last) == [summary]

@@ -16,7 +16,7 @@ import pytest
 from bot.emulator import BotAPIEmulator, Fault, running_emulator
 from tests.support.backends import make_backend
 from tests.support.bot_process import BotProcess, bot_environment
-from tests.support.questionnaire import asked, bot_replies, conversation, saved
+from tests.support.questionnaire import bot_replies, conversation, saved, told_apart
 
 OTHERS = 150
 STUCK = 999_001
@@ -25,7 +25,7 @@ REPLY_SECONDS = 120
 
 async def fill_in(emulator: BotAPIEmulator, user_id: int) -> list[str]:
     """The questionnaire, each message after the answer to the one before, as people do."""
-    answers = {asked()[0].key: f"User {user_id}"}
+    answers = told_apart(f"User {user_id}")
     messages = conversation(**answers)
     expected = bot_replies(messages, saved(**answers))
     for count, message in enumerate(messages, start=1):

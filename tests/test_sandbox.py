@@ -26,7 +26,7 @@ from bot.emulator import EMULATOR_BOT_TOKEN
 from bot.emulator.sandbox import format_keyboard, run_sandbox
 from config import Settings, load_settings
 from tests.support.bot_process import ROOT, finish, stop_process
-from tests.support.questionnaire import asked, conversation, shows_summary, typed
+from tests.support.questionnaire import asked, conversation, shows_summary, told_apart, typed
 from tests.support.routers import add_router
 
 
@@ -75,14 +75,14 @@ async def test_two_answers_then_end_of_input_then_finish_in_a_second_run(tmp_pat
             picked[question.key] = question.choices[-1]
         else:
             lines.append(text)
-    second = await chat(tmp_path, lines[0], ":photo", *lines[1:])
+    second = await chat(tmp_path, ":photo", *lines)  # a photo at the second question first
     assert "I can only read text here." in second
     assert all(f"[{len(q.choices)}] {q.choices[-1]}" in second for q in asked()[1:] if q.choices)
     assert shows_summary(second, **picked)
 
 
 async def test_ctrl_c_half_way_and_start_again(tmp_path: Path) -> None:
-    bob = {asked()[0].key: "Bob"}
+    bob = told_apart("Bob")
     sandbox = await start_sandbox(tmp_path)
     try:
         assert sandbox.stdin is not None

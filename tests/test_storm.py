@@ -33,7 +33,7 @@ from states import Answer
 from storage import Storages
 from tests.support.backends import ALL_BACKENDS, SQL_URL_VARIABLES, make_backend
 from tests.support.bot_process import BotProcess, bot_environment, drop_bot_tables
-from tests.support.questionnaire import asked, bot_replies, conversation, keeps_as_typed, saved
+from tests.support.questionnaire import asked, bot_replies, conversation, keeps_as_typed, saved, told_apart
 
 USERS = 60
 KILLS = 3
@@ -58,10 +58,12 @@ class Person:
         """(message, the answer it must get) for one questionnaire."""
         # Each answer of this round its own (where the question takes free text), so a misfiled one shows.
         tag = f"U{self.user_id}r{round_number}"
+        apart = told_apart(tag)  # rounds are told apart by this answer
         own = {
-            question.key: f"{tag} {self.rng.choice(SPICE)}" for question in asked()[1:] if keeps_as_typed(question, tag)
-        }
-        own[asked()[0].key] = tag  # rounds are told apart by the first answer
+            question.key: f"{tag} {self.rng.choice(SPICE)}"
+            for question in asked()
+            if keeps_as_typed(question, tag) and question.key not in apart
+        } | apart
         messages = conversation(**own)
         self.rounds.append(saved(**own))
         replies = bot_replies(messages, self.rounds[-1])
@@ -173,7 +175,7 @@ async def test_no_message_is_lost_or_misfiled_across_kills_and_deploys(
     try:
         for person in people:
             responses = await storages.responses.for_user(person.user_id)
-            first = asked()[0].key
+            [first] = told_apart(f"U{person.user_id}r0")  # the answer rounds are told apart by
             kept = sorted((r.answers for r in responses), key=lambda answers: str(answers[first]))
             assert kept == sorted(person.rounds, key=lambda answers: str(answers[first])), f"STORM_SEED={seed}"
     finally:

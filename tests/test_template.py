@@ -34,7 +34,7 @@ from bot.running import StartupError, running_bot
 from bot.setup import create_dispatcher
 from config import StorageSettings
 from handlers import fallback, get_routers
-from states import Question, Questionnaire, Tally
+from states import Question, Tally
 from states.form import short_text
 from storage.factory import create_sql_storages
 from tests.support.backends import release_routers, settings_for
@@ -129,7 +129,7 @@ async def test_readmes_second_form_runs_mid_questionnaire_and_returns_the_user(
     chat: ChatHarness, feedback: types.ModuleType, tmp_path: Path
 ) -> None:
     await chat.restart()  # built with the recipe's router
-    for text in conversation()[:2]:
+    for text in conversation()[:-1]:  # at the last question
         await chat.send(text)
     at = await chat.state()
     [asked_for_feedback] = await chat.send("/feedback")
@@ -137,10 +137,9 @@ async def test_readmes_second_form_runs_mid_questionnaire_and_returns_the_user(
     [photo] = await chat.send(content="photo")
     assert photo.endswith(feedback.Feedback.text.prompt)
     [back] = await chat.send(feedback.Feedback.text.sample)
-    assert back.endswith(asked()[1].prompt)  # where the user was
+    assert back.endswith(asked()[-1].prompt)  # where the user was
     assert await chat.state() == at
-    for text in typed()[1:]:
-        [reply] = await chat.send(text)
+    [reply] = await chat.send(typed()[-1])
     assert shows_summary(reply)
 
     responses = await chat.storages.responses.completed()
@@ -172,16 +171,15 @@ async def test_cancel_or_the_same_command_again_inside_the_second_form_keeps_the
     chat: ChatHarness, feedback: types.ModuleType
 ) -> None:
     await chat.restart()  # built with the recipe's router
-    for text in conversation()[:2]:
+    for text in conversation()[:-1]:  # at the last question
         await chat.send(text)
     at, answers = await chat.state(), await chat.answers()
     await chat.send("/feedback")
     await chat.send("/feedback")  # twice: still one step aside
     [cancelled] = await chat.send("/cancel")
-    assert cancelled.endswith(asked()[1].prompt)  # back where the user was, answers kept
+    assert cancelled.endswith(asked()[-1].prompt)  # back where the user was, answers kept
     assert (await chat.state(), await chat.answers()) == (at, answers)
-    for text in typed()[1:]:
-        [reply] = await chat.send(text)
+    [reply] = await chat.send(typed()[-1])
     assert shows_summary(reply)
 
 
@@ -215,11 +213,11 @@ SENT_AT_ONCE = "sends at once, before the changes are saved"
     [
         ('async def ping(message):\n    message.answer("pong")\n', DROPPED),
         # the project's own builders (handlers/forms.py), plain or async
-        ("async def ping(message, state):\n    ask(message, Questionnaire.age)\n", DROPPED),
-        ("async def ping(callback, state):\n    ask_in(callback.message, Questionnaire.age)\n", DROPPED),
+        ("async def ping(message, state):\n    ask(message, Form.question)\n", DROPPED),
+        ("async def ping(callback, state):\n    ask_in(callback.message, Form.question)\n", DROPPED),
         ('async def ping(message, state):\n    await come_back(message, state, "Back.")\n', DROPPED),
         ('async def ping(message):\n    SendMessage(chat_id=message.chat.id, text="pong")\n', DROPPED),
-        ("from handlers import forms\nasync def ping(message):\n    forms.ask(message, Questionnaire.age)\n", DROPPED),
+        ("from handlers import forms\nasync def ping(message):\n    forms.ask(message, Form.question)\n", DROPPED),
         # a builder of the file's own, annotated or not
         (
             'def pong(message):\n    return message.answer("pong")\nasync def ping(message):\n    pong(message)\n',
@@ -300,7 +298,7 @@ def test_make_lint_runs_the_projects_check_first_and_every_checker_after_a_failu
 
 def test_check_replies_knows_the_projects_builders_from_a_copiers_file(tmp_path: Path) -> None:
     feature = tmp_path / "feature.py"
-    feature.write_text("async def step(message, state):\n    ask(message, Questionnaire.age)\n")
+    feature.write_text("async def step(message, state):\n    ask(message, Form.question)\n")
     result = subprocess.run(
         [sys.executable, "-m", "tools.check_replies", str(feature)], cwd=ROOT, capture_output=True, text=True
     )
@@ -319,7 +317,7 @@ async def test_a_reply_sent_too_early_is_reported_with_the_handlers_name(
 
     @router.message(Command("sends_and_moves"))
     async def sends_and_moves(message: Message, state: FSMContext) -> None:
-        await state.set_state(Questionnaire.age)
+        await state.set_state(asked()[-1])
         await message.answer("sent before the save")
 
     add_router(monkeypatch, router)

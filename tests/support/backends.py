@@ -31,13 +31,19 @@ MONGO_BACKENDS = ("mongo-pymongo", "mongo-motor")
 
 
 def backend_params(*names: str) -> list[Any]:
-    """pytest params for the named backends; PostgreSQL and MySQL only when their URL is set."""
+    """pytest params for the named backends; PostgreSQL and MySQL only when their URL is set.
+
+    TEST_SQLITE_ONLY=1 leaves every backend but SQLite out (tests/test_questions_change.py runs
+    the suite's question-driven files so, three times over).
+    """
     params = []
     for name in names:
         variable = SQL_URL_VARIABLES.get(name)
         marks = []
         if variable and not os.environ.get(variable):
             marks.append(pytest.mark.skip(reason=f"{variable} is not set"))
+        elif name != "sqlite" and os.environ.get("TEST_SQLITE_ONLY"):
+            marks.append(pytest.mark.skip(reason="TEST_SQLITE_ONLY is set"))
         params.append(pytest.param(name, id=name, marks=marks))
     return params
 

@@ -19,7 +19,7 @@ from aiogram import html
 from bot.emulator.telegram_html import parse_html
 from handlers.forms import thanks_for
 from handlers.questionnaire import how_many, summary
-from states import Answer, InvalidAnswer, Question, Questionnaire, questions
+from states import Answer, InvalidAnswer, Question, Questionnaire, next_question, questions
 
 Reply = TypeVar("Reply")
 
@@ -75,9 +75,41 @@ def keeps_as_typed(question: Question, text: str) -> bool:
         return False
 
 
+def told_apart(tag: str) -> dict[str, str]:
+    """Answers that tell one user from another: `tag` for the first question that keeps it as typed.
+
+    `typed(**told_apart("Ann"))`: the samples, but "Ann" where free text goes (not to a number question).
+    """
+    for question in asked():
+        if keeps_as_typed(question, tag):
+            return {question.key: tag}
+    msg = f"no question takes {tag!r} as typed: the tests tell users apart by a free-text answer"
+    raise LookupError(msg)
+
+
 def saved_first(count: int, **answers: str) -> dict[str, Answer]:
     """The answers kept after the first `count` questions are answered."""
     return dict(list(saved(**answers).items())[:count])
+
+
+def replies(**answers: str) -> list[str]:
+    """What the bot answers to each message of `conversation(**answers)`, as the user reads them."""
+    return bot_replies(conversation(**answers), saved(**answers))
+
+
+def exchanges(**answers: str) -> list[tuple[str, str]]:
+    """Each message of `conversation(**answers)` with the bot's reply to it, as the user reads it."""
+    return list(zip(conversation(**answers), replies(**answers), strict=True))
+
+
+# The summary's last line: what the reply to the last answer ends with.
+SUMMARY_END = summary({}).rpartition("\n")[2]
+
+
+def what_follows(question: Question) -> str:
+    """What the bot's reply to an answer to `question` ends with: the next question's prompt, or the summary's end."""
+    following = next_question(question)
+    return following.prompt if following is not None else SUMMARY_END
 
 
 def bot_replies(messages: list[str], answers: dict[str, Answer]) -> list[str]:
