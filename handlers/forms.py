@@ -41,10 +41,20 @@ BUTTONS_PER_ROW = 3
 
 
 class Choice(CallbackData, prefix="choice"):
-    """A press on one of a question's inline buttons: which question (its key) and which choice."""
+    """A press on one of a question's inline buttons: which form (its kind), which question (its key),
+    which choice. Telegram keeps at most 64 bytes of it (`keyboard_for` raises on more)."""
 
+    form: str
     question: str
     index: int
+
+    @classmethod
+    def of(cls, question: Question, index: int) -> Choice:
+        return cls(form=form_kind(question.group), question=question.key, index=index)
+
+    def is_for(self, question: Question) -> bool:
+        """A press on one of `question`'s own buttons (not a same-named question's of another form)."""
+        return self == Choice.of(question, self.index) and 0 <= self.index < len(question.choices)
 
 
 Summary = Callable[[Mapping[str, Answer]], str]  # a completed form's answers, as the user is shown them
@@ -86,9 +96,12 @@ def follow(router: Router, form: type[StatesGroup], summary: Summary) -> None:
         assert question is not None
         if callback.message is None:  # a button of a message sent in inline mode: not this bot's flow
             return [callback.answer()]
-        if callback_data.question != question.key or not 0 <= callback_data.index < len(question.choices):
+        if not callback_data.is_for(question):
             return [callback.answer("That button belongs to an earlier question."), ask_in(callback.message, question)]
-        answer = question.read(question.choices[callback_data.index])
+        try:
+            answer = question.read(question.choices[callback_data.index])
+        except InvalidAnswer as problem:  # a choice its own reader refuses: the question's definition is at fault
+            return [callback.answer(str(problem), show_alert=True), ask_in(callback.message, question)]
         step = await take(question, answer, callback.message, state, event_from_user, responses)
         return [callback.answer(), step]
 
@@ -135,7 +148,7 @@ def keyboard_for(question: Question) -> ReplyKeyboardMarkup | ReplyKeyboardRemov
     if question.inline:
         buttons = InlineKeyboardBuilder()
         for index, choice in enumerate(question.choices):
-            buttons.button(text=choice, callback_data=Choice(question=question.key, index=index))
+            buttons.button(text=choice, callback_data=Choice.of(question, index))
         buttons.adjust(BUTTONS_PER_ROW)
         return buttons.as_markup()
     builder = ReplyKeyboardBuilder()

@@ -14,13 +14,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from aiogram import Router
+from aiogram.filters import Command
+from aiogram.fsm.context import FSMContext
+from aiogram.fsm.state import StatesGroup
 from aiogram.methods import AnswerCallbackQuery, SendMessage
-from aiogram.types import InlineKeyboardMarkup
+from aiogram.types import InlineKeyboardMarkup, Message
 
 from admin.export import render as render_export
 from admin.stats import count
 from admin.stats import render as render_stats
-from states import questions
+from handlers.forms import ask, follow, step_aside
+from states import Question, questions
+from states.form import short_text
 from tests.support.chat import ChatHarness
 from tests.support.questionnaire import asked, conversation
 from tests.support.routers import add_router
@@ -115,3 +121,40 @@ def test_readmes_button_form_passes_check_replies_and_a_dropped_step_in_it_does_
     assert dropped != recipe
     [problem] = problems(dropped, "handlers/order.py")
     assert "order: a reply built and dropped" in problem
+
+
+async def test_a_press_on_a_form_left_for_another_with_a_same_named_question_is_refused(
+    chat: ChatHarness, order: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Buttons name their form: the order's "confirm" pressed while a survey asks its own "confirm"
+    (other choices, in another order) is not taken as the survey's answer."""
+    survey = Router(name="survey")
+
+    class Survey(StatesGroup):
+        confirm = Question(
+            "Happy?", read=short_text("answer"), label="Happy", sample="Yes", choices=("No", "Yes"), inline=True
+        )
+
+    @survey.message(Command("survey"))
+    async def start_survey(message: Message, state: FSMContext) -> SendMessage:
+        await step_aside(state, Survey.confirm)
+        return ask(message, Survey.confirm)
+
+    follow(survey, Survey, lambda answers: "Thanks.")
+    add_router(monkeypatch, survey)
+    await chat.restart()
+    steps = questions(order.Order)
+    await chat.send("/order")
+    for step in steps[:-1]:
+        await (chat.press(step.sample) if step.inline else chat.send(step.sample))
+    order_question = chat.last_reply()
+    assert order_question.text.endswith(steps[-1].prompt)
+    await chat.send("/survey")
+
+    calls = await chat.press(steps[-1].choices[0], under=order_question)
+
+    assert [type(call) for call in calls] == [AnswerCallbackQuery, SendMessage]
+    assert isinstance(calls[0], AnswerCallbackQuery)
+    assert "earlier question" in str(calls[0].text)
+    assert await chat.state() == Survey.confirm.state
+    assert [r for r in await chat.storages.responses.completed() if r.kind in ("survey", "order")] == []

@@ -77,19 +77,19 @@ class ChatHarness:
         await handle_update(self.dispatcher, self.bot, self.update(user_id, text, content))
         return [m.text for m in self.session.sent_messages()[before:] if m.chat_id == user_id]
 
-    async def press(self, button: str, user_id: int = 1) -> list[TelegramMethod[Any]]:
-        """Press the inline button labelled `button` under the bot's last message to the user; the calls
-        the bot made for that one update, in order."""
-        shown = self.last_reply(user_id)
+    async def press(self, button: str, user_id: int = 1, under: SendMessage | None = None) -> list[TelegramMethod[Any]]:
+        """Press the inline button labelled `button` under the bot's last message to the user (or under
+        an earlier one, `under`); the calls the bot made for that one update, in order."""
+        shown = under or self.last_reply(user_id)
         assert isinstance(shown.reply_markup, InlineKeyboardMarkup), "the last message has no inline buttons"
         [data] = [b.callback_data for row in shown.reply_markup.inline_keyboard for b in row if b.text == button]
         user = User(id=user_id, is_bot=False, first_name="Ann")
-        under = Message(message_id=1, date=datetime.now(UTC), chat=Chat(id=user_id, type="private"), text=shown.text)
+        message = Message(message_id=1, date=datetime.now(UTC), chat=Chat(id=user_id, type="private"), text=shown.text)
         self._presses += 1
         update = Update(
             update_id=next(self._ids),
             callback_query=CallbackQuery(
-                id=str(self._presses), from_user=user, chat_instance="1", data=data, message=under
+                id=str(self._presses), from_user=user, chat_instance="1", data=data, message=message
             ),
         )
         before = len(self.session.requests)

@@ -7,12 +7,12 @@ from aiogram import Router
 
 import bot.setup
 import handlers
-from handlers import fallback, get_routers
+from handlers import fallback
 
 
 def add_router(monkeypatch: pytest.MonkeyPatch, router: Router) -> None:
     """Every Dispatcher built in this test includes `router` just before `fallback.router` (README's recipe)."""
-    routers = get_routers()
+    routers = handlers.get_routers()  # with any router a test added before
     routers.insert(routers.index(fallback.router), router)
     monkeypatch.setattr(bot.setup, "get_routers", lambda: routers)
     monkeypatch.setattr(handlers, "get_routers", lambda: routers)  # what a restart lets go of
