@@ -641,8 +641,10 @@ class Courier:
             new = 0
             for due in await self._storage.due_outboxes(before, SWEEP_BATCH):
                 delivery = pending_delivery(due.data, due.sent)
-                if delivery is None:
+                if delivery is None or delivery.key is None:
                     continue
+                if self.bot is not None and delivery.key.bot_id != self.bot.id:
+                    continue  # another bot's (a database two bots share): its own courier carries it out
                 if not delivery.entries:  # due with nothing left (a mark raced a commit): clear it
                     assert delivery.key is not None
                     self._mark(delivery.key, AppliedRecord.read(due.data.get(APPLIED)).queued)

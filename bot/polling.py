@@ -68,7 +68,7 @@ async def run_polling(settings: Settings) -> None:
     has stopped, and the supervisor's restart makes the process a standby again.
     """
     async with running_bot(settings) as (bot, dispatcher):
-        leadership = create_leadership(settings)
+        leadership = create_leadership(settings, bot.id)
         try:
             leading = get_metrics().polling_leader
             leading.set(0)

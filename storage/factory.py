@@ -112,23 +112,27 @@ async def create_sql_storages(
 
 
 # What the polling processes of one bot on one database take turns on (storage/leadership.py).
-LEADERSHIP_NAME = "aiogram_fsm_data.polling"
+def polling_lock_name(bot_id: int) -> str:
+    """The name of bot `bot_id`'s polling lock (another bot on the same database has its own)."""
+    return f"aiogram_fsm_data.polling.{bot_id}"
 
 
-def create_leadership(settings: StorageSettings) -> Leadership:
-    """The lock the polling processes on this database share: one polls, the others stand by.
+def create_leadership(settings: StorageSettings, bot_id: int) -> Leadership:
+    """The lock the polling processes of bot `bot_id` on this database share: one polls, the others
+    stand by (another bot on the same database has a lock of its own).
 
     Nothing connects here: the first `acquire()` does.
     """
+    name = polling_lock_name(bot_id)
     if settings.storage is StorageKind.MONGO:
         from storage.mongo.leadership import MongoLeadership
 
-        return MongoLeadership(settings.mongo_url, settings.mongo_db, settings.mongo_driver)
+        return MongoLeadership(settings.mongo_url, settings.mongo_db, settings.mongo_driver, name)
     if make_url(settings.database_url).get_backend_name() == "sqlite":
-        return leadership_beside(settings.sqlite_path)
+        return leadership_beside(settings.sqlite_path, f"polling.{bot_id}")
     from storage.sql.leadership import SQLLeadership
 
-    return SQLLeadership(settings.database_url, LEADERSHIP_NAME)
+    return SQLLeadership(settings.database_url, name)
 
 
 async def create_mongo_storages(

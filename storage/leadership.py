@@ -131,8 +131,8 @@ class FileLeadership(Leadership):
             self._descriptor = None
 
 
-def leadership_beside(database: Path | None) -> Leadership:
-    """`flock` on `<database>.leader` where the platform has it; else this process alone leads."""
+def leadership_beside(database: Path | None, name: str = "polling") -> Leadership:
+    """`flock` on `<database>.<name>.leader` where the platform has it; else this process alone leads."""
     if database is None or fcntl is None:
         return SoleLeadership()
-    return FileLeadership(database.with_name(database.name + ".leader"))
+    return FileLeadership(database.with_name(f"{database.name}.{name}.leader"))

@@ -14,7 +14,16 @@ from aiogram.methods import SendMessage, TelegramMethod
 from aiogram.types import ReplyKeyboardRemove, Update
 
 from bot.apply_once import PendingChanges
-from bot.outbox import APPLIED, Courier, Delivery, OwnKeyWriteError, UpdateStorage, handle_update
+from bot.outbox import (
+    APPLIED,
+    AppliedRecord,
+    Courier,
+    Delivery,
+    OwnKeyWriteError,
+    UpdateStorage,
+    call_entry,
+    handle_update,
+)
 from handlers import forms
 from handlers.errors import SOMETHING_WENT_WRONG
 from handlers.forms import RESPONSE_ID
@@ -290,3 +299,25 @@ async def test_a_write_to_fsmcontext_after_the_handler_returned_raises() -> None
     changes.closed = True
     with pytest.raises(RuntimeError, match="after its handler returned"):
         await changes.set_data(key, {"late": True})
+
+
+async def test_a_start_up_takes_only_its_own_bots_waiting_replies(
+    chat: ChatHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two bots on one database: each courier carries out its own bot's outbox, never the other's
+    (sent with its own token, into a chat of the other bot's)."""
+    other = StorageKey(bot_id=chat.bot.id + 1, chat_id=7, user_id=7)
+    call = call_entry(chat.bot, SendMessage(chat_id=7, text="the other bot's reply"))
+    record = AppliedRecord(updates=[1], queued=1, outbox=[{**call, "seq": 1}], key=other)
+    assert await chat.storages.fsm.swap_with_outbox(other, None, None, {APPLIED: record.dump()}, queued=1)
+    for text in conversation()[:2]:
+        await chat.send(text)
+    crash_after_commits(chat, monkeypatch)
+    await deliver(chat, chat.update(1, typed()[1]))  # this bot's reply, left waiting by a crash
+    before = len(chat.session.sent_messages())
+
+    await restart_and_pick_up(chat, monkeypatch)
+
+    [reply] = chat.session.sent_messages()[before:]
+    assert reply.chat_id == 1
+    assert [due.data[APPLIED]["key"] for due in await chat.storages.fsm.due_outboxes(datetime.now(UTC), 10)]

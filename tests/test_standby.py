@@ -27,9 +27,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.emulator import BotAPIEmulator, running_emulator
+from bot.emulator.server import EMULATOR_BOT_TOKEN
 from config import MongoDriver
 from storage import Storages
-from storage.factory import LEADERSHIP_NAME
+from storage.factory import polling_lock_name
 from storage.leadership import FileLeadership, Leadership
 from storage.mongo.leadership import MongoLeadership
 from storage.sql.leadership import SQLLeadership
@@ -336,7 +337,7 @@ async def end_lock_connection(url: str) -> None:
                 )
                 await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": holder})
             else:
-                name = f"{engine.url.database}.{LEADERSHIP_NAME}"
+                name = f"{engine.url.database}.{polling_lock_name(int(EMULATOR_BOT_TOKEN.split(':')[0]))}"
                 holder = await connection.scalar(text("SELECT IS_USED_LOCK(:name)"), {"name": name})
                 await connection.execute(text(f"KILL {int(holder)}"))
             assert holder is not None
