@@ -7,11 +7,8 @@ where README says; the test reads the recipe's own questions (their
 
 from __future__ import annotations
 
-import re
-import sys
 import types
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from aiogram import Router
@@ -29,27 +26,15 @@ from states import Question, questions
 from states.form import short_text
 from tests.support.chat import ChatHarness
 from tests.support.questionnaire import asked, conversation
+from tests.support.readme import install_recipe, readme_block
 from tests.support.routers import add_router
 from tools.check_replies import problems
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def readme_block(file: str) -> str:
-    """The python block of README.md that starts with `# <file>`."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    [code] = re.findall(rf"```python\n(# {re.escape(file)}\n.*?)```", readme, flags=re.DOTALL)
-    return str(code)
 
 
 @pytest.fixture
 def order(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     """README's handlers/order.py, imported as that module and listed where README says."""
-    module = types.ModuleType("handlers.order")
-    monkeypatch.setitem(sys.modules, "handlers.order", module)
-    exec(compile(readme_block("handlers/order.py"), "README.md: handlers/order.py", "exec"), module.__dict__)
-    add_router(monkeypatch, module.router)
-    return module
+    return install_recipe(monkeypatch, "handlers/order.py")
 
 
 def buttons(reply: SendMessage) -> list[str]:

@@ -46,21 +46,38 @@ Blocks = list[str]
 def split(source: str) -> tuple[str, Blocks]:
     """The definition up to its first question, and each question's lines (`    key = Question(` to its `    )`)."""
     blocks = re.findall(r"^    \w+ = Question\(\n.*?^    \)\n", source, flags=re.DOTALL | re.MULTILINE)
-    assert len(blocks) >= 2, "the variants need two questions or more"
+    assert len(blocks) >= 3, "the variants need three questions or more (the tests need two, one removed)"
     head = source[: source.index(blocks[0])]
     assert source == head + "".join(blocks), "the questions should end the file, one after the other"
     return head, blocks
 
 
+def free_text(block: str) -> bool:
+    return "choices=" not in block and "whole_number" not in block
+
+
+def one_removed(blocks: Blocks) -> Blocks:
+    """The first question gone, unless it is the only free-text one or the only one with choices
+    (the tests need one of each): then the first that is neither."""
+    for block in blocks:
+        rest = [other for other in blocks if other is not block]
+        if any(map(free_text, rest)) and any("choices=" in other for other in rest):
+            return rest
+    return blocks[1:]
+
+
 VARIANTS: dict[str, Callable[[Blocks], Blocks]] = {
     "permuted": lambda blocks: [*blocks[1:], blocks[0]],  # the first question last
-    "one-removed": lambda blocks: blocks[1:],  # the first question gone
+    "one-removed": one_removed,
     "one-added": lambda blocks: [*blocks, ADDED],
 }
 
 
 def copy_of_the_project(target: Path) -> Path:
-    ignored = shutil.ignore_patterns(".venv", ".git", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache")
+    """The project without what is yours alone (`.env`, the SQLite database in `data/`) or rebuilt."""
+    ignored = shutil.ignore_patterns(
+        ".venv", ".git", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".env", "data", "*.db*"
+    )
     shutil.copytree(ROOT, target, ignore=ignored)
     return target
 

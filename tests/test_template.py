@@ -40,6 +40,7 @@ from storage.factory import create_sql_storages
 from tests.support.backends import release_routers, settings_for
 from tests.support.chat import ChatHarness
 from tests.support.questionnaire import add_question, asked, conversation, fill_in, saved, shows_summary, typed
+from tests.support.readme import install_recipe
 from tests.support.routers import add_router
 from tools.check_replies import problems
 
@@ -108,21 +109,10 @@ async def test_export_and_stats_show_an_added_question(chat: ChatHarness, probe:
 # --- a second form, exactly as README's recipe writes it ----------------------------------------
 
 
-def readme_recipe() -> str:
-    """The code of README's "A second form" recipe: the python block that starts with its file name."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    [code] = re.findall(r"```python\n(# handlers/feedback\.py\n.*?)```", readme, flags=re.DOTALL)
-    return str(code)
-
-
 @pytest.fixture
 def feedback(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     """README's handlers/feedback.py, imported as that module and listed where README says."""
-    module = types.ModuleType("handlers.feedback")
-    monkeypatch.setitem(sys.modules, "handlers.feedback", module)
-    exec(compile(readme_recipe(), "README.md: handlers/feedback.py", "exec"), module.__dict__)
-    add_router(monkeypatch, module.router)
-    return module
+    return install_recipe(monkeypatch, "handlers/feedback.py")
 
 
 async def test_readmes_second_form_runs_mid_questionnaire_and_returns_the_user(
