@@ -359,6 +359,7 @@ class Courier:
     ) -> None:
         self.bot: Bot | None = None  # the bot of the last update handed in (or of start())
         self.running = False  # started: deliveries wait in lanes; else they are carried out at once
+        self.stopped = False  # started and stopped: what comes in now waits in the database
         self.storage = storage
         self.responses = responses
         self.flood = flood or FloodControl()
@@ -390,6 +391,7 @@ class Courier:
         """
         self.bot = bot
         self.running = True
+        self.stopped = False
         self._closing.clear()
         if self.durable:
             await self.sweep(older_than=pick_up_after)
@@ -407,8 +409,9 @@ class Courier:
         for task in lanes:
             task.cancel()
         # The marks and the sweep finish what they are at (a database call cancelled half-way can hang
-        # a driver), then end.
+        # a driver), then end; nothing handed in from now on is carried out here.
         self._closing.set()
+        self.stopped = True
         self._marked.set()
         await asyncio.gather(*lanes, *self._background, return_exceptions=True)
         self.running = False
@@ -430,6 +433,8 @@ class Courier:
         Earlier entries of its key that this process does not know of were committed by another
         process, which may be carrying them out now: they go after it has (or after `takeover` s).
         """
+        if self._closing.is_set():  # stopping: committed, it waits in the database for the next start
+            return 0
         entries = delivery.entries
         if delivery.key is not None:
             # Not those queued here already, nor those done here and not yet recorded as done.
@@ -680,5 +685,6 @@ async def handle_update(dispatcher: Dispatcher, bot: Bot, update: Update, **kwar
     courier.bot = courier.bot or bot
     if courier.running:
         courier.hand(result)
-    else:
+    elif not (courier.stopped and courier.durable):
         await courier.carry_now(result)
+    # else: stopped (a shutdown, or another process took over polling): it waits in the outbox

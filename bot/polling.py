@@ -87,10 +87,16 @@ async def run_polling(settings: Settings) -> None:
                 return
             if (failure := lost.exception()) is not None:  # a fault of the watch itself, not of the lock
                 logger.error("Watching the polling lock failed", exc_info=failure)
-            logger.warning("Another process may poll this bot now: stopping")
+            logger.warning("Another process may poll this bot now: stopping at once")
             poller.stop()
+            poller.stop()  # again: no waiting for what runs; the new leader carries out what is left
+            await dispatcher["courier"].stop(0)  # nothing more sent from here (the new leader sends it)
             await polling
-            msg = "another process took over the polling lock (see the warnings above)"
+            msg = (
+                "the polling lock could not be watched (see the error above)"
+                if failure is not None
+                else "another process took over the polling lock (see the warnings above)"
+            )
             raise LeadershipLostError(msg)
         finally:
             await leadership.release()

@@ -50,7 +50,8 @@ SENT_ON_PURPOSE = "# check_replies: sends now"
 DROPPED = "a reply built and dropped, never sent: return it (return {call}; several, in order: return [..., {call}])"
 SENT_NOW = (
     "await {call} sends at once, before the changes are saved, and never again after a crash: "
-    "return it instead (return {call}; several, in order: return [callback.answer(), next_step])"
+    "return it instead (return {call}; several, in order: return [{call}, ...]; the handler's return type then"
+    " names them: -> SendMessage, or -> list[TelegramMethod[Any]])"
 )
 RETURN_AWAIT = (
     "return await sends before the changes are saved, and never again after a crash: "

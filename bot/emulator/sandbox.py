@@ -44,7 +44,7 @@ HELP = (
     "with :sticker. Ctrl-C (or Ctrl-D) stops; run the sandbox again to carry on.\n"
 )
 NOTICE_WAIT_SECONDS = 2
-RESUMED = "You were answering: {prompt}\n(/start begins again from the first question.)\n"
+RESUMED = "You were answering: {prompt}\n(/cancel stops it; /start begins the questionnaire again.)\n"
 SPECIAL_MESSAGES = {":photo": {"kind": "photo"}, ":sticker": {"kind": "sticker"}, ":voice": {"kind": "voice"}}
 
 
