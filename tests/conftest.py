@@ -22,6 +22,26 @@ from tests.support.chat import ChatHarness
 from tests.support.databases import OwnDatabase, own_databases
 from tests.support.mongo_server import WireProtocolServer, configured_url, wait_until_answering
 
+# The longest files first: `make test`'s two workers take files in this order (pytest-xdist's
+# --dist loadfile), so the long ones overlap the rest instead of ending the run alone.
+LONGEST_FIRST = (
+    "test_questions_change.py",
+    "test_storm.py",
+    "test_image.py",
+    "test_standby.py",
+    "test_telegram_faults.py",
+    "test_replicas.py",
+    "test_outbox.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
+
 
 def live_children() -> dict[int, str]:
     """This process's children that still run (zombies left out), by pid: their command lines."""

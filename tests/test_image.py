@@ -223,10 +223,13 @@ async def test_the_bot_in_the_image_answers_and_resumes_after_a_restart_with_its
             assert await bot.stop(signal.SIGTERM) == 0
     finally:
         first.remove()
-    # The conversation is in the volume, written by the image's user, not in the container.
-    [database] = volume.iterdir()
-    assert database.name == "bot.db"
+    # The conversation is in the volume, written by the image's user, not in the container (beside it,
+    # the polling lock's file, storage/leadership.py).
+    database = volume / "bot.db"
     assert database.stat().st_uid == int(image.user)
+    assert {path.name for path in volume.iterdir()} - {database.name} <= {
+        path.name for path in volume.glob("bot.db.polling.*.leader")
+    }
 
     second = Container(image)  # a new container of the same image, as after a redeploy
     try:
