@@ -20,7 +20,7 @@ from bot.metrics import MetricsListener
 from bot.outbox import TAKEOVER_SECONDS, FloodControl
 from bot.setup import create_bot, create_dispatcher
 from config import Settings
-from handlers.common import COMMANDS
+from handlers import get_commands
 from storage import SchemaError, StorageUnavailableError, create_storages
 from storage.sql.in_use import held_while_running
 
@@ -118,7 +118,7 @@ async def introduce(bot: Bot, dispatcher: Dispatcher, settings: Settings) -> Non
     else:
         webhook = DeleteWebhook(drop_pending_updates=False)
     await deliver(bot, webhook, patience=STARTUP_PATIENCE)
-    await deliver(bot, SetMyCommands(commands=COMMANDS), patience=STARTUP_PATIENCE)
+    await deliver(bot, SetMyCommands(commands=get_commands()), patience=STARTUP_PATIENCE)
     logger.info("Bot @%s (id %s) is starting", me.username, me.id)
 
 

@@ -9,6 +9,7 @@ from aiogram.fsm.storage.base import BaseStorage
 from aiogram.methods import SendMessage
 from aiogram.types import BotCommand, Message, ReplyKeyboardRemove, User
 
+import handlers
 from handlers.forms import RETURN_TO, come_back
 from handlers.questionnaire import how_many, start_questionnaire
 from states import Questionnaire, questions
@@ -16,7 +17,7 @@ from storage import ErasesUsers, ResponseStore
 
 router = Router(name=__name__)
 
-COMMANDS = [
+COMMANDS = [  # this module's entries in the command menu and /help (handlers.get_commands())
     BotCommand(command="start", description="Start the questionnaire (again)"),
     BotCommand(command="cancel", description="Stop it and forget the answers so far"),
     BotCommand(command="forget", description="Delete everything I keep about you, finished forms included"),
@@ -30,7 +31,8 @@ def help_text() -> str:
     return (
         f"I ask {how_many().lower()} (your {listed}) and remember where you are, even if I am restarted.\n\n"
         + "\n".join(
-            f"/{command.command}: {command.description[0].lower()}{command.description[1:]}" for command in COMMANDS
+            f"/{command.command}: {command.description[0].lower()}{command.description[1:]}"
+            for command in handlers.get_commands()
         )
     )
 

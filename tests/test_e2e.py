@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from bot.emulator import BotAPIEmulator, running_emulator
-from handlers.common import COMMANDS
+from handlers import get_commands
 from tests.support.backends import ALL_BACKENDS, MONGO_BACKENDS, SQL_URL_VARIABLES, make_backend
 from tests.support.bot_process import BotProcess, bot_environment, drop_bot_tables
 from tests.support.questionnaire import (
@@ -62,7 +62,7 @@ async def test_full_flow_ends_with_a_summary_of_every_answer(bot: BotProcess) ->
         [reply] = await bot.say(1, text)
     assert shows_summary(reply)
     assert bot.emulator.chats[1].keyboard is None
-    assert [c["command"] for c in bot.emulator.commands] == [command.command for command in COMMANDS]
+    assert [c["command"] for c in bot.emulator.commands] == [command.command for command in get_commands()]
 
 
 async def test_answers_in_one_batch_are_kept_in_order(bot: BotProcess) -> None:

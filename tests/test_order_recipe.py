@@ -21,6 +21,7 @@ from aiogram.types import InlineKeyboardMarkup, Message
 from admin.export import render as render_export
 from admin.stats import count
 from admin.stats import render as render_stats
+from handlers import get_commands
 from handlers.forms import ask, follow, step_aside
 from states import Question, questions
 from states.form import short_text
@@ -143,3 +144,14 @@ async def test_a_press_on_a_form_left_for_another_with_a_same_named_question_is_
     assert "earlier question" in str(calls[0].text)
     assert await chat.state() == Survey.confirm.state
     assert [r for r in await chat.storages.responses.completed() if r.kind in ("survey", "order")] == []
+
+
+async def test_readmes_button_form_is_in_the_command_menu_and_in_help(
+    chat: ChatHarness, order: types.ModuleType
+) -> None:
+    """Listed in handlers/__init__.py (two files in all): its `COMMANDS` join the menu and /help."""
+    [command] = order.COMMANDS
+    assert command in get_commands()
+    await chat.restart()
+    [shown] = await chat.send("/help")
+    assert f"/{command.command}:" in shown

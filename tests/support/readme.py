@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.routers import add_router
+import handlers
+from handlers import fallback
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,10 +23,13 @@ def readme_block(file: str) -> str:
 
 
 def install_recipe(monkeypatch: pytest.MonkeyPatch, file: str) -> types.ModuleType:
-    """README's `handlers/<name>.py`, imported as that module, its router listed where README says."""
+    """README's `handlers/<name>.py`, imported as that module and listed where README says (in
+    `handlers.modules()`, before `fallback`): its router and its `COMMANDS` join the bot's."""
     name = file.removesuffix(".py").replace("/", ".")
     module = types.ModuleType(name)
     monkeypatch.setitem(sys.modules, name, module)
     exec(compile(readme_block(file), f"README.md: {file}", "exec"), module.__dict__)
-    add_router(monkeypatch, module.router)
+    listed = handlers.modules()
+    listed.insert(listed.index(fallback), module)
+    monkeypatch.setattr(handlers, "modules", lambda: listed)
     return module
