@@ -51,7 +51,7 @@ lint: $(VENV)/.dev-deps
 
 # Two workers, each test file on one of them (a file's bot processes are shared by its tests).
 unit: $(VENV)/.dev-deps image-tools monitoring-tools
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 image-tools:
 	@if [ -n "$(PODMAN)" ] && ! { command -v $(PODMAN) && command -v debootstrap; } >/dev/null; then \

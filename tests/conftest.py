@@ -23,7 +23,8 @@ from tests.support.databases import OwnDatabase, own_databases
 from tests.support.mongo_server import WireProtocolServer, configured_url, wait_until_answering
 
 # The longest files first: `make test`'s two workers take files in this order (pytest-xdist's
-# --dist loadfile), so the long ones overlap the rest instead of ending the run alone.
+# --dist loadfile --no-loadscope-reorder; its default puts the files with the most tests first),
+# so the long ones overlap the rest instead of ending the run alone.
 LONGEST_FIRST = (
     "test_questions_change.py",
     "test_storm.py",
