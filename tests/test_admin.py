@@ -80,6 +80,7 @@ AWKWARD = [
         SIGNUP,
     ),
 ]
+# Signup's own columns (a form of this file's, defined above): the bot's questionnaire may change freely.
 EXPECTED_CSV = (
     "\ufeffuser_id,chat_id,kind,name,age,colour,completed_at\r\n"
     '11,-1001,signup,"Ann, ""Annie""",30,Blue,2026-11-01T09:30:00Z\r\n'

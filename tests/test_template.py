@@ -361,7 +361,7 @@ def checked(*routers: Router) -> None:
 class Survey(Scene, state="survey"):
     @on.message.enter()
     async def on_enter(self, message: Message) -> SendMessage:
-        return message.answer("What is your name?")  # aiogram drops it: never sent
+        return message.answer("Welcome to the survey.")  # aiogram drops it: never sent
 
     @on.message()
     async def on_name(self, message: Message) -> SendMessage:
