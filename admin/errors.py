@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from config import StorageSettings
-from storage import SchemaError, Storages, StorageUnavailableError, create_storages
+from storage import Records, SchemaError, StorageUnavailableError, open_records
 
 
 class CommandError(Exception):
@@ -14,10 +14,8 @@ class CommandError(Exception):
 
 
 @asynccontextmanager
-async def opened(
-    settings: StorageSettings, what: str = "the database", reading: bool = True
-) -> AsyncIterator[Storages]:
-    """The storages the settings name, closed on exit; CommandError when they cannot be opened.
+async def opened(settings: StorageSettings, what: str = "the database", reading: bool = True) -> AsyncIterator[Records]:
+    """The records the settings name (no aiogram), closed on exit; CommandError when they cannot be opened.
 
     A database only `reading` from must exist: a mistyped SQLite path is reported, not
     created empty.
@@ -26,7 +24,7 @@ async def opened(
     if reading and sqlite_file is not None and not sqlite_file.exists():
         raise CommandError(f"there is no database at {sqlite_file}: check DATABASE_URL (or --from)")
     try:
-        storages = await create_storages(settings, owner_command=True)
+        records = await open_records(settings)
     except SchemaError as error:
         raise CommandError(f"cannot use {what}: {error}") from None
     except StorageUnavailableError as error:
@@ -37,6 +35,6 @@ async def opened(
         reason = str(cause) if isinstance(cause, OSError) else type(cause).__name__
         raise CommandError(f"cannot reach {what} ({reason})") from None
     try:
-        yield storages
+        yield records
     finally:
-        await storages.close()
+        await records.close()

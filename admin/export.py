@@ -23,14 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from aiogram.fsm.state import StatesGroup
-
 from admin.errors import CommandError, opened
 from admin.forms import bot_forms, plural
 from config import StorageSettings
-from states import questions
-from storage import CompletedResponse
-from storage.interface import QUESTIONNAIRE_KIND
+from storage.records import QUESTIONNAIRE_KIND, CompletedResponse, FormInfo
 
 FORMATS = ("csv", "json", "jsonl")
 # A byte-order mark: without it Excel reads UTF-8 as the local code page (é, emoji garbled).
@@ -40,11 +36,11 @@ CSV_BOM = "\ufeff"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def columns_for(form: type[StatesGroup] | None, names: Iterable[str]) -> list[str]:
+def columns_for(form: FormInfo | None, names: Iterable[str]) -> list[str]:
     """The columns for one form's responses whose answers have these `names` (`form`: None if the bot
     no longer defines it): its questions' names in the order they are asked (name, age, colour), then
     the other names (answers an older version kept), sorted."""
-    asked = [question.key for question in questions(form)] if form is not None else []
+    asked = [question.key for question in form.questions] if form is not None else []
     others = sorted(set(names) - set(asked))
     return ["user_id", "chat_id", "kind", *asked, *others, "completed_at"]
 
@@ -63,16 +59,16 @@ def utc_text(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def render(responses: Sequence[CompletedResponse], file_format: str) -> bytes:
-    """The export of `responses`, all of one kind, encoded as UTF-8: what `export` writes, for a list in hand."""
-    kinds = {response.kind for response in responses} or {QUESTIONNAIRE_KIND}
+def render(responses: Sequence[CompletedResponse], file_format: str, form: FormInfo | None = None) -> bytes:
+    """The export of `responses`, all of one kind (`form`'s, its questions' columns first), encoded as
+    UTF-8: what `export` writes, for a list in hand."""
+    kinds = {response.kind for response in responses} | ({form.kind} if form is not None else set())
     if len(kinds) > 1:
         msg = f"one form per export: these responses are of {len(kinds)} kinds ({', '.join(sorted(kinds))})"
         raise ValueError(msg)
-    [kind] = kinds
     names = (name for response in responses for name in response.answers)
     output = io.BytesIO()
-    writer = ExportWriter(output, columns_for(bot_forms().get(kind), names), file_format)
+    writer = ExportWriter(output, columns_for(form, names), file_format)
     writer.write(responses)
     writer.finish()
     return output.getvalue()
@@ -153,9 +149,9 @@ async def export(
     """Export one kind (`kind`, or the questionnaire). Read its responses twice, a page at a time:
     once for the columns (every answer's name), once to write them. Memory stays the same whatever
     the number of responses."""
-    forms = bot_forms()
     chosen = QUESTIONNAIRE_KIND if kind is None else kind
     async with opened(settings) as storages:
+        forms = await bot_forms(storages)
         kinds = await storages.responses.count_kinds()
         if kind is not None and kind not in forms and kind not in kinds:
             known = ", ".join(sorted(forms.keys() | kinds.keys()))

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from aiogram.fsm.state import StatesGroup
-
-from states import form_kind, forms
-from storage.interface import QUESTIONNAIRE_KIND
+from storage import Records
+from storage.records import QUESTIONNAIRE_KIND, FormInfo
 
 
-def bot_forms() -> dict[str, type[StatesGroup]]:
-    """Every form the bot defines, by kind: the questionnaire first, then the others by kind."""
-    import handlers  # noqa: F401 - the bot's modules: importing them defines each of its forms
+async def bot_forms(records: Records) -> dict[str, FormInfo]:
+    """Every form the bot described at its last start, by kind: the questionnaire first, then the others by kind.
 
-    by_kind = {form_kind(form): form for form in forms()}
+    Read from the database (the bot writes them there, states.describe_form): the commands import
+    neither aiogram nor the bot's handlers. Empty before the bot has started on this database.
+    """
+    by_kind = {form.kind: form for form in await records.responses.forms()}
     return dict(sorted(by_kind.items(), key=lambda item: (item[0] != QUESTIONNAIRE_KIND, item[0])))
 
 

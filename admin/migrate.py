@@ -1,7 +1,7 @@
 """`python main.py migrate --to URL [--from URL]`: copy conversations and answers to another database.
 
 It copies every FSM record (state, data, and when it was last touched) and
-every completed response, between any two of SQLite, PostgreSQL, MariaDB
+every completed response (and the forms the bot described), between any two of SQLite, PostgreSQL, MariaDB
 / MySQL and MongoDB. What the target already holds is compared first:
 the same record is skipped (so a second run copies nothing), and a
 different one is a conflict: nothing is written unless `--overwrite`.
@@ -27,7 +27,7 @@ from tqdm import tqdm
 from admin.errors import CommandError, opened
 from admin.forms import plural
 from config import StorageKind, StorageSettings, to_async_database_url
-from storage import CompletedResponse, Storages
+from storage import CompletedResponse, Records
 from storage.sql.in_use import in_use
 
 SHOWN_CONFLICTS = 5
@@ -89,7 +89,7 @@ class Page:
     conflicting: list[Any] = field(default_factory=list)
 
 
-async def record_pages(source: Storages, target: Storages) -> AsyncIterator[Page]:
+async def record_pages(source: Records, target: Records) -> AsyncIterator[Page]:
     """The source's FSM records a page at a time, each page compared with what the target holds."""
     async for records in source.fsm.record_pages():
         present = await target.fsm.records_for([record.key for record in records])
@@ -105,7 +105,7 @@ async def record_pages(source: Storages, target: Storages) -> AsyncIterator[Page
         yield page
 
 
-async def response_pages(source: Storages, target: Storages) -> AsyncIterator[Page]:
+async def response_pages(source: Records, target: Records) -> AsyncIterator[Page]:
     """The source's completed responses a page at a time, each page compared with what the target holds."""
     async for responses in source.responses.pages():
         kept = await target.responses.by_ids([response.response_id for response in responses])
@@ -121,7 +121,7 @@ async def response_pages(source: Storages, target: Storages) -> AsyncIterator[Pa
         yield page
 
 
-async def plan(source: Storages, target: Storages) -> Plan:
+async def plan(source: Records, target: Records) -> Plan:
     """The first pass: compare only, page by page, writing nothing."""
     result = Plan()
     async for page in record_pages(source, target):
@@ -152,7 +152,7 @@ def same_response(one: CompletedResponse, other: CompletedResponse) -> bool:
     )
 
 
-async def copy(planned: Plan, source: Storages, target: Storages, overwrite: bool) -> Plan:
+async def copy(planned: Plan, source: Records, target: Records, overwrite: bool) -> Plan:
     """The second pass: compare each page again and write what is missing (with `overwrite`, what
     differs too), each page in one batch. What it found, counted as it wrote."""
     copied = Plan()
@@ -176,6 +176,10 @@ async def copy(planned: Plan, source: Storages, target: Storages, overwrite: boo
             copied.same_responses += page.same
             copied.conflicting_responses += len(page.conflicting)
             progress.update(len(page.new) + (len(page.conflicting) if overwrite else 0))
+    # What the forms are, for `stats` and `export` on the target before a bot starts there (which
+    # describes its own at start-up); a target a bot already described keeps its own description.
+    if not await target.responses.forms():
+        await target.responses.describe_forms(await source.responses.forms())
     return copied
 
 

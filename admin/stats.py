@@ -12,17 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from aiogram.fsm.state import StatesGroup
-
 from admin.errors import opened
 from admin.forms import bot_forms, plural
 from config import StorageSettings, describe_duration
-from states import Tally, form_kind, questions
-from storage import Storages
-from storage.interface import QUESTIONNAIRE_KIND, TextTally
+from storage import Records
+from storage.records import QUESTIONNAIRE_KIND, FormInfo, TextTally
 
 # A form nobody answered for this long counts as abandoned (FSM_TTL removes it later).
 ABANDONED_AFTER = timedelta(days=1)
+RANGE = "range"  # a question's tally (states.Tally.RANGE): lowest, highest and median; any other: counts
 TOP_ANSWERS = 10
 
 
@@ -30,16 +28,16 @@ TOP_ANSWERS = 10
 class FormStats:
     """One form's numbers, all counted by the database."""
 
-    form: type[StatesGroup]
+    form: FormInfo
     finished: int = 0
     in_progress: int = 0
     abandoned: int = 0
-    texts: dict[str, TextTally] = field(default_factory=dict)  # by question key (Tally.COUNTS)
-    numbers: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # (Tally.RANGE): value, how often
+    texts: dict[str, TextTally] = field(default_factory=dict)  # by question key ("counts")
+    numbers: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # ("range"): value, how often
 
     @property
     def kind(self) -> str:
-        return form_kind(self.form)
+        return self.form.kind
 
     @property
     def started(self) -> int:
@@ -52,27 +50,25 @@ class Stats:
     undefined: dict[str, int] = field(default_factory=dict)  # completed, by kind: kinds no form defines
 
 
-async def count(storages: Storages, now: datetime, forms: Sequence[type[StatesGroup]] | None = None) -> Stats:
+async def count(storages: Records, now: datetime, forms: Sequence[FormInfo] | None = None) -> Stats:
     """Every number counted by the database: the answers are never read into memory.
 
-    `forms`: those to report on, in that order (default: every form the bot defines).
+    `forms`: those to report on, in that order (default: every form the bot described at its start).
     """
     kinds = await storages.responses.count_kinds()
     stats = Stats()
-    for form in bot_forms().values() if forms is None else forms:
-        stats.forms.append(await count_form(storages, form, kinds.pop(form_kind(form), 0), now))
+    for form in (await bot_forms(storages)).values() if forms is None else forms:
+        stats.forms.append(await count_form(storages, form, kinds.pop(form.kind, 0), now))
     stats.undefined = kinds
     return stats
 
 
-async def count_form(storages: Storages, form: type[StatesGroup], finished: int, now: datetime) -> FormStats:
-    in_progress, abandoned = await storages.fsm.count_states(
-        form.__all_states_names__, active_since=now - ABANDONED_AFTER
-    )
+async def count_form(storages: Records, form: FormInfo, finished: int, now: datetime) -> FormStats:
+    in_progress, abandoned = await storages.fsm.count_states(form.states, active_since=now - ABANDONED_AFTER)
     counted = FormStats(form, finished=finished, in_progress=in_progress, abandoned=abandoned)
-    kind = form_kind(form)
-    for question in questions(form):
-        if question.tally is Tally.RANGE:
+    kind = form.kind
+    for question in form.questions:
+        if question.tally == RANGE:
             counted.numbers[question.key] = await storages.responses.whole_numbers(kind, question.key)
         elif question.tally is not None:
             counted.texts[question.key] = await storages.responses.text_answers(kind, question.key, TOP_ANSWERS)
@@ -82,6 +78,8 @@ async def count_form(storages: Storages, form: type[StatesGroup], finished: int,
 def render(stats: Stats, ttl: timedelta | None) -> str:
     expiry = f"removed after {describe_duration(ttl)} (FSM_TTL)" if ttl else "kept: FSM_TTL=0"
     sections = [render_form(form, expiry) for form in stats.forms]
+    if not stats.forms:
+        sections.append(["No forms described in this database yet: the bot describes them when it starts."])
     if stats.undefined:
         sections.append(
             ["Other kinds, completed (no form of the bot defines them)"]
@@ -103,9 +101,9 @@ def render_form(form: FormStats, expiry: str) -> list[str]:
         f"  in progress  {form.in_progress:>6}  answered in the last {describe_duration(ABANDONED_AFTER)}",
         f"  abandoned    {form.abandoned:>6}  silent for longer; {expiry}",
     ]
-    for question in questions(form.form):
+    for question in form.form.questions:
         # A question nobody has answered yet (just added) has no section until someone does.
-        if question.tally is Tally.RANGE:
+        if question.tally == RANGE:
             numbers = form.numbers.get(question.key, [])
             if numbers or not form.finished:
                 lines += ["", question.label, *number_range(numbers)]

@@ -138,7 +138,7 @@ def ours_sql_server(name: str, url: str) -> Candidate:
             await storages.close()
             engine = create_async_engine(url)
             async with engine.begin() as connection:
-                for table in ("aiogram_fsm_data", "questionnaire_responses"):
+                for table in ("aiogram_fsm_data", "questionnaire_responses", "bot_forms"):
                     await connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
             await engine.dispose()
 

@@ -14,6 +14,8 @@ from enum import Enum
 
 from aiogram.fsm.state import State, StatesGroup
 
+from storage.records import FormInfo, QuestionInfo
+
 # What an answer is kept as: JSON, so changing the questions needs no migration.
 Answer = str | int
 # Reads the text a user sent (stripped); raises InvalidAnswer with what to send instead.
@@ -93,6 +95,18 @@ def forms() -> list[type[StatesGroup]]:
         if questions(group):
             found.setdefault(form_kind(group), group)
     return list(found.values())
+
+
+def describe_form(group: type[StatesGroup]) -> FormInfo:
+    """The form as the owner's commands know it (they import no aiogram): the bot describes each
+    of its forms in the database at start-up (`ResponseRecords.describe_forms`)."""
+    asked = (QuestionInfo(q.key, q.label, None if q.tally is None else q.tally.value) for q in questions(group))
+    return FormInfo(form_kind(group), tuple(group.__all_states_names__), tuple(asked))
+
+
+def described_forms() -> list[FormInfo]:
+    """Every form defined so far (`forms()`), described for the owner's commands."""
+    return [describe_form(group) for group in forms()]
 
 
 def question_at(raw_state: str | None) -> Question | None:

@@ -1,10 +1,15 @@
-"""Build the storages the settings ask for; the bot never knows which database runs. The one reader of config."""
+"""Build the storages the settings ask for; the bot never knows which database runs. The one reader of config.
+
+`create_storages`: the bot's, aiogram storages (imported here only when
+asked for). `open_records`: the owner's commands', the same tables and
+collections as whole records, without aiogram.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from sqlalchemy.engine import make_url
@@ -12,15 +17,33 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from config import DEFAULT_FSM_TTL, MongoDriver, StorageKind, StorageSettings
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, SchemaError, StorageUnavailableError
-from storage.interface import FsmStorage, ResponseRecords
 from storage.leadership import Leadership, leadership_beside
-from storage.sql.fsm import SQLAlchemyStorage
+from storage.records import FsmRecords, ResponseRecords
+from storage.sql.records import SQLRecords
 from storage.sql.responses import SQLResponseStore
+
+if TYPE_CHECKING:
+    from storage.interface import FsmStorage
+    from storage.mongo.records import MongoRecords
+    from storage.mongo.responses import MongoResponseStore
+
+S = TypeVar("S", bound=SQLRecords)
 
 
 @dataclass
-class Storages:
-    """The FSM storage and the completed-responses store, on one database.
+class Records:
+    """The FSM records and the completed responses, on one database, as the owner's commands see them."""
+
+    fsm: FsmRecords
+    responses: ResponseRecords
+
+    async def close(self) -> None:
+        await self.fsm.close()
+
+
+@dataclass
+class Storages(Records):
+    """The bot's FSM storage (aiogram's) and the completed-responses store, on one database.
 
     No lock is shared across processes: webhook replicas, or the old and the
     new process of a deploy, are kept apart by the FSM storage's fenced write
@@ -28,44 +51,42 @@ class Storages:
     """
 
     fsm: FsmStorage
-    responses: ResponseRecords
-
-    async def close(self) -> None:
-        await self.fsm.close()
 
 
 # The owner's commands read or copy whole tables: each call may take longer than a user's.
 COMMAND_TIMEOUT_SECONDS = 300.0
 
 
-async def create_storages(settings: StorageSettings, *, owner_command: bool = False) -> Storages:
-    """Connect to the configured database and create what the bot needs there.
-
-    For an owner's command (`owner_command`), calls get a longer time bound,
-    and a Mongo TTL index is left as the bot set it (the command's own
-    FSM_TTL may not be the bot's).
-    """
-    timeout = COMMAND_TIMEOUT_SECONDS if owner_command else DEFAULT_TIMEOUT_SECONDS
+async def create_storages(settings: StorageSettings) -> Storages:
+    """Connect to the configured database and create what the bot needs there (aiogram's storages)."""
     if settings.storage is StorageKind.MONGO:
         return await create_mongo_storages(
-            settings.mongo_url,
-            settings.mongo_db,
-            settings.mongo_driver,
-            timeout=timeout,
-            expire_after=settings.fsm_ttl,
-            set_expiry_index=not owner_command,
+            settings.mongo_url, settings.mongo_db, settings.mongo_driver, expire_after=settings.fsm_ttl
         )
+    storages = await create_sql_storages(settings.database_url)
+    await _fill_user_ids(storages)
+    return storages
+
+
+async def open_records(settings: StorageSettings) -> Records:
+    """The configured database's records for an owner's command: no aiogram is imported, calls get a
+    longer time bound, and nothing the bot keeps up (a Mongo TTL index) is changed."""
+    if settings.storage is StorageKind.MONGO:
+        from storage.mongo.records import MongoRecords
+
+        records = MongoRecords.from_url(
+            settings.mongo_url, settings.mongo_driver, db_name=settings.mongo_db, timeout=COMMAND_TIMEOUT_SECONDS
+        )
+        return Records(records, await _mongo_responses(records, COMMAND_TIMEOUT_SECONDS))
     engine_kwargs: dict[str, Any] = {}
-    if owner_command and make_url(settings.database_url).get_backend_name() == "postgresql":
+    if make_url(settings.database_url).get_backend_name() == "postgresql":
         # A table migrate fills grows faster than autovacuum analyzes it: a plan PostgreSQL
         # cached for a prepared statement while the table was nearly empty (a sequential
         # scan) would stay for the whole copy, each page's lookup reading the whole table.
         # Planned again on every run, the lookups use the primary key.
         engine_kwargs["connect_args"] = {"server_settings": {"plan_cache_mode": "force_custom_plan"}}
-    storages = await create_sql_storages(settings.database_url, timeout=timeout, **engine_kwargs)
-    if not owner_command:
-        await _fill_user_ids(storages)
-    return storages
+    fsm = await _sql_opened(SQLRecords, settings.database_url, COMMAND_TIMEOUT_SECONDS, engine_kwargs)
+    return Records(fsm, await _sql_responses(fsm))
 
 
 # Records an older version wrote without a user id get one at the bot's start, this many per call.
@@ -89,9 +110,21 @@ async def create_sql_storages(
     timeout: float | None = DEFAULT_TIMEOUT_SECONDS,  # noqa: ASYNC109 - per database call
     **engine_kwargs: Any,
 ) -> Storages:
+    from storage.sql.fsm import SQLAlchemyStorage
+
+    fsm = await _sql_opened(SQLAlchemyStorage, database_url, timeout, engine_kwargs)
+    return Storages(fsm, await _sql_responses(fsm))
+
+
+async def _sql_opened(
+    kind: type[S],
+    database_url: str,
+    timeout: float | None,  # noqa: ASYNC109 - per database call
+    engine_kwargs: dict[str, Any],
+) -> S:
     try:
         # orjson: the same JSON, written and read several times faster than the standard library's.
-        fsm = await SQLAlchemyStorage.from_url(
+        return await kind.from_url(
             database_url, json_dumps=orjson.dumps, json_loads=orjson.loads, timeout=timeout, **engine_kwargs
         )
     except SchemaError:
@@ -102,13 +135,16 @@ async def create_sql_storages(
         reason = str(cause) if isinstance(cause, OSError) else type(cause).__name__
         msg = f"cannot use the database at {where} ({reason}): check DATABASE_URL"
         raise StorageUnavailableError(msg) from error
+
+
+async def _sql_responses(fsm: SQLRecords) -> SQLResponseStore:
     responses = SQLResponseStore(fsm)
     try:
         await responses.create_table()
     except BaseException:
         await fsm.close()
         raise
-    return Storages(fsm=fsm, responses=responses)
+    return responses
 
 
 # What the polling processes of one bot on one database take turns on (storage/leadership.py).
@@ -141,17 +177,34 @@ async def create_mongo_storages(
     driver: MongoDriver = "pymongo",
     timeout: float | None = DEFAULT_TIMEOUT_SECONDS,  # noqa: ASYNC109 - per database call
     expire_after: timedelta | None = DEFAULT_FSM_TTL,
-    set_expiry_index: bool = True,
 ) -> Storages:
-    """Mongo storages; the FSM collection's TTL index follows `expire_after` (None: no index)
-    unless `set_expiry_index` is False (it is then left as it is)."""
+    """Mongo storages; the FSM collection's TTL index follows `expire_after` (None: no index)."""
     # Imported here: a bot on SQL never loads the Mongo driver (about 6 MB).
-    from pymongo.errors import PyMongoError
-
     from storage.mongo.fsm import MongoStorage
-    from storage.mongo.responses import MongoResponseStore
 
     fsm = MongoStorage.from_url(url, driver, db_name=db_name, timeout=timeout)
+    responses = await _mongo_responses(fsm, timeout)
+    storages = Storages(fsm, responses)
+    try:
+        await fsm.ensure_expiry_index(expire_after)
+        await fsm.ensure_indexes()
+        await responses.ensure_indexes()
+    except BaseException:
+        await fsm.close()
+        raise
+    await _fill_user_ids(storages)
+    return storages
+
+
+async def _mongo_responses(
+    fsm: MongoRecords,
+    timeout: float | None,  # noqa: ASYNC109 - per database call
+) -> MongoResponseStore:
+    """The responses store beside `fsm`, once the server answers; StorageUnavailableError if it does not."""
+    from pymongo.errors import PyMongoError
+
+    from storage.mongo.responses import MongoResponseStore
+
     try:
         await fsm.ping()
     except (StorageUnavailableError, PyMongoError) as error:  # unreachable, or refused (authentication)
@@ -159,15 +212,4 @@ async def create_mongo_storages(
         reason = type(error.__cause__ or error).__name__
         msg = f"cannot reach MongoDB ({reason}): check MONGO_URL and that the server runs"
         raise StorageUnavailableError(msg) from error
-    responses = MongoResponseStore(fsm.database, timeout=timeout)
-    storages = Storages(fsm=fsm, responses=responses)
-    if set_expiry_index:  # the bot, not an owner's command
-        try:
-            await fsm.ensure_expiry_index(expire_after)
-            await fsm.ensure_indexes()
-            await responses.ensure_indexes()
-        except BaseException:
-            await fsm.close()
-            raise
-        await _fill_user_ids(storages)
-    return storages
+    return MongoResponseStore(fsm.database, timeout=timeout)

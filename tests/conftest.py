@@ -132,6 +132,7 @@ async def chat(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     url = request.getfixturevalue("mongo_url") if name in MONGO_BACKENDS else None
     backend = make_backend(name, tmp_path, url)
     harness = ChatHarness(backend, await backend.open_storages())
+    await harness.describe_forms()
     yield harness
     await harness.close()
     await backend.drop()

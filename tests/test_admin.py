@@ -26,14 +26,13 @@ from aiogram.fsm.state import StatesGroup
 from admin.errors import CommandError
 from admin.export import export, write
 from admin.export import render as render_export
-from admin.forms import bot_forms
 from admin.migrate import migrate, same_json
 from admin.stats import count
 from admin.stats import render as render_stats
 from bot.emulator import BotAPIEmulator, running_emulator
 from bot.expiry import ExpirySweeper, sweep
 from config import StorageKind, StorageSettings
-from states import Question, Questionnaire, Tally, form_kind, questions
+from states import Question, Questionnaire, Tally, describe_form, described_forms, form_kind, forms, questions
 from states.form import short_text, whole_number
 from storage import CompletedResponse, FsmRecord, MongoStorage, Storages
 from storage.interface import PAGE_SIZE
@@ -178,13 +177,14 @@ async def test_export_writes_awkward_answers_byte_for_byte(storages: Storages) -
     everything = await storages.responses.completed()
     since_the_second = await storages.responses.completed(datetime(2026, 11, 2, tzinfo=UTC))
 
-    assert render_export(everything, "csv") == EXPECTED_CSV
-    assert render_export(since_the_second, "json") == EXPECTED_JSON
-    assert render_export(everything, "jsonl") == EXPECTED_JSONL
+    signup = describe_form(Signup)
+    assert render_export(everything, "csv", signup) == EXPECTED_CSV
+    assert render_export(since_the_second, "json", signup) == EXPECTED_JSON
+    assert render_export(everything, "jsonl", signup) == EXPECTED_JSONL
 
 
 def test_a_spreadsheet_reads_the_csv_back_as_the_answers() -> None:
-    text = render_export(AWKWARD, "csv").decode("utf-8-sig")
+    text = render_export(AWKWARD, "csv", describe_form(Signup)).decode("utf-8-sig")
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
     assert [row["name"] for row in rows] == ['Ann, "Annie"', "Bob\nsecond line", "'=SUM(A1:A9)"]
     assert [row["colour"] for row in rows] == ["Blue", "🎉 <b>Red</b> & green", "Zöë; ünïcode"]
@@ -209,7 +209,7 @@ async def test_stats_count_started_finished_abandoned_and_the_answers(storages: 
     )
     await storages.fsm.put_record(FsmRecord("fsm:1:22:22", None, {"__applied_updates__": {"updates": [1]}}, now))
 
-    stats = await count(storages, now, [Signup])
+    stats = await count(storages, now, [describe_form(Signup)])
 
     assert render_stats(stats, timedelta(days=30)) == (
         "Signup forms\n"
@@ -239,7 +239,9 @@ async def test_stats_tally_every_forms_answers_and_count_the_kinds_no_form_defin
     await storages.fsm.put_record(FsmRecord("fsm:1:34:34", Survey.score.state, {Survey.mood.key: "Fine"}, now))
     await storages.fsm.put_record(FsmRecord("fsm:1:35:35", asked()[0].state, {}, now))
 
-    shown = render_stats(await count(storages, now, [Questionnaire, Survey]), timedelta(days=30))
+    shown = render_stats(
+        await count(storages, now, list(map(describe_form, [Questionnaire, Survey]))), timedelta(days=30)
+    )
 
     # Each form counts its own: the survey's responses and conversations are not the questionnaire's.
     assert shown.startswith(
@@ -278,6 +280,7 @@ async def test_export_writes_one_form_per_file_its_questions_as_columns(
     answered = datetime(2026, 11, 5, tzinfo=UTC)
     for response in [*AWKWARD, *SURVEYS, RETIRED, CompletedResponse("q1", 51, 51, saved(), answered)]:
         await storages.responses.save(response)
+    await storages.responses.describe_forms(described_forms())  # as the bot does at its start
     settings = settings_of(backend)
 
     assert await export(settings, "csv", None, tmp_path / "survey.csv", form_kind(Survey)) == 0
@@ -631,15 +634,15 @@ async def test_export_names_the_known_kinds_for_an_unknown_one_and_overwrites_a_
     opened = await Backend("sqlite", env["DATABASE_URL"], "").open_storages()
     await opened.responses.save(CompletedResponse("q1", 1, 1, saved(), datetime(2026, 11, 1, tzinfo=UTC)))
     await opened.responses.save(RETIRED)
+    # As the bot describes its own forms at its start (none a test defines).
+    bot_forms = [form for form in forms() if form.__module__.partition(".")[0] in ("handlers", "states")]
+    await opened.responses.describe_forms(list(map(describe_form, bot_forms)))
     await opened.close()
 
     code, shown, errors = await run_main("export", "--kind", "nope", "--output", "nope.csv", env=env, cwd=tmp_path)
     assert (code, shown) == (2, "")
-    # The bot's own forms (python main.py knows none a test defines), and "retired", which the database holds.
-    defined = {
-        kind for kind, form in bot_forms().items() if form.__module__.partition(".")[0] in ("handlers", "states")
-    }
-    known = ", ".join(sorted(defined | {"retired"}))
+    # The bot's own forms, as described, and "retired", which the database holds.
+    known = ", ".join(sorted({form_kind(form) for form in bot_forms} | {"retired"}))
     assert errors == f"error: no form has the kind 'nope': --kind takes one of {known}\n"
     assert not (tmp_path / "nope.csv").exists()
 

@@ -48,7 +48,7 @@ from tests.support.bot_process import ROOT
 
 REPLICAS = 3
 ROUNDS = 5  # fresh databases per server, each raced for by every replica
-BOT_TABLES = {"aiogram_fsm_data", "questionnaire_responses"}
+BOT_TABLES = {"aiogram_fsm_data", "questionnaire_responses", "bot_forms"}
 VERSIONS = "aiogram_schema_version"
 
 # One replica: the bot's start-up (storage.factory) on each database in turn, each at an agreed moment.
@@ -154,7 +154,11 @@ async def test_replicas_started_at_once_on_an_empty_database_all_come_up(databas
     assert [replica.returncode for replica in replicas] == [0] * REPLICAS, "".join(outputs)
     for url in urls:
         assert await on(url, tables) == BOT_TABLES | {VERSIONS}
-        assert set((await on(url, versions)).items()) == {("aiogram_fsm_data", 1), ("questionnaire_responses", 1)}
+        assert set((await on(url, versions)).items()) == {
+            ("aiogram_fsm_data", 1),
+            ("questionnaire_responses", 1),
+            ("bot_forms", 1),
+        }
         storages = await create_sql_storages(url)
         try:
             await storages.fsm.set_state(storage_key(), "up")
@@ -255,7 +259,7 @@ async def test_tables_from_before_versions_are_upgraded_in_place_with_their_rows
     assert "ix_aiogram_fsm_data_outbox_due" in found["fsm indexes"]
     assert "kind" in found["response columns"]
     assert "ix_questionnaire_responses_completed_at" in found["response indexes"]
-    assert found["versions"] == {"aiogram_fsm_data": 1, "questionnaire_responses": 1}
+    assert found["versions"] == {"aiogram_fsm_data": 1, "questionnaire_responses": 1, "bot_forms": 1}
 
 
 def ddl_and_locks(statements: list[str]) -> list[str]:
@@ -290,7 +294,7 @@ async def test_a_schema_newer_than_the_bot_stops_it_with_one_line(databases: Fre
         "the table aiogram_fsm_data is at schema version 2, this bot knows up to 1: "
         "a newer release of the bot upgraded the database; run that release (or newer)"
     )
-    assert await on(url, versions) == {"aiogram_fsm_data": 2, "questionnaire_responses": 1}
+    assert await on(url, versions) == {"aiogram_fsm_data": 2, "questionnaire_responses": 1, "bot_forms": 1}
 
 
 async def test_tables_of_your_own_names_on_an_engine_of_your_own(databases: FreshDatabases) -> None:
@@ -300,9 +304,9 @@ async def test_tables_of_your_own_names_on_an_engine_of_your_own(databases: Fres
     storage = SQLAlchemyStorage(async_sessionmaker(engine), MetaData(), table_name="custom_fsm")
     try:
         await storage.create_table()
-        await SQLResponseStore(storage, table_name="custom_responses").create_table()
+        await SQLResponseStore(storage, table_name="custom_responses", forms_table_name="custom_forms").create_table()
         await storage.set_state(storage_key(), "asking")
-        assert await on(url, versions) == {"custom_fsm": 1, "custom_responses": 1}
+        assert await on(url, versions) == {"custom_fsm": 1, "custom_responses": 1, "custom_forms": 1}
         # A table dropped by hand is made again, though its version is recorded.
         await on(url, lambda c: c.execute(text("DROP TABLE custom_fsm")))
         await storage.create_table()

@@ -34,7 +34,7 @@ from bot.running import StartupError, running_bot
 from bot.setup import create_dispatcher
 from config import StorageSettings
 from handlers import fallback, get_routers
-from states import Question, Tally
+from states import Question, Questionnaire, Tally, describe_form
 from states.form import short_text
 from storage.factory import create_sql_storages
 from tests.support.backends import release_routers, settings_for
@@ -96,10 +96,11 @@ async def test_an_added_question_survives_a_restart_at_it(chat: ChatHarness, pro
 
 
 async def test_export_and_stats_show_an_added_question(chat: ChatHarness, probe: Question) -> None:
+    await chat.restart()  # the bot started again with the line added: it describes the form anew
     await fill_in(chat.send)
     await fill_in(lambda text: chat.send(text, 2), **{PROBE: "Porto"})
     responses = await chat.storages.responses.completed()
-    header = render_export(responses, "csv").decode("utf-8-sig").splitlines()[0]
+    header = render_export(responses, "csv", describe_form(Questionnaire)).decode("utf-8-sig").splitlines()[0]
     keys = ",".join(question.key for question in asked())
     assert header == f"user_id,chat_id,kind,{keys},completed_at"
     shown = render_stats(await count(chat.storages, datetime.now(UTC)), None)

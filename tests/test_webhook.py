@@ -123,7 +123,7 @@ async def test_healthz_answers_503_while_the_database_does_not() -> None:
             update={"webhook_url": "https://bot.example/hook", "webhook_secret": SecretStr(SECRET)}
         )
         storages = await create_storages(settings)
-        storages.fsm.timeout = 2  # type: ignore[attr-defined]
+        storages.fsm.timeout = 2
         bot = create_bot(settings)
         app = webhook_app(bot, create_dispatcher(storages.fsm, storages.responses), settings)
         try:

@@ -17,30 +17,29 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Collection, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal, Self
 
 from aiogram.exceptions import DataNotDictLikeError
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import DefaultKeyBuilder, KeyBuilder, StateType, StorageKey
-from pymongo import DeleteOne, ReturnDocument, UpdateOne
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
 from storage.interface import (
     ALL_DONE,
     DueOutbox,
-    FsmRecord,
     FsmStorage,
     Versioned,
-    as_utc,
     new_version,
     user_key_pattern,
     user_reader,
 )
-from storage.mongo.client import MONGO_OUTAGES, Driver, close_client, create_client
-from storage.mongo.keys import escape_key, escape_value, unescape_value
+from storage.mongo.client import MONGO_OUTAGES, Driver, create_client
+from storage.mongo.keys import escape_key, escape_value
+from storage.mongo.records import MongoRecords, data_of, fields_of, replacing, state_of
 
 _ONLY_FIELDS = {"_id": 0, "updated_at": 0}
 _PATH_NOT_VIABLE = 28  # MongoDB's code for "$set: {data.k}" where data is not a document
@@ -48,7 +47,7 @@ _INDEX_NOT_FOUND = 27
 Field = Literal["state", "data"]
 
 
-class MongoStorage(FsmStorage):
+class MongoStorage(MongoRecords, FsmStorage):
     """aiogram FSM storage on MongoDB.
 
     `client` is a PyMongo `AsyncMongoClient` or a motor `AsyncIOMotorClient`;
@@ -63,14 +62,9 @@ class MongoStorage(FsmStorage):
         collection_name: str = "states_and_data",
         timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
-        self.client = client
-        # Each call gives up after this many seconds, so a stuck server never freezes a user.
-        self.timeout = timeout
-        self.database = client[db_name]
-        self.collection = self.database[collection_name]
+        super().__init__(client, db_name, collection_name, timeout)
         self.key_builder = key_builder or DefaultKeyBuilder()
         self._user_of = user_reader(self.key_builder)
-        self._owns_client = False
 
     @classmethod
     def from_url(
@@ -83,31 +77,16 @@ class MongoStorage(FsmStorage):
         collection_name: str = "states_and_data",
         timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
         **client_kwargs: Any,
-    ) -> MongoStorage:
-        storage = cls(
-            create_client(url, driver, **client_kwargs),
-            key_builder=key_builder,
-            db_name=db_name,
-            collection_name=collection_name,
-            timeout=timeout,
-        )
+    ) -> Self:
+        storage = cls(create_client(url, driver, **client_kwargs), key_builder, db_name, collection_name, timeout)
         storage._owns_client = True
         return storage
-
-    @database_call(MONGO_OUTAGES)
-    async def ping(self) -> None:
-        """Raise StorageUnavailableError unless the server answers (within serverSelectionTimeoutMS)."""
-        await self.database.command("ping")
-
-    async def close(self) -> None:
-        if self._owns_client:
-            await close_client(self.client)
 
     # --- BaseStorage -------------------------------------------------------
 
     @database_call(MONGO_OUTAGES)
     async def get_state(self, key: StorageKey) -> str | None:
-        return _state_of(await self.collection.find_one({"_id": self._id(key)}, {"state": 1}))
+        return state_of(await self.collection.find_one({"_id": self._id(key)}, {"state": 1}))
 
     @database_call(MONGO_OUTAGES)
     async def set_state(self, key: StorageKey, state: StateType = None) -> None:
@@ -119,7 +98,7 @@ class MongoStorage(FsmStorage):
 
     @database_call(MONGO_OUTAGES)
     async def get_data(self, key: StorageKey) -> dict[str, Any]:
-        return _data_of(await self.collection.find_one({"_id": self._id(key)}, {"data": 1}))
+        return data_of(await self.collection.find_one({"_id": self._id(key)}, {"data": 1}))
 
     @database_call(MONGO_OUTAGES)
     async def set_data(self, key: StorageKey, data: Mapping[str, Any]) -> None:
@@ -143,12 +122,12 @@ class MongoStorage(FsmStorage):
                 msg = "stored FSM data is not a document, so it cannot be updated"
                 raise CorruptDataError(msg) from None
             raise
-        return _data_of(document)
+        return data_of(document)
 
     @database_call(MONGO_OUTAGES)
     async def get_state_and_data(self, key: StorageKey) -> tuple[str | None, dict[str, Any]]:
         document = await self.collection.find_one({"_id": self._id(key)}, _ONLY_FIELDS)
-        return _state_of(document), _data_of(document)
+        return state_of(document), data_of(document)
 
     @database_call(MONGO_OUTAGES)
     async def set_state_and_data(self, key: StorageKey, state: StateType, data: Mapping[str, Any]) -> None:
@@ -163,9 +142,9 @@ class MongoStorage(FsmStorage):
         version = int(document.get("version") or 0)
         sent = int(document.get("outbox_sent") or 0) if document.get("outbox_queued") else ALL_DONE
         try:
-            return Versioned(_state_of(document), _data_of(document), version, sent)
+            return Versioned(state_of(document), data_of(document), version, sent)
         except CorruptDataError as error:
-            return Versioned(_state_of(document), error, version, sent)
+            return Versioned(state_of(document), error, version, sent)
 
     @database_call(MONGO_OUTAGES)
     async def swap_state_and_data(
@@ -181,12 +160,12 @@ class MongoStorage(FsmStorage):
             return bool((await self.collection.delete_one(fence)).deleted_count)
         if expected is None:
             try:
-                document = {"_id": key_id, **_fields(key.user_id, value, data, datetime.now(UTC))}
+                document = {"_id": key_id, **fields_of(key.user_id, value, data, datetime.now(UTC))}
                 await self.collection.insert_one(document)
             except DuplicateKeyError:  # another writer made the document since it was read as absent
                 return False
             return True
-        result = await self.collection.update_one(fence, _replacing(key.user_id, value, data, datetime.now(UTC)))
+        result = await self.collection.update_one(fence, replacing(key.user_id, value, data, datetime.now(UTC)))
         return bool(result.matched_count)
 
     @database_call(MONGO_OUTAGES)
@@ -203,7 +182,7 @@ class MongoStorage(FsmStorage):
         marking only ever raises it, so at worst a key is found due with nothing left, and cleared)."""
         value = state.state if isinstance(state, State) else state
         key_id = self._id(key)
-        fields = _fields(key.user_id, value, data, datetime.now(UTC)) | {"outbox_queued": queued}
+        fields = fields_of(key.user_id, value, data, datetime.now(UTC)) | {"outbox_queued": queued}
         # A number, not a date: nx-27017 keeps a date given to $set as text (docs/nx-27017.md).
         due = {"outbox_due": time.time()} if queued > sent else {}
         if expected is None:
@@ -261,7 +240,7 @@ class MongoStorage(FsmStorage):
         found = []
         async for document in cursor:
             try:
-                found.append(DueOutbox(_data_of(document), int(document.get("outbox_sent") or 0)))
+                found.append(DueOutbox(data_of(document), int(document.get("outbox_sent") or 0)))
             except CorruptDataError:
                 continue  # nothing can be delivered from data that cannot be read
         return found
@@ -288,50 +267,6 @@ class MongoStorage(FsmStorage):
         await self.collection.create_index("user_id")
         await self.collection.create_index("outbox_due")  # the outbox's sweep (bot/outbox.py)
 
-    # --- the owner's commands (export, stats, migrate) and expiry ------------
-
-    @database_call(MONGO_OUTAGES)
-    async def records(self, after: str | None = None, limit: int | None = None) -> list[FsmRecord]:
-        found = self.collection.find({} if after is None else {"_id": {"$gt": after}}).sort("_id", 1)
-        if limit is not None:
-            found = found.limit(limit)
-        return [self._record(document) async for document in found]
-
-    @database_call(MONGO_OUTAGES)
-    async def records_for(self, keys: Sequence[str]) -> dict[str, FsmRecord]:
-        if not keys:
-            return {}
-        found = self.collection.find({"_id": {"$in": list(keys)}})
-        return {document["_id"]: self._record(document) async for document in found}
-
-    def _record(self, document: Mapping[str, Any]) -> FsmRecord:
-        user = document.get("user_id")
-        if user is None and self._user_of is not None:
-            user = self._user_of(document["_id"])
-        return FsmRecord(document["_id"], _state_of(document), _data_of(document), _time_of(document), user)
-
-    @database_call(MONGO_OUTAGES)
-    async def put_records(self, records: Sequence[FsmRecord]) -> None:
-        writes: list[UpdateOne | DeleteOne] = []
-        for record in records:
-            user = record.user_id
-            if user is None and self._user_of is not None:
-                user = self._user_of(record.key)
-            if record.state is None and not record.data:
-                writes.append(DeleteOne({"_id": record.key}))
-            else:
-                change = _replacing(user, record.state, record.data, record.updated_at)
-                writes.append(UpdateOne({"_id": record.key}, change, upsert=True))
-        if writes:
-            await self.collection.bulk_write(writes)  # one command for the batch
-
-    @database_call(MONGO_OUTAGES)
-    async def count_states(self, states: Collection[str], active_since: datetime) -> tuple[int, int]:
-        in_states = {"state": {"$in": list(states)}}
-        total = await self.collection.count_documents(in_states)
-        active = await self.collection.count_documents({**in_states, "updated_at": {"$gte": active_since}})
-        return active, total - active
-
     @database_call(MONGO_OUTAGES)
     async def fill_user_ids(self, after: str | None, limit: int) -> str | None:
         user_of = self._user_of
@@ -351,55 +286,6 @@ class MongoStorage(FsmStorage):
             await self.collection.bulk_write(writes)
         return keys[-1] if keys else None
 
-    @database_call(MONGO_OUTAGES)
-    async def expire(self, ttl: timedelta, limit: int) -> int:
-        # By this machine's clock, which wrote every `updated_at` (the TTL index's monitor
-        # uses the server's; see ensure_expiry_index).
-        cutoff = datetime.now(UTC) - ttl
-        old = self.collection.find({"updated_at": {"$lt": cutoff}}, {"_id": 1}).sort("updated_at", 1).limit(limit)
-        keys = [document["_id"] async for document in old]
-        if not keys:
-            return 0
-        result = await self.collection.delete_many({"_id": {"$in": keys}, "updated_at": {"$lt": cutoff}})
-        return int(result.deleted_count)
-
-    @database_call(MONGO_OUTAGES)
-    async def ensure_expiry_index(self, ttl: timedelta | None) -> None:
-        """A TTL index on `updated_at`: the server itself removes keys untouched for `ttl` (None: never).
-
-        Replicas starting together may all run this: the TTL is changed in place
-        (collMod), never by dropping and creating the index again.
-        """
-        wanted = None if ttl is None else int(ttl.total_seconds())
-        existing = await self._expiry_index()
-        if existing is not None and existing[1] == wanted:
-            return
-        if existing is None:
-            if wanted is not None:
-                await self.collection.create_index("updated_at", expireAfterSeconds=wanted)
-            return
-        name = existing[0]
-        if wanted is None:
-            try:
-                await self.collection.drop_index(name)
-            except OperationFailure as error:
-                if error.code != _INDEX_NOT_FOUND:  # another replica dropped it first
-                    raise
-            return
-        index = {"name": name, "expireAfterSeconds": wanted}
-        await self.database.command("collMod", self.collection.name, index=index)
-        if await self._expiry_index() != (name, wanted):
-            # nx-27017 answers collMod with ok and changes nothing (docs/nx-27017.md:
-            # differs); its create_index replaces the index instead.
-            await self.collection.create_index("updated_at", expireAfterSeconds=wanted)
-
-    async def _expiry_index(self) -> tuple[str, int | None] | None:
-        """The name and TTL of the index on `updated_at`, found by its key (nx-27017 names it its own way)."""
-        for name, index in (await self.collection.index_information()).items():
-            if [tuple(part) for part in index["key"]] == [("updated_at", 1)]:
-                return name, index.get("expireAfterSeconds")
-        return None
-
     # --- commands ----------------------------------------------------------
 
     def _id(self, key: StorageKey) -> str:
@@ -412,7 +298,7 @@ class MongoStorage(FsmStorage):
         if state is None and not data:
             await self.collection.delete_one({"_id": key_id})
             return
-        await self.collection.update_one({"_id": key_id}, _replacing(user, state, data, updated_at), upsert=True)
+        await self.collection.update_one({"_id": key_id}, replacing(user, state, data, updated_at), upsert=True)
 
     async def _upsert(self, key_id: str, user: int, changes: dict[str, Any], returning: bool = False) -> Any:
         """`$set` the changes on the key's document, creating it if needed; with `returning`, the document after."""
@@ -458,45 +344,3 @@ class MongoStorage(FsmStorage):
         # The filter re-checks both fields, so a write that lands in between keeps the document.
         # (`None` matches a missing field; `{"data": {}}` is misread as an operator by nx-27017.)
         await self.collection.delete_one({"_id": key_id, "state": None, "data": None})
-
-
-def _fields(user: int | None, state: str | None, data: Mapping[str, Any], updated_at: datetime) -> dict[str, Any]:
-    """A document's fields for `state` and `data` (the empty ones left out), with a new version."""
-    present = {"state": state, "data": escape_value(dict(data)) if data else None, "user_id": user}
-    kept = {name: value for name, value in present.items() if value is not None}
-    return {**kept, "version": new_version(), "updated_at": updated_at}
-
-
-def _replacing(user: int | None, state: str | None, data: Mapping[str, Any], updated_at: datetime) -> dict[str, Any]:
-    """The update that gives a document exactly `state` and `data`."""
-    update: dict[str, Any] = {"$set": _fields(user, state, data, updated_at)}
-    if absent := {name: "" for name in ("state", "data") if name not in update["$set"]}:
-        update["$unset"] = absent
-    return update
-
-
-def _time_of(document: Mapping[str, Any]) -> datetime:
-    moment = document["updated_at"]
-    if isinstance(moment, str):
-        # nx-27017, the tests' server, keeps a date given to `$set` on an existing document
-        # as text ("2026-11-30 05:02:04.992000"); MongoDB keeps a date. docs/nx-27017.md.
-        moment = datetime.fromisoformat(moment)
-    return as_utc(moment)
-
-
-def _state_of(document: Mapping[str, Any] | None) -> str | None:
-    state = None if document is None else document.get("state")
-    if state is not None and not isinstance(state, str):
-        msg = f"stored FSM state is a {type(state).__name__}, not a string"
-        raise CorruptDataError(msg)
-    return state
-
-
-def _data_of(document: Mapping[str, Any] | None) -> dict[str, Any]:
-    if document is None:
-        return {}
-    data = document.get("data") or {}
-    if not isinstance(data, Mapping):
-        msg = f"stored FSM data is a {type(data).__name__}, not a document"
-        raise CorruptDataError(msg)
-    return dict(unescape_value(data))

@@ -10,9 +10,9 @@ from typing import Any
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, database_call
-from storage.interface import PAGE_SIZE, QUESTIONNAIRE_KIND, CompletedResponse, TextTally, as_utc
 from storage.mongo.client import MONGO_OUTAGES
 from storage.mongo.keys import escape_key, escape_value, unescape_value
+from storage.records import PAGE_SIZE, QUESTIONNAIRE_KIND, CompletedResponse, FormInfo, TextTally, as_utc
 
 _DUPLICATE_KEY = 11000
 COMPLETION_ORDER = [("completed_at", 1), ("_id", 1)]
@@ -26,9 +26,29 @@ class MongoResponseStore:
         database: Any,
         collection_name: str = "questionnaire_responses",
         timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
+        forms_collection_name: str = "bot_forms",
     ) -> None:
         self.collection = database[collection_name]
+        self.forms_collection = database[forms_collection_name]
         self.timeout = timeout
+
+    # --- the forms, as the bot describes them at its start ---------------------
+
+    @database_call(MONGO_OUTAGES)
+    async def describe_forms(self, forms: Sequence[FormInfo]) -> None:
+        wanted = {form.kind: form.as_json() for form in forms}
+        kept = {document["_id"]: document.get("description") async for document in self.forms_collection.find()}
+        if kept == wanted:  # a restart of the same bot: one read
+            return
+        await self.forms_collection.delete_many({"_id": {"$nin": list(wanted)}})
+        for kind, description in wanted.items():
+            if kept.get(kind) != description:
+                await self.forms_collection.replace_one({"_id": kind}, {"description": description}, upsert=True)
+
+    @database_call(MONGO_OUTAGES)
+    async def forms(self) -> list[FormInfo]:
+        found = self.forms_collection.find().sort("_id", 1)
+        return [FormInfo.from_json(document["description"]) async for document in found]
 
     @database_call(MONGO_OUTAGES)
     async def save(self, response: CompletedResponse) -> bool:

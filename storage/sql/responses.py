@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -35,16 +36,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from storage.errors import database_call
-from storage.interface import PAGE_SIZE, QUESTIONNAIRE_KIND, CompletedResponse, TextTally, as_utc
+from storage.records import PAGE_SIZE, QUESTIONNAIRE_KIND, CompletedResponse, FormInfo, TextTally, as_utc
 from storage.sql.engine import SQL_OUTAGES
-from storage.sql.fsm import SQLAlchemyStorage
-from storage.sql.schema import RESPONSES_SCHEMA, set_up
+from storage.sql.records import SQLRecords
+from storage.sql.schema import FORMS_SCHEMA, RESPONSES_SCHEMA, set_up
 
 RESPONSE_ID_LENGTH = 64
 KIND_LENGTH = 64
 
 
-def responses_table(storage: SQLAlchemyStorage, table_name: str = "questionnaire_responses") -> Table:
+def responses_table(storage: SQLRecords, table_name: str = "questionnaire_responses") -> Table:
     table = Table(
         table_name,
         storage.metadata,
@@ -68,18 +69,63 @@ def responses_table(storage: SQLAlchemyStorage, table_name: str = "questionnaire
     return table
 
 
+def forms_table(storage: SQLRecords, table_name: str = "bot_forms") -> Table:
+    """The forms the bot described at its start (kind, states, questions as JSON), for the owner's commands."""
+    return Table(
+        table_name,
+        storage.metadata,
+        Column("kind", String(KIND_LENGTH), primary_key=True),
+        Column("description", Text, nullable=False),
+        extend_existing=True,
+        mysql_charset="utf8mb4",
+    )
+
+
 class SQLResponseStore:
     """Completed responses, in the same database and through the same connection as `storage`."""
 
-    def __init__(self, storage: SQLAlchemyStorage, table_name: str = "questionnaire_responses") -> None:
+    def __init__(
+        self, storage: SQLRecords, table_name: str = "questionnaire_responses", forms_table_name: str = "bot_forms"
+    ) -> None:
         self.storage = storage
         self.table = responses_table(storage, table_name)
+        self.forms_table = forms_table(storage, forms_table_name)
         self.timeout = storage.timeout
 
     @database_call(SQL_OUTAGES)
     async def create_table(self) -> None:
-        """Create the responses table, or bring an older one up to date, once (storage/sql/schema.py)."""
+        """Create the responses and forms tables, or bring older ones up to date, once (storage/sql/schema.py)."""
         await set_up(self.storage, self.table, RESPONSES_SCHEMA)
+        await set_up(self.storage, self.forms_table, FORMS_SCHEMA)
+
+    # --- the forms, as the bot describes them at its start ---------------------
+
+    @database_call(SQL_OUTAGES)
+    async def describe_forms(self, forms: Sequence[FormInfo]) -> None:
+        wanted = {form.kind: _as_text(self.storage.json_dumps(form.as_json())) for form in forms}
+        t = self.forms_table
+
+        def describe(connection: Connection) -> None:
+            kept = {row.kind: row.description for row in connection.execute(select(t))}
+            if kept == wanted:  # a restart of the same bot: one read
+                return
+            connection.execute(delete(t).where(t.c.kind.not_in(list(wanted))))
+            for kind, description in wanted.items():
+                if kept.get(kind) == description:
+                    continue
+                connection.execute(delete(t).where(t.c.kind == kind))
+                # Each statement commits on its own (SQLite: one writer, nothing to race); another
+                # process starting at the same moment may have written it first.
+                with suppress(IntegrityError):
+                    connection.execute(t.insert().values(kind=kind, description=description))
+
+        await self.storage.run_on_connection(describe)
+
+    @database_call(SQL_OUTAGES)
+    async def forms(self) -> list[FormInfo]:
+        statement = select(self.forms_table).order_by(self.forms_table.c.kind)
+        rows = await self.storage.run_on_connection(lambda connection: connection.execute(statement).all())
+        return [FormInfo.from_json(self.storage.json_loads(row.description)) for row in rows]
 
     @database_call(SQL_OUTAGES)
     async def save(self, response: CompletedResponse) -> bool:

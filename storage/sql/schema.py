@@ -28,7 +28,7 @@ from storage.errors import SchemaError
 from storage.sql.engine import ensure_table, retried_on_a_closed_connection
 
 if TYPE_CHECKING:
-    from storage.sql.fsm import SQLAlchemyStorage
+    from storage.sql.records import SQLRecords
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class TableSchema:
 # versions have no row: they are brought up to date as an older version would be.
 FSM_SCHEMA = TableSchema(1, added_later=("user_id", "outbox_queued", "outbox_sent", "outbox_due"))
 RESPONSES_SCHEMA = TableSchema(1, added_later=("response_id", "kind"))
+FORMS_SCHEMA = TableSchema(1)
 
 VERSIONS = Table(
     "aiogram_schema_version",
@@ -58,7 +59,7 @@ MYSQL_LOCK_NAME = "aiogram_schema"
 MYSQL_LOCK_WAIT_SECONDS = 60
 
 
-async def set_up(storage: SQLAlchemyStorage, table: Table, schema: TableSchema) -> None:
+async def set_up(storage: SQLRecords, table: Table, schema: TableSchema) -> None:
     """Run `set_up_table` where `storage` writes: its SQLite thread, or a connection of its engine of its own."""
 
     def operation(connection: Connection) -> None:

@@ -38,7 +38,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import BindParameter
 
-from storage.interface import new_version
+from storage.records import new_version
 
 KEY_LENGTH = 255
 STATE_LENGTH = 255

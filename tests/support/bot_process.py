@@ -32,7 +32,7 @@ REPLY_SECONDS = 20
 async def drop_bot_tables(database_url: str) -> None:
     engine = create_async_engine(database_url)
     async with engine.begin() as connection:
-        for table in ("aiogram_fsm_data", "questionnaire_responses"):
+        for table in ("aiogram_fsm_data", "questionnaire_responses", "bot_forms"):
             await connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
     await engine.dispose()
 

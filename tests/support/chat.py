@@ -24,6 +24,7 @@ from aiogram.types import (
 from bot.outbox import APPLIED, handle_update
 from bot.setup import create_bot, create_dispatcher
 from handlers.forms import RESPONSE_ID, RETURN_TO
+from states import described_forms
 from storage import Storages
 from tests.support.backends import Backend, release_routers, settings_for, storage_key
 from tests.support.mocked_session import MockedSession
@@ -123,6 +124,11 @@ class ChatHarness:
         release_routers()
         self.storages = await self.backend.open_storages()
         self.dispatcher = create_dispatcher(self.storages.fsm, self.storages.responses)
+        await self.describe_forms()
+
+    async def describe_forms(self) -> None:
+        """Describe every form defined so far in the database, as the bot does at its start (bot/running.py)."""
+        await self.storages.responses.describe_forms(described_forms())
 
     async def close(self) -> None:
         await self.storages.close()
