@@ -34,7 +34,7 @@ from bot.expiry import ExpirySweeper, sweep
 from config import StorageKind, StorageSettings
 from states import Question, Questionnaire, Tally, describe_form, described_forms, form_kind, forms, questions
 from states.form import short_text, whole_number
-from storage import CompletedResponse, FsmRecord, MongoStorage, Storages
+from storage import CompletedResponse, FormInfo, FsmRecord, MongoStorage, Storages
 from storage.interface import PAGE_SIZE
 from tests.support.backends import ALL_BACKENDS, MONGO_BACKENDS, SQL_URL_VARIABLES, Backend, backend_params
 from tests.support.bot_process import ROOT, BotProcess, bot_environment, drop_bot_tables, finish
@@ -671,3 +671,81 @@ def test_migrate_tells_a_true_from_a_one_and_30_from_30_0() -> None:
     assert not same_json({"agreed": True}, {"agreed": 1})
     assert not same_json({"age": 30}, {"age": 30.0})
     assert same_json({"name": "Ann", "age": 30}, {"age": 30, "name": "Ann"})
+
+
+def imported_aiogram(errors: str) -> list[str]:
+    """The aiogram modules a `python -X importtime` process imported, from what it wrote to stderr."""
+    names = (line.rpartition("|")[2].strip() for line in errors.splitlines() if line.startswith("import time:"))
+    return [name for name in names if name.partition(".")[0] == "aiogram"]
+
+
+def without_import_times(errors: str) -> str:
+    return "".join(line for line in errors.splitlines(keepends=True) if not line.startswith("import time:"))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+async def test_the_owners_commands_import_no_aiogram_and_read_the_forms_the_bot_described(
+    storages: Storages, backend: Backend, tmp_path: Path
+) -> None:
+    """stats, export and migrate start in well under a second and a fraction of the bot's memory: they
+    never import aiogram (nor the bot's handlers), and know the forms from what the bot wrote at its start."""
+    env = {"DATABASE_URL": backend.url} if not backend.is_mongo else {
+        "STORAGE": "mongo", "MONGO_URL": backend.url, "MONGO_DB": backend.place, "MONGO_DRIVER": backend.driver,
+    }  # fmt: skip
+    python = ("-X", "importtime", str(ROOT / "main.py"))
+
+    async def command(*args: str) -> tuple[int, str, str]:
+        clean = {k: v for k, v in os.environ.items() if k not in {"STORAGE", "DATABASE_URL", "MONGO_URL", "MONGO_DB"}}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, *python, "--env-file", os.devnull, *args,
+            cwd=tmp_path, env={**clean, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        shown, errors = await finish(process, 120)
+        assert not imported_aiogram(errors), f"{args[0]} imported {imported_aiogram(errors)[:5]}"
+        assert process.returncode is not None
+        return process.returncode, shown, without_import_times(errors)
+
+    # Before the bot has described its forms: the answers are counted by kind, and stats says why.
+    await storages.responses.save(CompletedResponse("q1", 1, 1, saved(), datetime(2026, 11, 1, tzinfo=UTC)))
+    code, shown, errors = await command("stats")
+    assert (code, errors) == (0, "")
+    assert shown == (
+        "No forms described in this database yet: the bot describes them when it starts.\n\n"
+        "Other kinds, completed (no form of the bot defines them)\n  questionnaire             1\n"
+    )
+
+    # Described as the bot describes them at its start: each form's section, its questions' columns in order.
+    await storages.responses.describe_forms(described_forms())
+    code, shown, errors = await command("stats")
+    assert (code, errors) == (0, "")
+    assert shown.startswith("Questionnaires\n  started           1\n  finished          1  100%\n")
+    code, shown, errors = await command("export", "--format", "jsonl")
+    assert (code, errors) == (0, "")
+    assert list(json.loads(shown)) == ["user_id", "chat_id", "kind", *(q.key for q in asked()), "completed_at"]
+
+    # migrate copies the description with the answers: stats on the copy reads as on the source.
+    target = f"sqlite+aiosqlite:///{tmp_path / 'copy.db'}"
+    code, shown, errors = await command("migrate", "--to", target)
+    assert (code, errors) == (0, ""), shown
+    copied = await Backend("sqlite", target, "").open_storages()
+    try:
+        assert await copied.responses.forms() == await storages.responses.forms()
+    finally:
+        await copied.close()
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+async def test_the_forms_described_are_the_last_start_s_and_a_restart_with_the_same_forms_changes_nothing(
+    storages: Storages,
+) -> None:
+    signup, survey = describe_form(Signup), describe_form(Survey)
+    assert await storages.responses.forms() == []
+    await storages.responses.describe_forms([survey, signup])
+    assert await storages.responses.forms() == [signup, survey]  # by kind
+    await storages.responses.describe_forms([signup, survey])
+    assert await storages.responses.forms() == [signup, survey]
+
+    # A release that changed a form and removed another: the description is the new one's alone.
+    changed = FormInfo(signup.kind, signup.states[:2], signup.questions[:1])
+    await storages.responses.describe_forms([changed])
+    assert await storages.responses.forms() == [changed]

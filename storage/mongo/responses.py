@@ -43,7 +43,9 @@ class MongoResponseStore:
         await self.forms_collection.delete_many({"_id": {"$nin": list(wanted)}})
         for kind, description in wanted.items():
             if kept.get(kind) != description:
-                await self.forms_collection.replace_one({"_id": kind}, {"description": description}, upsert=True)
+                # `$set`, not replace_one: nx-27017 inserts an upsert's replacement under a new id (docs/nx-27017.md).
+                change = {"$set": {"description": description}}
+                await self.forms_collection.update_one({"_id": kind}, change, upsert=True)
 
     @database_call(MONGO_OUTAGES)
     async def forms(self) -> list[FormInfo]:
