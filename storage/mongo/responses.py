@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,7 +46,8 @@ class MongoResponseStore:
             if kept.get(kind) != description:
                 # `$set`, not replace_one: nx-27017 inserts an upsert's replacement under a new id (docs/nx-27017.md).
                 change = {"$set": {"description": description}}
-                await self.forms_collection.update_one({"_id": kind}, change, upsert=True)
+                with suppress(DuplicateKeyError):  # another process starting at the same moment wrote it first
+                    await self.forms_collection.update_one({"_id": kind}, change, upsert=True)
 
     @database_call(MONGO_OUTAGES)
     async def forms(self) -> list[FormInfo]:
