@@ -108,10 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     # it (it would only scan them over and over) and then told to leave them be.
     gc.disable()
     try:
-        from bot.log import configure_logging
-        from bot.polling import LeadershipLostError, run_polling
-        from bot.running import StartupError
-        from bot.webhook import run_webhook
+        from states import FormError
+
+        try:
+            from bot.log import configure_logging
+            from bot.polling import LeadershipLostError, run_polling
+            from bot.running import StartupError
+            from bot.webhook import run_webhook
+        except FormError as error:  # a form the handlers cannot ask, named with what to change
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     finally:
         gc.freeze()
         gc.enable()

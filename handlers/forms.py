@@ -31,7 +31,7 @@ from aiogram.types import (
 )
 from aiogram.utils.keyboard import InlineKeyboardBuilder, ReplyKeyboardBuilder
 
-from states import Answer, InvalidAnswer, Question, form_kind, next_question, question_at, questions
+from states import Answer, FormError, InvalidAnswer, Question, form_kind, next_question, question_at, questions
 from storage import CompletedResponse, ResponseStore
 
 # Kept in the FSM data beside the answers; never saved as answers.
@@ -40,9 +40,12 @@ RETURN_TO = "return_to"  # where the user was before stepping aside into another
 BUTTONS_PER_ROW = 3
 
 
+MAX_CALLBACK_BYTES = 64  # Telegram keeps at most this much of a button's callback data
+
+
 class Choice(CallbackData, prefix="choice"):
     """A press on one of a question's inline buttons: which form (its kind), which question (its key),
-    which choice. Telegram keeps at most 64 bytes of it (`keyboard_for` raises on more)."""
+    which choice. Telegram keeps at most 64 bytes of it (`follow` refuses a form whose buttons pass that)."""
 
     form: str
     question: str
@@ -68,7 +71,19 @@ def follow(router: Router, form: type[StatesGroup], summary: Summary) -> None:
     update. After the last answer the response is saved (kind `form_kind(form)`)
     and `summary(answers)` is sent: back where the user was if the form was a
     step aside (`step_aside`), else with the conversation cleared.
+
+    FormError if a question's buttons cannot be sent (their callback data over Telegram's 64 bytes).
     """
+    for question in questions(form):
+        if question.inline and question.choices:
+            data = Choice.of(question, len(question.choices) - 1)
+            size = len(":".join([Choice.__prefix__, data.form, data.question, str(data.index)]).encode())
+            if size > MAX_CALLBACK_BYTES:
+                msg = (
+                    f"{form.__name__}.{question.key}: its buttons' callback data is {size} bytes, over Telegram's "
+                    f"{MAX_CALLBACK_BYTES}: shorten the form's class name or the question's name"
+                )
+                raise FormError(msg)
 
     @router.message(StateFilter(form), F.text, ~F.text.startswith("/"))
     async def take_answer(

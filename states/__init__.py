@@ -1,5 +1,6 @@
 from states.form import (
     Answer,
+    FormError,
     InvalidAnswer,
     Question,
     Tally,
@@ -16,6 +17,7 @@ from states.questionnaire import Questionnaire
 
 __all__ = [
     "Answer",
+    "FormError",
     "InvalidAnswer",
     "Question",
     "Questionnaire",

@@ -26,6 +26,11 @@ class InvalidAnswer(ValueError):
     """The text is not an answer to the question; the message is what the user reads."""
 
 
+class FormError(ValueError):
+    """A form is defined in a way the bot cannot ask it; the message names the question and what to change.
+    Raised as the handlers are imported: `python main.py` says it in one line and exits with 2."""
+
+
 class Tally(Enum):
     """How `python main.py stats` sums up a question's answers."""
 

@@ -23,7 +23,7 @@ from admin.stats import count
 from admin.stats import render as render_stats
 from handlers import get_commands
 from handlers.forms import ask, follow, step_aside
-from states import Question, questions
+from states import FormError, Question, questions
 from states.form import short_text
 from tests.support.chat import ChatHarness
 from tests.support.questionnaire import asked, conversation
@@ -155,3 +155,21 @@ async def test_readmes_button_form_is_in_the_command_menu_and_in_help(
     await chat.restart()
     [shown] = await chat.send("/help")
     assert f"/{command.command}:" in shown
+
+
+def test_a_form_whose_buttons_would_pass_telegrams_64_bytes_is_refused_naming_the_question() -> None:
+    """Telegram keeps 64 bytes of a button's data (the form, the question, the choice): a longer
+    one is refused when the form is followed, not when a user is first shown the buttons."""
+
+    class Delivery(StatesGroup):
+        the_preferred_time_window_for_the_courier_to_arrive = Question(
+            "When?", read=short_text("time"), label="Time", sample="Morning", choices=("Morning", "Evening"),
+            inline=True,
+        )  # fmt: skip
+
+    refused = (
+        r"^Delivery\.the_preferred_time_window_for_the_courier_to_arrive: its buttons' callback data is \d+ bytes, "
+        r"over Telegram's 64: shorten the form's class name or the question's name$"
+    )
+    with pytest.raises(FormError, match=refused):
+        follow(Router(name="too long"), Delivery, lambda answers: "")
