@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,6 +79,10 @@ def run_command(args: argparse.Namespace) -> int:
         from admin.migrate import migrate
 
         return asyncio.run(migrate(settings, args.to, args.source, args.overwrite))
+    except BrokenPipeError:
+        # Whatever read the output stopped early (`export | head`): nothing to say, nothing left to flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (SettingsError, CommandError, StorageError, OSError, ValueError) as error:
         # Each says what went wrong in a line: a bad path, an unreachable or too slow database.
         print(f"error: {error}", file=sys.stderr)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from admin.errors import CommandError, opened
-from admin.forms import bot_forms, plural
+from admin.forms import NOT_DESCRIBED, bot_forms, plural
 from config import StorageSettings
 from storage.records import QUESTIONNAIRE_KIND, CompletedResponse, FormInfo
 
@@ -167,6 +167,8 @@ async def export(
     if output is not None:
         print(f"Exported {plural(writer.rows, chosen + ' response')} to {output}", file=sys.stderr)
     others = {other: number for other, number in sorted(kinds.items()) if other != chosen}
+    if not forms:
+        print(f"{NOT_DESCRIBED} Until then the answers' columns are in the order of their names.", file=sys.stderr)
     if kind is None and others:
         listed = ", ".join(plural(number, other + " response") for other, number in others.items())
         example = next(iter(others))

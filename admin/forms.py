@@ -16,6 +16,10 @@ async def bot_forms(records: Records) -> dict[str, FormInfo]:
     return dict(sorted(by_kind.items(), key=lambda item: (item[0] != QUESTIONNAIRE_KIND, item[0])))
 
 
+# What stats and export say on a database no bot of this release has started on yet.
+NOT_DESCRIBED = "No forms described in this database yet: the bot describes them when it starts."
+
+
 def plural(count: int, one: str, many: str = "") -> str:
     """`1 answer`, `2 answers`; `many` for a word whose plural is not `one` + s (`1 reply`, `2 replies`)."""
     return f"{count} {one if count == 1 else many or one + 's'}"

@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from admin.errors import opened
-from admin.forms import bot_forms, plural
+from admin.forms import NOT_DESCRIBED, bot_forms, plural
 from config import StorageSettings, describe_duration
 from storage import Records
-from storage.records import QUESTIONNAIRE_KIND, FormInfo, TextTally
+from storage.records import QUESTIONNAIRE_KIND, FormInfo, Tally, TextTally
 
 # A form nobody answered for this long counts as abandoned (FSM_TTL removes it later).
 ABANDONED_AFTER = timedelta(days=1)
-RANGE = "range"  # a question's tally (states.Tally.RANGE): lowest, highest and median; any other: counts
 TOP_ANSWERS = 10
 
 
@@ -32,8 +31,8 @@ class FormStats:
     finished: int = 0
     in_progress: int = 0
     abandoned: int = 0
-    texts: dict[str, TextTally] = field(default_factory=dict)  # by question key ("counts")
-    numbers: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # ("range"): value, how often
+    texts: dict[str, TextTally] = field(default_factory=dict)  # by question key (Tally.COUNTS)
+    numbers: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # (Tally.RANGE): value, how often
 
     @property
     def kind(self) -> str:
@@ -68,7 +67,7 @@ async def count_form(storages: Records, form: FormInfo, finished: int, now: date
     counted = FormStats(form, finished=finished, in_progress=in_progress, abandoned=abandoned)
     kind = form.kind
     for question in form.questions:
-        if question.tally == RANGE:
+        if question.tally is Tally.RANGE:
             counted.numbers[question.key] = await storages.responses.whole_numbers(kind, question.key)
         elif question.tally is not None:
             counted.texts[question.key] = await storages.responses.text_answers(kind, question.key, TOP_ANSWERS)
@@ -79,7 +78,7 @@ def render(stats: Stats, ttl: timedelta | None) -> str:
     expiry = f"removed after {describe_duration(ttl)} (FSM_TTL)" if ttl else "kept: FSM_TTL=0"
     sections = [render_form(form, expiry) for form in stats.forms]
     if not stats.forms:
-        sections.append(["No forms described in this database yet: the bot describes them when it starts."])
+        sections.append([NOT_DESCRIBED])
     if stats.undefined:
         sections.append(
             ["Other kinds, completed (no form of the bot defines them)"]
@@ -103,7 +102,7 @@ def render_form(form: FormStats, expiry: str) -> list[str]:
     ]
     for question in form.form.questions:
         # A question nobody has answered yet (just added) has no section until someone does.
-        if question.tally == RANGE:
+        if question.tally is Tally.RANGE:
             numbers = form.numbers.get(question.key, [])
             if numbers or not form.finished:
                 lines += ["", question.label, *number_range(numbers)]

@@ -21,7 +21,7 @@ from bot.outbox import TAKEOVER_SECONDS, FloodControl
 from bot.setup import create_bot, create_dispatcher
 from config import Settings
 from handlers import get_commands
-from states import described_forms
+from states import FormError, described_forms
 from storage import SchemaError, StorageUnavailableError, create_storages
 from storage.sql.in_use import held_while_running
 
@@ -59,7 +59,7 @@ async def running_bot(settings: Settings) -> AsyncIterator[tuple[Bot, Dispatcher
             # them from the database, never importing the bot (admin/forms.py).
             try:
                 await storages.responses.describe_forms(described_forms())
-            except StorageUnavailableError as error:
+            except (FormError, StorageUnavailableError) as error:
                 raise StartupError(str(error)) from None
             if settings.fsm_ttl is not None:
                 sweeper = ExpirySweeper(storages.fsm, settings.fsm_ttl)

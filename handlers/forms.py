@@ -40,9 +40,6 @@ RETURN_TO = "return_to"  # where the user was before stepping aside into another
 BUTTONS_PER_ROW = 3
 
 
-MAX_CALLBACK_BYTES = 64  # Telegram keeps at most this much of a button's callback data
-
-
 class Choice(CallbackData, prefix="choice"):
     """A press on one of a question's inline buttons: which form (its kind), which question (its key),
     which choice. Telegram keeps at most 64 bytes of it (`follow` refuses a form whose buttons pass that)."""
@@ -76,14 +73,14 @@ def follow(router: Router, form: type[StatesGroup], summary: Summary) -> None:
     """
     for question in questions(form):
         if question.inline and question.choices:
-            data = Choice.of(question, len(question.choices) - 1)
-            size = len(":".join([Choice.__prefix__, data.form, data.question, str(data.index)]).encode())
-            if size > MAX_CALLBACK_BYTES:
+            try:
+                Choice.of(question, len(question.choices) - 1).pack()  # the longest of its buttons' data
+            except ValueError:
                 msg = (
-                    f"{form.__name__}.{question.key}: its buttons' callback data is {size} bytes, over Telegram's "
-                    f"{MAX_CALLBACK_BYTES}: shorten the form's class name or the question's name"
+                    f"{form.__name__}.{question.key}: its buttons' callback data is over Telegram's 64 bytes: "
+                    "shorten the form's class name or the question's name"
                 )
-                raise FormError(msg)
+                raise FormError(msg) from None
 
     @router.message(StateFilter(form), F.text, ~F.text.startswith("/"))
     async def take_answer(

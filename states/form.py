@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Sequence
-from enum import Enum
 
 from aiogram.fsm.state import State, StatesGroup
 
-from storage.records import FormInfo, QuestionInfo
+from storage.records import KIND_LENGTH, FormInfo, QuestionInfo
+from storage.records import Tally as Tally  # how `stats` sums up a question (defined beside the records it reads)
 
 # What an answer is kept as: JSON, so changing the questions needs no migration.
 Answer = str | int
@@ -29,13 +29,6 @@ class InvalidAnswer(ValueError):
 class FormError(ValueError):
     """A form is defined in a way the bot cannot ask it; the message names the question and what to change.
     Raised as the handlers are imported: `python main.py` says it in one line and exits with 2."""
-
-
-class Tally(Enum):
-    """How `python main.py stats` sums up a question's answers."""
-
-    COUNTS = "counts"  # how many gave each answer, the commonest first
-    RANGE = "range"  # lowest, highest and median of whole numbers
 
 
 class Question(State):
@@ -105,8 +98,12 @@ def forms() -> list[type[StatesGroup]]:
 def describe_form(group: type[StatesGroup]) -> FormInfo:
     """The form as the owner's commands know it (they import no aiogram): the bot describes each
     of its forms in the database at start-up (`ResponseRecords.describe_forms`)."""
-    asked = (QuestionInfo(q.key, q.label, None if q.tally is None else q.tally.value) for q in questions(group))
-    return FormInfo(form_kind(group), tuple(group.__all_states_names__), tuple(asked))
+    kind = form_kind(group)
+    if len(kind) > KIND_LENGTH:
+        msg = f"{group.__name__}: a form's class name is its kind, kept in {KIND_LENGTH} characters: shorten it"
+        raise FormError(msg)
+    asked = (QuestionInfo(q.key, q.label, q.tally) for q in questions(group))
+    return FormInfo(kind, tuple(group.__all_states_names__), tuple(asked))
 
 
 def described_forms() -> list[FormInfo]:

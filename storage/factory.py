@@ -68,16 +68,21 @@ async def create_storages(settings: StorageSettings) -> Storages:
     return storages
 
 
-async def open_records(settings: StorageSettings) -> Records:
+async def open_records(settings: StorageSettings, *, reading: bool = True) -> Records:
     """The configured database's records for an owner's command: no aiogram is imported, calls get a
-    longer time bound, and nothing the bot keeps up (a Mongo TTL index) is changed."""
+    longer time bound, and nothing the bot keeps up (a Mongo TTL index) is changed.
+
+    `reading`: the database is left as it is, and must hold the bot's tables at this release's
+    versions (SchemaError otherwise: the bot makes and upgrades them at its start); else (migrate's
+    target) the tables are made as the bot makes them.
+    """
     if settings.storage is StorageKind.MONGO:
         from storage.mongo.records import MongoRecords
 
         records = MongoRecords.from_url(
             settings.mongo_url, settings.mongo_driver, db_name=settings.mongo_db, timeout=COMMAND_TIMEOUT_SECONDS
         )
-        return Records(records, await _mongo_responses(records, COMMAND_TIMEOUT_SECONDS))
+        return Records(records, await _reachable_mongo_responses(records, COMMAND_TIMEOUT_SECONDS))
     engine_kwargs: dict[str, Any] = {}
     if make_url(settings.database_url).get_backend_name() == "postgresql":
         # A table migrate fills grows faster than autovacuum analyzes it: a plan PostgreSQL
@@ -85,8 +90,24 @@ async def open_records(settings: StorageSettings) -> Records:
         # scan) would stay for the whole copy, each page's lookup reading the whole table.
         # Planned again on every run, the lookups use the primary key.
         engine_kwargs["connect_args"] = {"server_settings": {"plan_cache_mode": "force_custom_plan"}}
-    fsm = await _sql_opened(SQLRecords, settings.database_url, COMMAND_TIMEOUT_SECONDS, engine_kwargs)
-    return Records(fsm, await _sql_responses(fsm))
+    fsm = await _sql_opened(
+        SQLRecords, settings.database_url, COMMAND_TIMEOUT_SECONDS, {**engine_kwargs, "set_up": not reading}
+    )
+    if not reading:
+        return Records(fsm, await _sql_responses(fsm))
+    responses = SQLResponseStore(fsm)
+    try:
+        if not (await fsm.is_set_up() and await responses.is_set_up()):
+            where = make_url(settings.database_url).render_as_string(hide_password=True)
+            msg = (
+                f"the database at {where} does not hold this bot's tables, or holds older ones: the bot makes "
+                "and upgrades them when it starts; start it once, or check DATABASE_URL"
+            )
+            raise SchemaError(msg)
+    except BaseException:
+        await fsm.close()
+        raise
+    return Records(fsm, responses)
 
 
 # Records an older version wrote without a user id get one at the bot's start, this many per call.
@@ -183,7 +204,7 @@ async def create_mongo_storages(
     from storage.mongo.fsm import MongoStorage
 
     fsm = MongoStorage.from_url(url, driver, db_name=db_name, timeout=timeout)
-    responses = await _mongo_responses(fsm, timeout)
+    responses = await _reachable_mongo_responses(fsm, timeout)
     storages = Storages(fsm, responses)
     try:
         await fsm.ensure_expiry_index(expire_after)
@@ -196,7 +217,7 @@ async def create_mongo_storages(
     return storages
 
 
-async def _mongo_responses(
+async def _reachable_mongo_responses(
     fsm: MongoRecords,
     timeout: float | None,  # noqa: ASYNC109 - per database call
 ) -> MongoResponseStore:

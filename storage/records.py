@@ -9,15 +9,18 @@ under a second and never load aiogram; the bot's aiogram storages
 
 from __future__ import annotations
 
+import re
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any, Protocol
 
 # Responses saved before forms had kinds are the questionnaire's.
 QUESTIONNAIRE_KIND = "questionnaire"
+KIND_LENGTH = 64  # the longest kind (a form's class name in lower case) the tables keep
 # The owner's commands read a table a page at a time: memory stays the same whatever its size.
 PAGE_SIZE = 1000
 ALL_DONE = 2**62  # `Versioned.sent` of a record whose outbox no commit wrote
@@ -57,13 +60,20 @@ class TextTally:
     total: int = 0
 
 
+class Tally(StrEnum):
+    """How `python main.py stats` sums up a question's answers (a `Question`'s `tally`)."""
+
+    COUNTS = "counts"  # how many gave each answer, the commonest first
+    RANGE = "range"  # lowest, highest and median of whole numbers
+
+
 @dataclass(frozen=True)
 class QuestionInfo:
     """A question as the owner's commands know it: the key its answer is saved under, its label, its tally."""
 
     key: str
     label: str
-    tally: str | None = None  # how `stats` sums its answers up: "counts", "range" (states.Tally's values)
+    tally: Tally | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +94,10 @@ class FormInfo:
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> FormInfo:
-        questions = tuple(QuestionInfo(q["key"], q["label"], q.get("tally")) for q in value["questions"])
+        questions = tuple(
+            QuestionInfo(q["key"], q["label"], None if q.get("tally") is None else Tally(q["tally"]))
+            for q in value["questions"]
+        )
         return cls(value["kind"], tuple(value["states"]), questions)
 
 
@@ -196,6 +209,17 @@ class FsmRecords(ABC):
 
         A key written meanwhile stays: the delete checks the time again.
         """
+
+
+# A key aiogram's DefaultKeyBuilder writes with its defaults: fsm:<chat>:<user>, or fsm:<chat>:<topic>:<user>.
+_DEFAULT_KEY = re.compile(r"fsm:-?\d+:(?:-?\d+:)?(-?\d+)")
+
+
+def default_key_user(key: str) -> int | None:
+    """The user of a key in the default layout (what the bot writes unless given a key builder of its own);
+    None for any other. For records an older version wrote without a user id, read without aiogram."""
+    found = _DEFAULT_KEY.fullmatch(key)
+    return int(found.group(1)) if found else None
 
 
 def new_version() -> int:

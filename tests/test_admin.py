@@ -13,7 +13,7 @@ import csv
 import io
 import json
 import os
-import sqlite3
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from aiogram.fsm.state import StatesGroup
+from aiogram.fsm.storage.base import DefaultKeyBuilder, StorageKey
 
 from admin.errors import CommandError
 from admin.export import export, write
@@ -35,7 +36,8 @@ from config import StorageKind, StorageSettings
 from states import Question, Questionnaire, Tally, describe_form, described_forms, form_kind, forms, questions
 from states.form import short_text, whole_number
 from storage import CompletedResponse, FormInfo, FsmRecord, MongoStorage, Storages
-from storage.interface import PAGE_SIZE
+from storage.interface import PAGE_SIZE, user_reader
+from storage.records import default_key_user
 from tests.support.backends import ALL_BACKENDS, MONGO_BACKENDS, SQL_URL_VARIABLES, Backend, backend_params
 from tests.support.bot_process import ROOT, BotProcess, bot_environment, drop_bot_tables, finish
 from tests.support.questionnaire import asked, conversation, replies, saved, shows_summary, told_apart
@@ -577,7 +579,11 @@ async def test_an_expired_session_is_removed_by_the_running_bot_and_its_user_tol
 async def test_the_commands_answer_bad_input_in_one_line_with_exit_code_2(tmp_path: Path) -> None:
     env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"}
     for args, expected in [
-        (("stats",), f"error: there is no database at {tmp_path / 'bot.db'}: check DATABASE_URL"),
+        (
+            ("stats",),
+            f"error: there is no database at {tmp_path / 'bot.db'}: the bot makes it when it starts; "
+            "check DATABASE_URL",
+        ),
         (("export", "--format", "xml"), "error: argument --format: invalid choice: 'xml'"),
         (("export", "--since", "yesterday"), "error: argument --since: not a date: 'yesterday'"),
         (("migrate", "--to", "nonsense"), "error: --to is not a database URL"),
@@ -592,7 +598,8 @@ async def test_the_commands_answer_bad_input_in_one_line_with_exit_code_2(tmp_pa
         assert "s3cret" not in errors
         if args == ("stats",):
             assert not (tmp_path / "bot.db").exists()  # reported, not created empty
-            sqlite3.connect(tmp_path / "bot.db").close()  # from here on the source exists
+            # From here on the database exists, as the bot's start leaves it.
+            await (await Backend("sqlite", env["DATABASE_URL"], "").open_storages()).close()
 
 
 async def test_a_sweep_that_fails_does_not_end_expiry(caplog: pytest.LogCaptureFixture) -> None:
@@ -749,3 +756,83 @@ async def test_the_forms_described_are_the_last_start_s_and_a_restart_with_the_s
     changed = FormInfo(signup.kind, signup.states[:2], signup.questions[:1])
     await storages.responses.describe_forms([changed])
     assert await storages.responses.forms() == [changed]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        StorageKey(bot_id=5, chat_id=77, user_id=77),
+        StorageKey(bot_id=5, chat_id=-1001234567890, user_id=42),
+        StorageKey(bot_id=5, chat_id=-100123, user_id=42, thread_id=7),
+    ],
+)
+def test_the_owners_commands_read_a_default_keys_user_as_the_bots_key_builder_does(key: StorageKey) -> None:
+    """migrate copies a record an older version wrote without a user id with its user, read from the
+    key without aiogram: the same user aiogram's default key builder put there."""
+    built = DefaultKeyBuilder().build(key)
+    reader = user_reader(DefaultKeyBuilder())
+    assert reader is not None
+    assert default_key_user(built) == reader(built) == key.user_id
+    assert default_key_user(DefaultKeyBuilder(with_bot_id=True).build(key) + ":x") is None  # another layout
+
+
+def export_into_head(url: str) -> tuple[int, str]:
+    """`python main.py export | head -c 100`: the exit code and what export wrote to stderr."""
+    clean = {k: v for k, v in os.environ.items() if k not in {"STORAGE", "DATABASE_URL", "MONGO_URL", "MONGO_DB"}}
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "--env-file", os.devnull, "export"],
+        env={**clean, "DATABASE_URL": url}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        assert process.stdout.read(100).startswith("\ufeffuser_id,".encode())
+        process.stdout.close()  # as `head` does once it has its lines
+        errors = process.stderr.read().decode()
+        return process.wait(60), errors
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_export_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
+    """`python main.py export | head` is normal use: no error line when `head` has what it wanted."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
+    opened = await Backend("sqlite", url, "").open_storages()
+    answered = datetime(2026, 11, 1, tzinfo=UTC)
+    many = [CompletedResponse(f"r{n}", n, n, saved(), answered + timedelta(seconds=n)) for n in range(3000)]
+    await opened.responses.save_many(many)  # well over a pipe's 64 KiB of CSV
+    await opened.close()
+    code, errors = await asyncio.to_thread(export_into_head, url)
+    assert (code, errors) == (1, "")
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+async def test_starts_describing_other_forms_at_once_never_leave_a_reader_without_a_form(
+    storages: Storages, backend: Backend
+) -> None:
+    """Replicas of two releases starting together (a deploy) each write their forms; a `stats` reading
+    meanwhile always finds every kind both define, and the last writer's description stays whole."""
+    old, new = [describe_form(Signup), describe_form(Survey)], [describe_form(Survey)]
+    new[0] = FormInfo(new[0].kind, new[0].states, new[0].questions[:1])
+    new.append(describe_form(Signup))
+    await storages.responses.describe_forms(old)
+    starts = [await backend.open_storages() for _ in range(4)]
+    seen: list[set[str]] = []
+
+    async def read_meanwhile() -> None:
+        for _ in range(30):
+            seen.append({form.kind for form in await storages.responses.forms()})
+
+    try:
+        await asyncio.gather(
+            read_meanwhile(), *(start.responses.describe_forms(old if n % 2 else new) for n, start in enumerate(starts))
+        )
+    finally:
+        for start in starts:
+            await start.close()
+    assert all(kinds == {"signup", "survey"} for kinds in seen), seen
+    assert sorted(await storages.responses.forms(), key=lambda form: form.kind) in (
+        sorted(old, key=lambda form: form.kind),
+        sorted(new, key=lambda form: form.kind),
+    )

@@ -14,7 +14,7 @@ import pytest
 from aiogram import Router
 from aiogram.filters import Command
 from aiogram.fsm.context import FSMContext
-from aiogram.fsm.state import StatesGroup
+from aiogram.fsm.state import State, StatesGroup
 from aiogram.methods import AnswerCallbackQuery, SendMessage
 from aiogram.types import InlineKeyboardMarkup, Message
 
@@ -23,7 +23,7 @@ from admin.stats import count
 from admin.stats import render as render_stats
 from handlers import get_commands
 from handlers.forms import ask, follow, step_aside
-from states import FormError, Question, questions
+from states import FormError, Question, describe_form, questions
 from states.form import short_text
 from tests.support.chat import ChatHarness
 from tests.support.questionnaire import asked, conversation
@@ -168,8 +168,16 @@ def test_a_form_whose_buttons_would_pass_telegrams_64_bytes_is_refused_naming_th
         )  # fmt: skip
 
     refused = (
-        r"^Delivery\.the_preferred_time_window_for_the_courier_to_arrive: its buttons' callback data is \d+ bytes, "
-        r"over Telegram's 64: shorten the form's class name or the question's name$"
+        r"^Delivery\.the_preferred_time_window_for_the_courier_to_arrive: its buttons' callback data is over "
+        r"Telegram's 64 bytes: shorten the form's class name or the question's name$"
     )
     with pytest.raises(FormError, match=refused):
         follow(Router(name="too long"), Delivery, lambda answers: "")
+
+
+def test_a_form_whose_kind_would_not_fit_its_column_is_refused_at_start_up_naming_it() -> None:
+    """A form's kind is its class's name in lower case, kept in 64 characters; a longer one stops the
+    start (bot/running.py turns this into one line), not the first save of a response."""
+    too_long = type("A" * 65, (StatesGroup,), {"step": State()})  # no Question: no other test sees it as a form
+    with pytest.raises(FormError, match=r"^A{65}: a form's class name is its kind, kept in 64 characters: shorten it$"):
+        describe_form(too_long)

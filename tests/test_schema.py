@@ -313,3 +313,37 @@ async def test_tables_of_your_own_names_on_an_engine_of_your_own(databases: Fres
         assert await storage.get_state(storage_key()) is None
     finally:
         await engine.dispose()
+
+
+async def owners_command(url: str, *args: str) -> tuple[int, str, str]:
+    """`python main.py ARGS` on the database at `url`: exit code, stdout, stderr."""
+    clean = {k: v for k, v in os.environ.items() if k not in {"STORAGE", "DATABASE_URL", "MONGO_URL", "MONGO_DB"}}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "main.py"), "--env-file", os.devnull, *args,
+        env={**clean, "DATABASE_URL": url}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    shown, errors = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, shown.decode(), errors.decode()
+
+
+async def test_stats_and_export_leave_a_database_the_bot_never_used_as_it_is(databases: FreshDatabases) -> None:
+    """They only read (a read-only role will do): on a database without the bot's tables they say
+    so in a line and make none; once the bot has started there, they read it."""
+    url = await databases.new()
+    if databases.name == "sqlite":
+        await asyncio.to_thread(Path(make_url(url).database or "").touch)  # a file, empty: no tables
+    for command in ("stats", "export"):
+        code, shown, errors = await owners_command(url, command)
+        assert (code, shown) == (2, "")
+        assert errors.startswith("error: cannot use the database: the database at ")
+        assert errors.endswith(
+            " does not hold this bot's tables, or holds older ones: the bot makes and upgrades them when it "
+            "starts; start it once, or check DATABASE_URL\n"
+        )
+    assert await on(url, tables) == set()
+
+    await (await create_sql_storages(url)).close()  # the bot's start
+    code, shown, errors = await owners_command(url, "stats")
+    assert (code, errors) == (0, "")
+    assert await on(url, tables) == BOT_TABLES | {VERSIONS}

@@ -43,7 +43,6 @@ from storage.mongo.records import MongoRecords, data_of, fields_of, replacing, s
 
 _ONLY_FIELDS = {"_id": 0, "updated_at": 0}
 _PATH_NOT_VIABLE = 28  # MongoDB's code for "$set: {data.k}" where data is not a document
-_INDEX_NOT_FOUND = 27
 Field = Literal["state", "data"]
 
 

@@ -19,7 +19,7 @@ from pymongo.errors import OperationFailure
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
 from storage.mongo.client import MONGO_OUTAGES, Driver, close_client, create_client
 from storage.mongo.keys import escape_value, unescape_value
-from storage.records import FsmRecord, FsmRecords, as_utc, new_version
+from storage.records import FsmRecord, FsmRecords, as_utc, default_key_user, new_version
 
 _INDEX_NOT_FOUND = 27
 
@@ -43,8 +43,9 @@ class MongoRecords(FsmRecords):
         self.timeout = timeout
         self.database = client[db_name]
         self.collection = self.database[collection_name]
-        # Reads the user from a key an older version wrote without one (the aiogram side's key builder).
-        self._user_of: Callable[[str], int | None] | None = None
+        # Reads the user from a key an older version wrote without one: the default layout's here,
+        # the key builder's own on the aiogram side.
+        self._user_of: Callable[[str], int | None] | None = default_key_user
         self._owns_client = False
 
     @classmethod

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,13 +40,17 @@ class MongoResponseStore:
         kept = {document["_id"]: document.get("description") async for document in self.forms_collection.find()}
         if kept == wanted:  # a restart of the same bot: one read
             return
-        await self.forms_collection.delete_many({"_id": {"$nin": list(wanted)}})
+        # Each kind written in place, never deleted first: a `stats` meanwhile never finds a form missing.
         for kind, description in wanted.items():
             if kept.get(kind) != description:
                 # `$set`, not replace_one: nx-27017 inserts an upsert's replacement under a new id (docs/nx-27017.md).
                 change = {"$set": {"description": description}}
-                with suppress(DuplicateKeyError):  # another process starting at the same moment wrote it first
+                try:
                     await self.forms_collection.update_one({"_id": kind}, change, upsert=True)
+                except DuplicateKeyError:  # another start inserted it at the same moment: now it updates
+                    await self.forms_collection.update_one({"_id": kind}, change, upsert=True)
+        if gone := set(kept) - set(wanted):
+            await self.forms_collection.delete_many({"_id": {"$in": sorted(gone)}})
 
     @database_call(MONGO_OUTAGES)
     async def forms(self) -> list[FormInfo]:

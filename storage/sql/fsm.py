@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
 from storage.interface import ALL_DONE, DueOutbox, FsmStorage, Versioned, user_key_pattern, user_reader
 from storage.sql.engine import SQL_OUTAGES
-from storage.sql.records import JsonDumps, JsonLoads, SQLRecords
+from storage.sql.records import JsonDumps, JsonLoads, SQLRecords, as_metadata
 from storage.sql.statements import Field, FsmStatements
 
 # A compare-and-swap only fails when another writer changed the key between
@@ -51,6 +51,8 @@ class SQLAlchemyStorage(SQLRecords, FsmStorage):
         json_loads: JsonLoads = json.loads,
         timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
+        # Read here, so a deprecation warning points at the caller's line, not at SQLRecords'.
+        metadata = as_metadata(metadata)
         super().__init__(
             sessionmaker, metadata, table_name, json_dumps=json_dumps, json_loads=json_loads, timeout=timeout
         )

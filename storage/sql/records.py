@@ -22,9 +22,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
-from storage.records import FsmRecord, FsmRecords, as_utc
+from storage.records import FsmRecord, FsmRecords, as_utc, default_key_user
 from storage.sql.engine import SQL_OUTAGES, create_engine_for_url, retried_on_a_closed_connection
-from storage.sql.schema import FSM_SCHEMA, set_up
+from storage.sql.schema import FSM_SCHEMA, is_current, set_up
 from storage.sql.sqlite_thread import SQLiteThread
 from storage.sql.statements import FsmStatements, fsm_table
 
@@ -49,7 +49,7 @@ class SQLRecords(FsmRecords):
         timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
         self.sessionmaker = sessionmaker
-        self.metadata = _as_metadata(metadata)
+        self.metadata = as_metadata(metadata)
         self.table = fsm_table(self.metadata, table_name or "aiogram_fsm_data")
         # Each call gives up after this many seconds, so a stuck database never freezes a user.
         self.timeout = timeout
@@ -58,8 +58,9 @@ class SQLRecords(FsmRecords):
         self._owned_engine: AsyncEngine | None = None
         self._sqlite: SQLiteThread | None = None
         self._statements: dict[str, FsmStatements] = {}
-        # Reads the user from a key an older version wrote without one (the aiogram side's key builder).
-        self._user_of: Callable[[str], int | None] | None = None
+        # Reads the user from a key an older version wrote without one: the default layout's here,
+        # the key builder's own on the aiogram side.
+        self._user_of: Callable[[str], int | None] | None = default_key_user
 
     @classmethod
     async def from_url(
@@ -70,25 +71,30 @@ class SQLRecords(FsmRecords):
         json_dumps: JsonDumps = json.dumps,
         json_loads: JsonLoads = json.loads,
         timeout: float | None = DEFAULT_TIMEOUT_SECONDS,  # noqa: ASYNC109 - per database call
+        set_up: bool = True,
         **engine_kwargs: Any,
     ) -> Self:
-        """Connect with sound defaults for the database, create the table, own the engine.
+        """Connect with sound defaults for the database, create the table (`set_up`; else leave the
+        database as it is), own the engine.
 
         On a SQLite file every call runs on one connection in one thread of
         its own (see storage/sql/sqlite_thread.py); `sessionmaker` stays async.
         """
         options = {"table_name": table_name, "json_dumps": json_dumps, "json_loads": json_loads, "timeout": timeout}
-        return await cls._connect(url, engine_kwargs, options)
+        return await cls._connect(url, engine_kwargs, options, set_up)
 
     @classmethod
-    async def _connect(cls, url: str, engine_kwargs: dict[str, Any], options: dict[str, Any]) -> Self:
+    async def _connect(
+        cls, url: str, engine_kwargs: dict[str, Any], options: dict[str, Any], set_up: bool = True
+    ) -> Self:
         engine = create_engine_for_url(url, **engine_kwargs)
         storage = cls(async_sessionmaker(engine, expire_on_commit=False), **options)
         storage._owned_engine = engine
         if make_url(url).get_backend_name() == "sqlite":
             storage._sqlite = SQLiteThread(url)
         try:
-            await storage.create_table()
+            if set_up:
+                await storage.create_table()
         except BaseException:
             await storage.close()
             raise
@@ -101,6 +107,11 @@ class SQLRecords(FsmRecords):
         SchemaError if a table of that name was made by another program, or by a newer release.
         """
         await set_up(self, self.table, FSM_SCHEMA)
+
+    @database_call(SQL_OUTAGES)
+    async def is_set_up(self) -> bool:
+        """Whether the FSM table is there, at this release's version (reads only; SchemaError if newer)."""
+        return await is_current(self, self.table, FSM_SCHEMA)
 
     @property
     def engines(self) -> list[Engine]:
@@ -228,7 +239,7 @@ class SQLRecords(FsmRecords):
         return cast(dict[str, Any], loaded)
 
 
-def _as_metadata(metadata: Any) -> MetaData:
+def as_metadata(metadata: Any) -> MetaData:
     if metadata is None:
         return MetaData()
     if isinstance(metadata, MetaData):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Sequence
-from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -36,13 +35,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from storage.errors import database_call
-from storage.records import PAGE_SIZE, QUESTIONNAIRE_KIND, CompletedResponse, FormInfo, TextTally, as_utc
+from storage.records import KIND_LENGTH, PAGE_SIZE, QUESTIONNAIRE_KIND, CompletedResponse, FormInfo, TextTally, as_utc
 from storage.sql.engine import SQL_OUTAGES
 from storage.sql.records import SQLRecords
-from storage.sql.schema import FORMS_SCHEMA, RESPONSES_SCHEMA, set_up
+from storage.sql.schema import FORMS_SCHEMA, RESPONSES_SCHEMA, is_current, set_up
 
 RESPONSE_ID_LENGTH = 64
-KIND_LENGTH = 64
 
 
 def responses_table(storage: SQLRecords, table_name: str = "questionnaire_responses") -> Table:
@@ -98,6 +96,13 @@ class SQLResponseStore:
         await set_up(self.storage, self.table, RESPONSES_SCHEMA)
         await set_up(self.storage, self.forms_table, FORMS_SCHEMA)
 
+    @database_call(SQL_OUTAGES)
+    async def is_set_up(self) -> bool:
+        """Whether both tables are there, at this release's versions (reads only; SchemaError if newer)."""
+        return await is_current(self.storage, self.table, RESPONSES_SCHEMA) and await is_current(
+            self.storage, self.forms_table, FORMS_SCHEMA
+        )
+
     # --- the forms, as the bot describes them at its start ---------------------
 
     @database_call(SQL_OUTAGES)
@@ -109,15 +114,13 @@ class SQLResponseStore:
             kept = {row.kind: row.description for row in connection.execute(select(t))}
             if kept == wanted:  # a restart of the same bot: one read
                 return
-            connection.execute(delete(t).where(t.c.kind.not_in(list(wanted))))
+            # Each kind written in place (an upsert), never deleted first: a `stats` reading meanwhile,
+            # or another process starting at the same moment, never finds a form missing.
             for kind, description in wanted.items():
-                if kept.get(kind) == description:
-                    continue
-                connection.execute(delete(t).where(t.c.kind == kind))
-                # Each statement commits on its own (SQLite: one writer, nothing to race); another
-                # process starting at the same moment may have written it first.
-                with suppress(IntegrityError):
-                    connection.execute(t.insert().values(kind=kind, description=description))
+                if kept.get(kind) != description:
+                    _upsert_form(connection, t, kind, description)
+            if gone := set(kept) - set(wanted):
+                connection.execute(delete(t).where(t.c.kind.in_(sorted(gone))))
 
         await self.storage.run_on_connection(describe)
 
@@ -324,6 +327,21 @@ def _insert_if_new(table: Table, dialect: str) -> Executable | None:
         statement = mysql.insert(table)
         return statement.on_duplicate_key_update(response_id=statement.inserted.response_id)
     return None
+
+
+def _upsert_form(connection: Connection, table: Table, kind: str, description: str) -> None:
+    """Write `kind`'s description, whether or not a row for it exists: one statement where the dialect has one."""
+    dialect = connection.dialect.name
+    values = {"kind": kind, "description": description}
+    if dialect in ("sqlite", "postgresql"):
+        statement = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(table).values(values)
+        connection.execute(statement.on_conflict_do_update(index_elements=[table.c.kind], set_=values))
+    elif dialect in ("mysql", "mariadb"):
+        connection.execute(mysql.insert(table).values(values).on_duplicate_key_update(description=description))
+    elif not cast(
+        CursorResult[Any], connection.execute(update(table).where(table.c.kind == kind).values(values))
+    ).rowcount:
+        connection.execute(table.insert().values(values))
 
 
 def _naive_utc(moment: datetime) -> datetime:

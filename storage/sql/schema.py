@@ -81,6 +81,12 @@ async def set_up(storage: SQLRecords, table: Table, schema: TableSchema) -> None
     await retried_on_a_closed_connection(attempt)
 
 
+async def is_current(storage: SQLRecords, table: Table, schema: TableSchema) -> bool:
+    """Whether `table` exists at `schema.version`, by reads only (SchemaError if at a newer one): what an
+    owner's command that only reads checks instead of setting the table up."""
+    return await storage.run_on_connection(lambda connection: _is_current(connection, table, schema.version))
+
+
 def set_up_table(connection: Connection, table: Table, schema: TableSchema) -> None:
     """Create `table` or upgrade it to `schema.version`, once, whatever the processes doing the same meanwhile."""
     if _is_current(connection, table, schema.version):
