@@ -6,7 +6,7 @@ every completed response (and the forms the bot described), between any two of S
 the same record is skipped (so a second run copies nothing), and a
 different one is a conflict: nothing is written unless `--overwrite`.
 
-Both tables are read a page at a time (storage.interface.PAGE_SIZE): a first
+Both tables are read a page at a time (storage.records.PAGE_SIZE): a first
 pass only compares each page with the target, a second compares it again and
 writes what is missing, each page in one batch. Memory stays the same
 whatever the number of records.

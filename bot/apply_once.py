@@ -55,7 +55,7 @@ from bot.outbox import (
     calls_in,
 )
 from storage import CorruptDataError, FsmStorage, StorageUnavailableError, Versioned
-from storage.interface import ALL_DONE
+from storage.records import ALL_DONE
 
 logger = logging.getLogger(__name__)
 

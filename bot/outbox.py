@@ -51,7 +51,7 @@ from aiogram.utils.backoff import Backoff, BackoffConfig
 from bot.delivery import TELEGRAM_FAULTS, refused_for_now
 from bot.metrics import get_metrics, measure_update
 from storage import CompletedResponse, FsmStorage, ResponseStore, StorageUnavailableError
-from storage.interface import ALL_DONE
+from storage.records import ALL_DONE
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What the bot asks of its storages, whatever the database: the aiogram side (handlers and the
-factory see only this). The records side, which the owner's commands use without aiogram, is in
-storage/records.py; its names are repeated here for the bot's modules."""
+factory see only this). The records side, which the owner's commands use without aiogram, is
+storage/records.py."""
 
 from __future__ import annotations
 
@@ -14,43 +14,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 from aiogram.fsm.storage.base import BaseStorage, KeyBuilder, StateType, StorageKey
 
 from storage.errors import CorruptDataError
-from storage.records import (
-    ALL_DONE,
-    PAGE_SIZE,
-    QUESTIONNAIRE_KIND,
-    CompletedResponse,
-    FormInfo,
-    FsmRecord,
-    FsmRecords,
-    QuestionInfo,
-    ResponseRecords,
-    ResponseStore,
-    TextTally,
-    as_utc,
-    new_version,
-)
-
-__all__ = [
-    "ALL_DONE",
-    "PAGE_SIZE",
-    "QUESTIONNAIRE_KIND",
-    "CompletedResponse",
-    "DueOutbox",
-    "ErasesUsers",
-    "FormInfo",
-    "FsmRecord",
-    "FsmRecords",
-    "FsmStorage",
-    "QuestionInfo",
-    "ResponseRecords",
-    "ResponseStore",
-    "TextTally",
-    "Versioned",
-    "as_utc",
-    "new_version",
-    "user_key_pattern",
-    "user_reader",
-]
+from storage.records import FsmRecords
 
 
 class Versioned(NamedTuple):

@@ -36,8 +36,8 @@ from config import StorageKind, StorageSettings
 from states import Question, Questionnaire, Tally, describe_form, described_forms, form_kind, forms, questions
 from states.form import short_text, whole_number
 from storage import CompletedResponse, FormInfo, FsmRecord, MongoStorage, Storages
-from storage.interface import PAGE_SIZE, user_reader
-from storage.records import default_key_user
+from storage.interface import user_reader
+from storage.records import PAGE_SIZE, default_key_user
 from tests.support.backends import ALL_BACKENDS, MONGO_BACKENDS, SQL_URL_VARIABLES, Backend, backend_params
 from tests.support.bot_process import ROOT, BotProcess, bot_environment, drop_bot_tables, finish
 from tests.support.questionnaire import asked, conversation, replies, saved, shows_summary, told_apart
@@ -416,7 +416,7 @@ async def test_migrate_reports_a_conflict_and_changes_nothing_unless_overwrite(t
 async def test_migrate_pages_through_both_tables_and_a_conflict_on_the_last_page_stops_every_write(
     tmp_path: Path,
 ) -> None:
-    """More than two pages (storage.interface.PAGE_SIZE) of each: compared page by page before any write."""
+    """More than two pages (storage.records.PAGE_SIZE) of each: compared page by page before any write."""
     source = StorageSettings(database_url=f"sqlite:///{tmp_path / 'a.db'}", _env_file=None)
     target_url = f"sqlite:///{tmp_path / 'b.db'}"
     target = StorageSettings(database_url=target_url, _env_file=None)

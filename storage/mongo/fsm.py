@@ -28,18 +28,11 @@ from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
-from storage.interface import (
-    ALL_DONE,
-    DueOutbox,
-    FsmStorage,
-    Versioned,
-    new_version,
-    user_key_pattern,
-    user_reader,
-)
+from storage.interface import DueOutbox, FsmStorage, Versioned, user_key_pattern, user_reader
 from storage.mongo.client import MONGO_OUTAGES, Driver, create_client
 from storage.mongo.keys import escape_key, escape_value
 from storage.mongo.records import MongoRecords, data_of, fields_of, replacing, state_of
+from storage.records import ALL_DONE, new_version
 
 _ONLY_FIELDS = {"_id": 0, "updated_at": 0}
 _PATH_NOT_VIABLE = 28  # MongoDB's code for "$set: {data.k}" where data is not a document

@@ -23,7 +23,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.errors import DEFAULT_TIMEOUT_SECONDS, CorruptDataError, database_call
-from storage.interface import ALL_DONE, DueOutbox, FsmStorage, Versioned, user_key_pattern, user_reader
+from storage.interface import DueOutbox, FsmStorage, Versioned, user_key_pattern, user_reader
+from storage.records import ALL_DONE
 from storage.sql.engine import SQL_OUTAGES
 from storage.sql.records import JsonDumps, JsonLoads, SQLRecords, as_metadata
 from storage.sql.statements import Field, FsmStatements
