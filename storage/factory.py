@@ -79,8 +79,17 @@ async def open_records(settings: StorageSettings, *, reading: bool = True) -> Re
     if settings.storage is StorageKind.MONGO:
         from storage.mongo.records import MongoRecords
 
+        # A count or an aggregation over a whole collection may take longer than the bot's 10 s socket
+        # bound; and a server busy with one (nx-27017 serves one command at a time, docs/nx-27017.md)
+        # answers the driver's heartbeat late, which must not cancel the command either.
+        command_ms = int(COMMAND_TIMEOUT_SECONDS * 1000)
         records = MongoRecords.from_url(
-            settings.mongo_url, settings.mongo_driver, db_name=settings.mongo_db, timeout=COMMAND_TIMEOUT_SECONDS
+            settings.mongo_url,
+            settings.mongo_driver,
+            db_name=settings.mongo_db,
+            timeout=COMMAND_TIMEOUT_SECONDS,
+            socketTimeoutMS=command_ms,
+            connectTimeoutMS=command_ms,
         )
         return Records(records, await _reachable_mongo_responses(records, COMMAND_TIMEOUT_SECONDS))
     engine_kwargs: dict[str, Any] = {}

@@ -36,7 +36,9 @@ from config import StorageKind, StorageSettings
 from states import Question, Questionnaire, Tally, describe_form, described_forms, form_kind, forms, questions
 from states.form import short_text, whole_number
 from storage import CompletedResponse, FormInfo, FsmRecord, MongoStorage, Storages
+from storage.factory import COMMAND_TIMEOUT_SECONDS, open_records
 from storage.interface import user_reader
+from storage.mongo.records import MongoRecords
 from storage.records import PAGE_SIZE, default_key_user
 from tests.support.backends import ALL_BACKENDS, MONGO_BACKENDS, SQL_URL_VARIABLES, Backend, backend_params
 from tests.support.bot_process import ROOT, BotProcess, bot_environment, drop_bot_tables, finish
@@ -836,3 +838,19 @@ async def test_starts_describing_other_forms_at_once_never_leave_a_reader_withou
         sorted(old, key=lambda form: form.kind),
         sorted(new, key=lambda form: form.kind),
     )
+
+
+@pytest.mark.parametrize("backend", backend_params(*MONGO_BACKENDS), indirect=True)
+async def test_the_commands_mongo_client_waits_as_long_as_a_command_may_take(
+    storages: Storages, backend: Backend
+) -> None:
+    """A count over a large collection takes longer than the bot's 10 s socket bound; on a server busy
+    with it (nx-27017), the driver's heartbeat answered late must not cancel it (bench-scale failed so
+    at 100,000 conversations)."""
+    records = await open_records(settings_of(backend))
+    try:
+        assert isinstance(records.fsm, MongoRecords)
+        pool = records.fsm.client.options.pool_options
+        assert pool.socket_timeout == pool.connect_timeout == COMMAND_TIMEOUT_SECONDS
+    finally:
+        await records.close()
