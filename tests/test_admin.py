@@ -744,7 +744,7 @@ async def test_the_owners_commands_import_no_aiogram_and_read_the_forms_the_bot_
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
-async def test_the_forms_described_are_the_last_start_s_and_a_restart_with_the_same_forms_changes_nothing(
+async def test_the_forms_described_are_the_last_starts_whole_in_the_order_of_their_kinds(
     storages: Storages,
 ) -> None:
     signup, survey = describe_form(Signup), describe_form(Survey)
