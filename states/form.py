@@ -27,8 +27,9 @@ class InvalidAnswer(ValueError):
 
 
 class FormError(ValueError):
-    """A form is defined in a way the bot cannot ask it; the message names the question and what to change.
-    Raised as the handlers are imported: `python main.py` says it in one line and exits with 2."""
+    """A form is defined in a way the bot cannot ask or keep; the message names it and what to change.
+    Raised as the handlers are imported (`follow`) or when the bot describes its forms at start-up:
+    either way `python main.py` says it in one line and exits with 2."""
 
 
 class Question(State):

@@ -49,11 +49,11 @@ class Signup(StatesGroup):
     """A form of the tests' own for the awkward answers below: it stays as it is whatever becomes of the questionnaire
     (whose export and stats tests/test_template.py checks, and the end of the migrate test here)."""
 
-    name = Question("Your name?", read=short_text("name"), label="Name", sample="Ann")
-    age = Question("Your age?", read=whole_number("age", 1, 120), label="Age", sample="30", tally=Tally.RANGE)
-    colour = Question(
-        "Your colour?", read=short_text("colour"), label="Favourite colour", sample="Blue", tally=Tally.COUNTS
+    handle = Question("Your handle?", read=short_text("handle"), label="Handle", sample="Ann")
+    years = Question(
+        "Years with us?", read=whole_number("years", 1, 120), label="Years", sample="30", tally=Tally.RANGE
     )
+    shade = Question("Your shade?", read=short_text("shade"), label="Shade", sample="Blue", tally=Tally.COUNTS)
 
 
 SIGNUP = form_kind(Signup)
@@ -62,7 +62,7 @@ AWKWARD = [
         "r1",
         11,
         -1001,
-        {"name": 'Ann, "Annie"', "age": 30, "colour": "Blue"},
+        {"handle": 'Ann, "Annie"', "years": 30, "shade": "Blue"},
         datetime(2026, 11, 1, 9, 30, tzinfo=UTC),
         SIGNUP,
     ),
@@ -70,7 +70,7 @@ AWKWARD = [
         "r2",
         12,
         12,
-        {"name": "Bob\nsecond line", "age": 41, "colour": "🎉 <b>Red</b> & green"},
+        {"handle": "Bob\nsecond line", "years": 41, "shade": "🎉 <b>Red</b> & green"},
         datetime(2026, 11, 2, 10, 0, tzinfo=UTC),
         SIGNUP,
     ),
@@ -78,14 +78,15 @@ AWKWARD = [
         "r3",
         13,
         13,
-        {"name": "=SUM(A1:A9)", "age": 18, "colour": "Zöë; ünïcode"},
+        {"handle": "=SUM(A1:A9)", "years": 18, "shade": "Zöë; ünïcode"},
         datetime(2026, 11, 3, 23, 59, 59, tzinfo=UTC),
         SIGNUP,
     ),
 ]
-# Signup's own columns (a form of this file's, defined above): the bot's questionnaire may change freely.
+# Signup's own columns (a form of this file's, defined above, named unlike the questionnaire's questions,
+# which may change freely).
 EXPECTED_CSV = (
-    "\ufeffuser_id,chat_id,kind,name,age,colour,completed_at\r\n"
+    "\ufeffuser_id,chat_id,kind,handle,years,shade,completed_at\r\n"
     '11,-1001,signup,"Ann, ""Annie""",30,Blue,2026-11-01T09:30:00Z\r\n'
     '12,12,signup,"Bob\nsecond line",41,🎉 <b>Red</b> & green,2026-11-02T10:00:00Z\r\n'
     "13,13,signup,'=SUM(A1:A9),18,Zöë; ünïcode,2026-11-03T23:59:59Z\r\n"
@@ -95,31 +96,31 @@ EXPECTED_JSON = """[
     "user_id": 12,
     "chat_id": 12,
     "kind": "signup",
-    "name": "Bob\\nsecond line",
-    "age": 41,
-    "colour": "🎉 <b>Red</b> & green",
+    "handle": "Bob\\nsecond line",
+    "years": 41,
+    "shade": "🎉 <b>Red</b> & green",
     "completed_at": "2026-11-02T10:00:00Z"
   },
   {
     "user_id": 13,
     "chat_id": 13,
     "kind": "signup",
-    "name": "=SUM(A1:A9)",
-    "age": 18,
-    "colour": "Zöë; ünïcode",
+    "handle": "=SUM(A1:A9)",
+    "years": 18,
+    "shade": "Zöë; ünïcode",
     "completed_at": "2026-11-03T23:59:59Z"
   }
 ]
 """.encode()
 EXPECTED_JSONL = (
     '{"user_id": 11, "chat_id": -1001, "kind": "signup", '
-    '"name": "Ann, \\"Annie\\"", "age": 30, "colour": "Blue", '
+    '"handle": "Ann, \\"Annie\\"", "years": 30, "shade": "Blue", '
     '"completed_at": "2026-11-01T09:30:00Z"}\n'
     '{"user_id": 12, "chat_id": 12, "kind": "signup", '
-    '"name": "Bob\\nsecond line", "age": 41, "colour": "🎉 <b>Red</b> & green", '
+    '"handle": "Bob\\nsecond line", "years": 41, "shade": "🎉 <b>Red</b> & green", '
     '"completed_at": "2026-11-02T10:00:00Z"}\n'
     '{"user_id": 13, "chat_id": 13, "kind": "signup", '
-    '"name": "=SUM(A1:A9)", "age": 18, "colour": "Zöë; ünïcode", '
+    '"handle": "=SUM(A1:A9)", "years": 18, "shade": "Zöë; ünïcode", '
     '"completed_at": "2026-11-03T23:59:59Z"}\n'
 ).encode()
 SHARED_SERVERS = ("postgresql", "mysql")
@@ -190,9 +191,9 @@ async def test_export_writes_awkward_answers_byte_for_byte(storages: Storages) -
 def test_a_spreadsheet_reads_the_csv_back_as_the_answers() -> None:
     text = render_export(AWKWARD, "csv", describe_form(Signup)).decode("utf-8-sig")
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
-    assert [row["name"] for row in rows] == ['Ann, "Annie"', "Bob\nsecond line", "'=SUM(A1:A9)"]
-    assert [row["colour"] for row in rows] == ["Blue", "🎉 <b>Red</b> & green", "Zöë; ünïcode"]
-    assert json.loads(render_export(AWKWARD[1:], "json"))[0]["name"] == "Bob\nsecond line"
+    assert [row["handle"] for row in rows] == ['Ann, "Annie"', "Bob\nsecond line", "'=SUM(A1:A9)"]
+    assert [row["shade"] for row in rows] == ["Blue", "🎉 <b>Red</b> & green", "Zöë; ünïcode"]
+    assert json.loads(render_export(AWKWARD[1:], "json"))[0]["handle"] == "Bob\nsecond line"
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
@@ -201,15 +202,17 @@ async def test_stats_count_started_finished_abandoned_and_the_answers(storages: 
     for response in AWKWARD:
         await storages.responses.save(response)
     await storages.responses.save(
-        CompletedResponse("r4", 14, 14, {"name": "Dee", "age": 65, "colour": "Blue"}, now - timedelta(hours=1), SIGNUP)
+        CompletedResponse(
+            "r4", 14, 14, {"handle": "Dee", "years": 65, "shade": "Blue"}, now - timedelta(hours=1), SIGNUP
+        )
     )
     # Counted by the database as Python counted them: True and 44.5 are not whole numbers, " Blue " is Blue.
-    await storages.responses.save(CompletedResponse("r5", 15, 15, {"age": True, "colour": " Blue "}, now, SIGNUP))
-    await storages.responses.save(CompletedResponse("r6", 16, 16, {"age": 44.5, "colour": 7}, now, SIGNUP))
+    await storages.responses.save(CompletedResponse("r5", 15, 15, {"years": True, "shade": " Blue "}, now, SIGNUP))
+    await storages.responses.save(CompletedResponse("r6", 16, 16, {"years": 44.5, "shade": 7}, now, SIGNUP))
     await storages.responses.save(CompletedResponse("r7", 17, 17, {"text": "Nice"}, now, kind="feedback"))
-    await storages.fsm.put_record(FsmRecord("fsm:1:20:20", Signup.age.state, {"name": "Eve"}, now))
+    await storages.fsm.put_record(FsmRecord("fsm:1:20:20", Signup.years.state, {"handle": "Eve"}, now))
     await storages.fsm.put_record(
-        FsmRecord("fsm:1:21:21", Signup.colour.state, {"name": "Fay", "age": 20}, now - timedelta(days=3))
+        FsmRecord("fsm:1:21:21", Signup.shade.state, {"handle": "Fay", "years": 20}, now - timedelta(days=3))
     )
     await storages.fsm.put_record(FsmRecord("fsm:1:22:22", None, {"__applied_updates__": {"updates": [1]}}, now))
 
@@ -222,10 +225,10 @@ async def test_stats_count_started_finished_abandoned_and_the_answers(storages: 
         "  in progress       1  answered in the last 24 hours\n"
         "  abandoned         1  silent for longer; removed after 30 days (FSM_TTL)\n"
         "\n"
-        "Age\n"
+        "Years\n"
         "  18 to 65, median 35.5 (4 answers)\n"
         "\n"
-        "Favourite colour\n"
+        "Shade\n"
         "  Blue                      3   50%\n"
         "  🎉 <b>Red</b> & green      1   17%\n"
         "  Zöë; ünïcode              1   17%\n"
@@ -345,7 +348,7 @@ async def test_expiry_removes_exactly_the_conversations_untouched_longer_than_th
     now = datetime.now(UTC)
     ages_in_days = {"fsm:1:1:1": 31, "fsm:1:2:2": 29, "fsm:1:3:3": 45, "fsm:1:4:4": 0, "fsm:1:5:5": 30.5}
     for key, days in ages_in_days.items():
-        await storages.fsm.put_record(FsmRecord(key, Signup.age.state, {"name": key}, now - timedelta(days=days)))
+        await storages.fsm.put_record(FsmRecord(key, Signup.years.state, {"handle": key}, now - timedelta(days=days)))
     ttl = timedelta(days=30)
 
     assert await sweep(storages.fsm, ttl, limit=2) == 2  # bounded: the oldest first
@@ -355,8 +358,8 @@ async def test_expiry_removes_exactly_the_conversations_untouched_longer_than_th
 
     kept = await storages.fsm.records()
     assert [(record.key, record.state, record.data) for record in kept] == [
-        ("fsm:1:2:2", Signup.age.state, {"name": "fsm:1:2:2"}),
-        ("fsm:1:4:4", Signup.age.state, {"name": "fsm:1:4:4"}),
+        ("fsm:1:2:2", Signup.years.state, {"handle": "fsm:1:2:2"}),
+        ("fsm:1:4:4", Signup.years.state, {"handle": "fsm:1:4:4"}),
     ]
 
 
@@ -365,7 +368,7 @@ async def test_a_sweep_goes_on_while_batches_come_back_full_up_to_its_bound(stor
     if isinstance(storages.fsm, MongoStorage):
         await storages.fsm.ensure_expiry_index(None)  # the sweep alone, not the server's TTL monitor
     old = datetime.now(UTC) - timedelta(days=40)
-    await storages.fsm.put_records([FsmRecord(f"fsm:{n}:{n}", Signup.age.state, {}, old) for n in range(1, 8)])
+    await storages.fsm.put_records([FsmRecord(f"fsm:{n}:{n}", Signup.years.state, {}, old) for n in range(1, 8)])
     ttl = timedelta(days=30)
 
     assert await sweep(storages.fsm, ttl, limit=2, batches=2) == 4  # full batches, then the bound
@@ -396,22 +399,22 @@ async def test_migrate_reports_a_conflict_and_changes_nothing_unless_overwrite(t
     now = datetime.now(UTC)
     for settings, name in ((source, "Ann"), (target, "Bob")):
         opened = await Backend("sqlite", settings.database_url, "").open_storages()
-        await opened.fsm.put_record(FsmRecord("fsm:1:1:1", Signup.age.state, {"name": name}, now))
-        await opened.fsm.put_record(FsmRecord(f"fsm:1:{name}:2", Signup.age.state, {"name": name}, now))
+        await opened.fsm.put_record(FsmRecord("fsm:1:1:1", Signup.years.state, {"handle": name}, now))
+        await opened.fsm.put_record(FsmRecord(f"fsm:1:{name}:2", Signup.years.state, {"handle": name}, now))
         await opened.close()
 
     with pytest.raises(CommandError, match=r"different data for 1 key \(fsm:1:1:1\): nothing was copied"):
         await migrate(source, target_url, None, overwrite=False)
     assert [(r.key, r.data) for r in await records_of(target)] == [
-        ("fsm:1:1:1", {"name": "Bob"}),
-        ("fsm:1:Bob:2", {"name": "Bob"}),
+        ("fsm:1:1:1", {"handle": "Bob"}),
+        ("fsm:1:Bob:2", {"handle": "Bob"}),
     ]
 
     assert await migrate(source, target_url, None, overwrite=True) == 0
     assert [(r.key, r.data) for r in await records_of(target)] == [
-        ("fsm:1:1:1", {"name": "Ann"}),
-        ("fsm:1:Ann:2", {"name": "Ann"}),
-        ("fsm:1:Bob:2", {"name": "Bob"}),
+        ("fsm:1:1:1", {"handle": "Ann"}),
+        ("fsm:1:Ann:2", {"handle": "Ann"}),
+        ("fsm:1:Bob:2", {"handle": "Bob"}),
     ]
 
 
@@ -426,10 +429,10 @@ async def test_migrate_pages_through_both_tables_and_a_conflict_on_the_last_page
     many = 2 * PAGE_SIZE + 7
     opened = await Backend("sqlite", source.database_url, "").open_storages()
     await opened.fsm.put_records(
-        [FsmRecord(f"fsm:{n}:{n}", Signup.age.state, {"name": f"U{n}"}, now, n) for n in range(many)]
+        [FsmRecord(f"fsm:{n}:{n}", Signup.years.state, {"handle": f"U{n}"}, now, n) for n in range(many)]
     )
     await opened.responses.save_many(
-        [CompletedResponse(f"r{n:05}", n, n, {"name": f"U{n}"}, now + timedelta(seconds=n)) for n in range(many)]
+        [CompletedResponse(f"r{n:05}", n, n, {"handle": f"U{n}"}, now + timedelta(seconds=n)) for n in range(many)]
     )
     await opened.close()
 
@@ -437,15 +440,15 @@ async def test_migrate_pages_through_both_tables_and_a_conflict_on_the_last_page
     copied = await Backend("sqlite", target.database_url, "").open_storages()
     try:
         assert [(r.key, r.data, r.user_id) for r in await copied.fsm.records()] == sorted(
-            (f"fsm:{n}:{n}", {"name": f"U{n}"}, n) for n in range(many)
+            (f"fsm:{n}:{n}", {"handle": f"U{n}"}, n) for n in range(many)
         )
         assert [r.response_id for r in await copied.responses.completed()] == [f"r{n:05}" for n in range(many)]
         # The last key in the source's order, changed in the target: a conflict on the last page.
-        await copied.fsm.put_record(FsmRecord("fsm:999:999", Signup.age.state, {"name": "other"}, now))
+        await copied.fsm.put_record(FsmRecord("fsm:999:999", Signup.years.state, {"handle": "other"}, now))
     finally:
         await copied.close()
     opened = await Backend("sqlite", source.database_url, "").open_storages()
-    await opened.fsm.put_record(FsmRecord("fsm:0:0:new", Signup.age.state, {"name": "new"}, now))  # first page
+    await opened.fsm.put_record(FsmRecord("fsm:0:0:new", Signup.years.state, {"handle": "new"}, now))  # first page
     await opened.close()
 
     with pytest.raises(CommandError, match=r"different data for 1 key \(fsm:999:999\)"):
